@@ -1,0 +1,1 @@
+"""Shipped LightningCLI configs, read with importlib.resources (``flowsci configs`` lists them)."""

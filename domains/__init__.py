@@ -1,0 +1,1 @@
+"""Domain packages: proteins, crystals, shapes, pde, trajectories, singlecell (imported lazily)."""

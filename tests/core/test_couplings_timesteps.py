@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from flowsci.couplings import ImmiscibleCoupling, IndependentCoupling, MinibatchOTCoupling, pair_cost
+from flowsci.timesteps import LogitNormalTime, UniformTime, UShapedTime
+
+
+def _batch(seed=0, n=128):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) * 0.5 + 3
+
+
+def mean_cost(x0, x1):
+    return ((x0 - x1) ** 2).sum(-1).mean().item()
+
+
+def test_ot_lowers_pair_cost_and_keeps_data_order():
+    x0, x1 = _batch()
+    y0, y1 = MinibatchOTCoupling()(x0, x1)
+    assert torch.equal(y1, x1)
+    assert sorted(y0[:, 0].tolist()) == sorted(x0[:, 0].tolist())  # a permutation of the noise
+    assert mean_cost(y0, y1) < 0.9 * mean_cost(*IndependentCoupling()(x0, x1))
+    # optimality: equals the minimal assignment cost
+    from scipy.optimize import linear_sum_assignment
+
+    c = pair_cost(x0, x1).numpy()
+    r, k = linear_sum_assignment(c)
+    assert abs(c[r, k].mean() - mean_cost(y0, y1)) < 1e-4
+
+
+def test_immiscible_picks_nearest_candidate():
+    x0, x1 = _batch(1, 64)
+    cand = torch.randn(4 * 64, 2, generator=torch.Generator().manual_seed(5))
+    y0, y1 = ImmiscibleCoupling(k=4)(cand, x1)
+    assert mean_cost(y0, y1) < mean_cost(cand[:64], x1)
+    d = ((cand.reshape(64, 4, 2) - x1[:, None]) ** 2).sum(-1)
+    torch.testing.assert_close(((y0 - x1) ** 2).sum(-1), d.min(1).values)
+    with pytest.raises(ValueError, match="prior draws"):
+        ImmiscibleCoupling(k=4)(x0, x1)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [UniformTime(), UniformTime(0.01, 0.99), LogitNormalTime(0.0, 1.0), LogitNormalTime(0.5, 0.7), UShapedTime(4.0)],
+    ids=repr,
+)
+def test_time_sampler_matches_its_density(sampler):
+    t = sampler.sample(20_000, generator=torch.Generator().manual_seed(0)).double()
+    grid = torch.linspace(1e-6, 1 - 1e-6, 20_001, dtype=torch.float64)
+    cdf = torch.cumulative_trapezoid(sampler.density(grid), grid)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), cdf])
+
+    res = stats.kstest(t.numpy(), lambda x: np.interp(x, grid.numpy(), cdf.numpy()))
+    assert res.pvalue > 1e-3, res
+    assert t.min() >= 0 and t.max() <= 1
+
+
+def test_time_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        UniformTime(0.5, 0.2)
+    with pytest.raises(ValueError):
+        LogitNormalTime(std=0)
