@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import WeightAveraging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "SampleWriter"]
 
 
 class EMA(WeightAveraging):
@@ -31,3 +36,31 @@ class EMA(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         """Average on optimizer steps past ``start_step``."""
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
+
+
+class SampleWriter(BasePredictionWriter):
+    """Writes what ``flowsci predict`` generates in the module's native format (``write_samples``).
+
+    Each predict batch returns a :class:`~flowsci.solvers.Solution`; at the end of the epoch the samples of all
+    batches are concatenated and handed to ``pl_module.write_samples`` (one folder per rank under DDP).
+
+    Args:
+        out_dir: Output folder.
+    """
+
+    def __init__(self, out_dir: str = "predictions") -> None:
+        super().__init__(write_interval="epoch")
+        self.out_dir = out_dir
+
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
+        """Concatenate the predicted solutions and write them."""
+        from flowsci.solvers import Solution
+
+        sols = [p for p in predictions if isinstance(p, Solution)]
+        if not sols:
+            raise TypeError(f"SampleWriter expects predict_step to return Solution objects, got {type(predictions[0])}")
+        merged = Solution(x=torch.cat([s.x for s in sols]), nfe=sols[0].nfe, times=sols[0].times, seed=sols[0].seed)
+        out = Path(self.out_dir) if trainer.world_size == 1 else Path(self.out_dir) / f"rank{trainer.global_rank}"
+        pl_module.write_samples(merged, out)

@@ -277,12 +277,12 @@ class FlowMatching(pl.LightningModule):
         self.log_dict({f"test/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=self._batch_size(batch))
         return loss
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Generate one sample per row of the batch, with the batch's conditioning."""
+    def predict_step(self, batch: Any, batch_idx: int) -> Solution:
+        """Generate one sample per row of the batch, with the batch's conditioning (seeded by the batch index)."""
         x1, cond, _ = self.unpack_batch(batch)
         if self.data_shape is None:
             self.data_shape = list(x1.shape[1:])
-        return self.sample(x1.shape[0], cond=cond, seed=batch_idx).x
+        return self.sample(x1.shape[0], cond=cond, seed=batch_idx)
 
     def configure_optimizers(self) -> Any:
         """Optimizer (and scheduler) from the factories given at construction."""

@@ -69,3 +69,14 @@ def test_help_does_not_import_domains():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "sample" in out.stdout and "bench" in out.stdout
+
+
+def test_predict_writes_samples_with_sample_writer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "toy2d/fm.yaml", *FAST, "--trainer.max_steps=10"])
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["predict", "--config", "toy2d/fm.yaml", *FAST, f"--ckpt_path={ckpt}",
+          "--trainer.callbacks+=flowsci.callbacks.SampleWriter", "--trainer.callbacks.out_dir=pred",
+          "--model.init_args.sample_steps=3"])
+    x = np.load(tmp_path / "pred" / "samples.npz")["x"]
+    assert x.shape == (256, 2) and np.isfinite(x).all()
