@@ -25,7 +25,16 @@ from tqdm.auto import tqdm
 from flowsci.paths import AffinePath, expand_t
 from flowsci.solvers.ode import PROGRESS_MIN_STEPS, Solution, Velocity, make_time_grid
 
-__all__ = ["DIFFUSION_KINDS", "Diffusion", "DiffusionSchedule", "score_to_velocity", "solve_sde", "velocity_to_score"]
+__all__ = [
+    "DIFFUSION_KINDS",
+    "Diffusion",
+    "DiffusionSchedule",
+    "as_diffusion_schedule",
+    "euler_maruyama_step",
+    "score_to_velocity",
+    "solve_sde",
+    "velocity_to_score",
+]
 
 DIFFUSION_KINDS = ("constant", "sigma", "quadratic")
 r"""Shapes of :class:`DiffusionSchedule`: :math:`g = c`, :math:`g = c\,\sigma_t`, :math:`g = c\,(1-t)^2`."""
@@ -105,10 +114,39 @@ Diffusion = DiffusionSchedule | float | Callable[[Tensor, Tensor], Tensor]
 """A :class:`DiffusionSchedule`, a constant :math:`g`, or a callable ``g(t, sigma_t) -> [B]``."""
 
 
-def _as_schedule(diffusion: Diffusion) -> Callable[..., Tensor]:
+def as_diffusion_schedule(diffusion: Diffusion) -> Callable[[Tensor, Tensor], Tensor]:
+    """Normalise a :data:`Diffusion` to a callable ``g(t, sigma_t) -> [B]`` (a number is a constant ``g``)."""
     if isinstance(diffusion, (int, float)):
         return DiffusionSchedule(float(diffusion), "constant")
     return diffusion
+
+
+def euler_maruyama_step(
+    x: Tensor, v: Tensor, t: Tensor, h: Tensor, g: Tensor, path: AffinePath, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""One Euler–Maruyama step :math:`x + h\,[v + \tfrac12 g^2 s(x, t)] + g\sqrt h\, z` of the flow's SDE.
+
+    Rows are independent; when every :math:`g` is zero this is exactly the Euler step :math:`x + h v` (no score
+    is computed and no noise is drawn).
+
+    Args:
+        x: States ``[B, *D]``.
+        v: Velocities at ``(x, t)``, ``[B, *D]``.
+        t: Times ``[B]`` (:math:`< 1` where :math:`g > 0`).
+        h: Step size (0-d tensor, positive).
+        g: Diffusion coefficients ``[B]``.
+        path: The affine path (for the score).
+        generator: Random generator of :math:`z \sim N(0, I)`.
+
+    Returns:
+        The new states ``[B, *D]``.
+    """
+    if not bool((g != 0).any()):
+        return x + h * v
+    g = expand_t(g, x)
+    drift = v + 0.5 * g**2 * velocity_to_score(v, x, t, path)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + h * drift + g * math.sqrt(float(h)) * z
 
 
 def solve_sde(
@@ -160,7 +198,7 @@ def solve_sde(
         grid = torch.as_tensor(time_grid, dtype=torch.float64, device=x0.device)
     if grid.dim() != 1 or grid.numel() < 2 or bool((grid.diff() <= 0).any()) or grid[0] < 0 or grid[-1] > 1:
         raise ValueError(f"time_grid must be increasing in [0, 1] with >= 2 points, got {grid.tolist()}")
-    g_of = _as_schedule(diffusion)
+    g_of = as_diffusion_schedule(diffusion)
     n = grid.numel() - 1
     show = progress if progress is not None else n >= PROGRESS_MIN_STEPS
     x = x0
@@ -169,14 +207,7 @@ def solve_sde(
         t = grid[i].to(x.dtype).expand(x.shape[0])
         h = (grid[i + 1] - grid[i]).to(x.dtype)
         v = velocity(x, t, **cond)
-        g = g_of(t, path.scheduler(t).sigma_t)
-        if bool((g == 0).all()):
-            x = x + h * v
-        else:
-            g = expand_t(g, x)
-            drift = v + 0.5 * g**2 * velocity_to_score(v, x, t, path)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + h * drift + g * math.sqrt(float(h)) * z
+        x = euler_maruyama_step(x, v, t, h, g_of(t, path.scheduler(t).sigma_t), path, generator)
         if states is not None:
             states.append(x)
     return Solution(x=x, nfe=n, times=grid, trajectory=states)
