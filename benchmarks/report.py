@@ -1,0 +1,305 @@
+"""Leaderboards (Markdown) and plots (PNG) from results documents.
+
+Per domain: ``<domain>.md`` (best cell per method ranked by the primary metric, the full grid, failed cells,
+and reported reference rows in a separate table), ``plots/<domain>_vs_nfe.png`` (every metric against NFE) and
+``plots/<domain>_vs_time.png`` (every metric against sampling wall-clock per sample). Per suite: ``README.md``
+linking every domain's leaderboard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_time", "render_markdown", "write_domain_report", "write_index", "write_plots"]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def format_time(seconds: float | None) -> str:
+    """Human-readable duration (``"12.3 µs"``, ``"4.56 ms"``, ``"1.23 s"``, ``"2.5 min"``)."""
+    if seconds is None:
+        return "–"
+    s = float(seconds)
+    if s < 1e-3:
+        return f"{s * 1e6:.3g} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    if s < 120:
+        return f"{s:.3g} s"
+    return f"{s / 60:.3g} min"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _mem(c: Mapping[str, Any]) -> str:
+    if c.get("peak_memory_mb") is None:
+        return "–"
+    delta = c.get("peak_memory_delta_mb")
+    return f"{c['peak_memory_mb']:.0f}" + (f" (+{delta:.0f})" if delta is not None else "")
+
+
+def _columns(doc: Mapping[str, Any]) -> list[str]:
+    cols = list(doc.get("columns", {}))
+    for c in doc["cells"]:
+        cols += [k for k in c["metrics"] if k not in cols]
+    return cols
+
+
+def _primary(doc: Mapping[str, Any], cols: Sequence[str]) -> str | None:
+    spec = doc.get("spec") or {}
+    p = spec.get("primary_metric")
+    return p if p in cols else (cols[0] if cols else None)
+
+
+def _arrow(doc: Mapping[str, Any], col: str) -> str:
+    info = doc.get("columns", {}).get(col)
+    if info is None:
+        return ""
+    return " ↑" if info["higher_is_better"] else " ↓"
+
+
+def _sort_key(doc: Mapping[str, Any], col: str | None):  # noqa: ANN202
+    hib = bool(doc.get("columns", {}).get(col, {}).get("higher_is_better", False)) if col else False
+
+    def key(c: Mapping[str, Any]) -> tuple[int, float]:
+        v = c["metrics"].get(col) if col else None
+        if v is None:
+            return (1, 0.0)
+        return (0, -v if hib else v)
+
+    return key
+
+
+def _nfe(c: Mapping[str, Any]) -> str:
+    if c["nfe_target"] is None:
+        return f"{_fmt(c['nfe'])} (adaptive)"
+    if c["nfe"] is not None and c["nfe"] != c["nfe_target"]:
+        return f"{c['nfe_target']} (ran {c['nfe']})"
+    return str(c["nfe_target"])
+
+
+def render_markdown(doc: Mapping[str, Any]) -> str:
+    """Render one domain's results document as a Markdown leaderboard section."""
+    suite, domain = doc["suite"], doc["domain"]
+    lines = [f"## {domain} — suite `{suite}`", ""]
+    spec = doc.get("spec") or {}
+    if spec.get("description"):
+        lines += [spec["description"], ""]
+    env = doc["environment"]
+    vers = env["versions"]
+    lines += [
+        f"Measured on `{env['device']}` ({env['torch_threads']} torch threads), torch {vers.get('torch')}, "
+        f"flowsci {vers.get('flowsci')}, updated {doc['updated_at']}. Status: **{doc['status']}**.",
+        "",
+    ]
+    if doc.get("error"):
+        lines += [f"Domain failed: `{doc['error']}`", ""]
+        return "\n".join(lines) + "\n"
+    if spec:
+        lines += [
+            f"{spec['num_samples']} samples per cell, seed {spec['seed']}, "
+            f"default {spec['train_steps']} training steps.",
+            "",
+        ]
+    cols = _columns(doc)
+    primary = _primary(doc, cols)
+    ok = [c for c in doc["cells"] if c["status"] == "ok"]
+    key = _sort_key(doc, primary)
+    if ok and primary:
+        best: dict[str, Mapping[str, Any]] = {}
+        for c in sorted(ok, key=key):
+            best.setdefault(c["method"], c)
+        lines += [
+            f"### Leaderboard (best cell per method by `{primary}`{_arrow(doc, primary)})",
+            "",
+            "| rank | method | solver | NFE | " + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
+            + " | train time | sampling / sample |",
+            "|---|---|---|---|" + "---|" * len(cols) + "---|---|",
+        ]
+        for i, c in enumerate(sorted(best.values(), key=key), 1):
+            name = c["method"] + (" *(baseline)*" if c["baseline"] else "")
+            lines.append(
+                f"| {i} | {name} | {c['solver']} | {_nfe(c)} | "
+                + " | ".join(_fmt(c["metrics"].get(k)) for k in cols)
+                + f" | {format_time(c['train_time_s'])} | {format_time(c['sample_time_per_sample_s'])} |"
+            )
+        lines.append("")
+    lines += [
+        "### All cells",
+        "",
+        "| method | solver | NFE | " + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
+        + " | train steps/s | train time | sampling / sample | peak mem MB (Δ) | status |",
+        "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|",
+    ]
+    for c in doc["cells"]:
+        name = c["method"] + (" *(baseline)*" if c["baseline"] else "")
+        lines.append(
+            f"| {name} | {c['solver']} | {_nfe(c)} | "
+            + " | ".join(_fmt(c["metrics"].get(k)) for k in cols)
+            + f" | {_fmt(c['train_steps_per_s'])} | {format_time(c['train_time_s'])}"
+            + f" | {format_time(c['sample_time_per_sample_s'])} | {_mem(c)} | {c['status']} |"
+        )
+    lines.append("")
+    mem = next((c["memory_method"] for c in doc["cells"] if c.get("memory_method")), None)
+    if mem:
+        lines += [f"Peak memory is measured around the sampler call of each cell: {mem}; (+Δ) is the increase "
+                  "over the value at the call's start. Sampling time is wall-clock of the sampler call divided by the "
+                  "number of samples; train time is the wall-clock of the whole training of the method.", ""]
+    failed = [c for c in doc["cells"] if c["status"] != "ok"]
+    if failed:
+        lines += ["### Failed cells", ""]
+        lines += [f"- `{c['id']}`: `{(c['error'] or '').splitlines()[0] if c['error'] else ''}`" for c in failed]
+        lines.append("")
+    methods = {m["name"]: m for m in spec.get("methods", [])}
+    if methods:
+        lines += ["Methods: " + "; ".join(
+            f"**{n}**{' (baseline)' if m['baseline'] else ''}: {m['description'] or '–'}" for n, m in methods.items()
+        ), ""]
+    metrics = [m for m in spec.get("metrics", []) if m.get("description")]
+    if metrics:
+        lines += ["Metrics: " + "; ".join(f"**{m['name']}**: {m['description']}" for m in metrics), ""]
+    if doc["reference"]:
+        rcols: list[str] = []
+        for r in doc["reference"]:
+            rcols += [k for k in r["metrics"] if k not in rcols]
+        lines += [
+            "### Reported elsewhere (not measured here; different hardware, budget and code)",
+            "",
+            "| method | NFE | " + " | ".join(rcols) + " | source | scale | note |",
+            "|---|---|" + "---|" * len(rcols) + "---|---|---|",
+        ]
+        for r in doc["reference"]:
+            nfe = _fmt(r.get("nfe")) + (f" ({r['solver']})" if r.get("solver") else "")
+            lines.append(
+                f"| {r['method']} | {nfe} | " + " | ".join(_fmt(r["metrics"].get(k)) for k in rcols)
+                + f" | {r['source']} | {r['scale']} | {r.get('note', '')} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(doc: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``<domain>_vs_nfe.png`` and ``<domain>_vs_time.png`` (one panel per metric) under ``out_dir``.
+
+    Each (method, solver) is one line; adaptive-solver cells are single markers at their counted NFE.
+
+    Returns:
+        The written paths (empty if no cell finished).
+
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ok = [c for c in doc["cells"] if c["status"] == "ok"]
+    cols = [k for k in _columns(doc) if any(c["metrics"].get(k) is not None for c in ok)]
+    if not ok or not cols:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for c in ok:
+        series.setdefault((c["method"], c["solver"]), []).append(c)
+    written = []
+    for xname, xlabel, xkey in (
+        ("nfe", "NFE (network evaluations)", lambda c: c["nfe"] if c["nfe"] is not None else c["nfe_target"]),
+        ("time", "sampling wall-clock per sample [s]", lambda c: c["sample_time_per_sample_s"]),
+    ):
+        fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False)
+        for ax, col in zip(axes[0], cols, strict=True):
+            for (method, solver), cells in sorted(series.items()):
+                pts = sorted(
+                    (xkey(c), c["metrics"].get(col)) for c in cells
+                    if xkey(c) is not None and c["metrics"].get(col) is not None and xkey(c) > 0
+                )
+                if not pts:
+                    continue
+                xs, ys = zip(*pts, strict=True)
+                style = "--" if cells[0]["baseline"] else "-"
+                ax.plot(xs, ys, style, marker="o", ms=3, label=f"{method} · {solver}")
+            ax.set_xscale("log", base=2 if xname == "nfe" else 10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(col + _arrow(doc, col))
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{doc['domain']} ({doc['suite']}): metrics vs {xname}")
+        fig.tight_layout()
+        path = out_dir / f"{doc['domain']}_vs_{xname}.png"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=out_dir)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        written.append(path)
+    return written
+
+
+def write_domain_report(doc: Mapping[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write ``<out_dir>/<domain>.md`` and (if ``plots``) its PNG plots under ``<out_dir>/plots/``."""
+    out_dir = Path(out_dir)
+    md = out_dir / f"{doc['domain']}.md"
+    text = render_markdown(doc)
+    if plots:
+        pngs = write_plots(doc, out_dir / "plots")
+        if pngs:
+            text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pngs) + "\n"
+    else:
+        pngs = []
+    _write_text_atomic(md, text)
+    return [md, *pngs]
+
+
+def write_index(out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/README.md``: one line per domain results file in ``out_dir``, with its status."""
+    out_dir = Path(out_dir)
+    rows = []
+    for path in sorted(out_dir.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            ok = sum(c.get("status") == "ok" for c in doc.get("cells", []))
+            rows.append(
+                f"| [{doc['domain']}]({doc['domain']}.md) | {doc['status']} | {ok}/{len(doc.get('cells', []))} "
+                f"| {doc['updated_at']} |"
+            )
+        except (OSError, ValueError, KeyError) as e:
+            rows.append(f"| {path.stem} | unreadable ({e}) | – | – |")
+    suite = out_dir.name
+    text = "\n".join(
+        [f"# flowsci bench — suite `{suite}`", "", "| domain | status | cells ok | updated |", "|---|---|---|---|",
+         *rows, ""]
+    )
+    path = out_dir / "README.md"
+    _write_text_atomic(path, text)
+    return path

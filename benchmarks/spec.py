@@ -1,0 +1,411 @@
+"""Benchmark specifications: what a domain registers with ``flowsci bench``.
+
+A domain describes its benchmark once, as data, in ``flowsci.domains.<field>.benchmark``: either a module-level
+``SPEC: BenchmarkSpec`` (sized per suite through :attr:`BenchmarkSpec.suite_overrides`) or a function
+``spec(suite: str) -> BenchmarkSpec``. The runner (:mod:`flowsci.benchmarks.runner`) knows nothing about the
+domain: it builds the data module, trains every :class:`Method`, samples it on the grid of solvers and numbers of
+function evaluations (NFE), and scores each sample set with the spec's :class:`Metric` functions.
+
+The grid of cells is ``methods x solvers x NFE``. A fixed-step solver with ``k`` network evaluations per step
+(Euler 1, midpoint and Heun 2, RK4 4) is run with ``steps = NFE / k`` steps; NFE values that ``k`` does not divide
+are skipped for that solver, so every measured row is an NFE-matched comparison. Adaptive solvers (``dopri5``...)
+give one cell per method whose NFE is the counted one.
+
+Example:
+    >>> spec = BenchmarkSpec(
+    ...     name="toy2d",
+    ...     datamodule=lambda: Toy2DDataModule(),
+    ...     reference_data=lambda dm, num, seed: dm.sample_reference(num, seed),
+    ...     methods=[Method("fm-ot", build=build_ot), Method("fm-indep", build=build_indep, baseline=True)],
+    ...     metrics=[Metric("sliced_w2", sliced_wasserstein2)],
+    ...     suite_overrides={"smoke": {"train_steps": 30, "nfe_grid": (1, 4)}},
+    ... )  # doctest: +SKIP
+
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowsci.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS
+
+__all__ = [
+    "ADAPTIVE_SOLVERS",
+    "EVALS_PER_STEP",
+    "SUITES",
+    "BenchmarkSpec",
+    "Cell",
+    "Method",
+    "Metric",
+    "ReferenceRow",
+    "SampleRequest",
+    "default_postprocess",
+    "default_sample",
+]
+
+SUITES: tuple[str, ...] = ("smoke", "quick", "full")
+"""Suite names: ``smoke`` (seconds, CI), ``quick`` (<= ~15 min per domain on 2 CPU cores), ``full`` (paper scale)."""
+
+EVALS_PER_STEP: dict[str, int] = dict(FIXED_STEP_METHODS)
+"""Network evaluations per step of each fixed-step solver of :func:`flowsci.solvers.solve_ode`."""
+
+ADAPTIVE_SOLVERS: frozenset[str] = frozenset(ADAPTIVE_METHODS)
+"""Adaptive solvers (torchdiffeq): one cell per method, NFE is whatever the solver used."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """Everything a sampler needs to produce one cell's samples.
+
+    Attributes:
+        datamodule: The (set-up) data module of the domain.
+        reference: The held-out reference returned by :attr:`BenchmarkSpec.reference_data` (conditional domains
+            take their conditions from it).
+        num: Number of samples to draw.
+        solver: Solver name (``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"dopri5"``...).
+        steps: Number of solver steps, or ``None`` for an adaptive solver.
+        nfe: Target number of function evaluations, or ``None`` for an adaptive solver.
+        seed: Seed of the prior draw (the same for every cell of a domain: common random numbers).
+
+    """
+
+    datamodule: Any
+    reference: Any
+    num: int
+    solver: str
+    steps: int | None
+    nfe: int | None
+    seed: int
+
+
+SampleFn = Callable[[Any, SampleRequest], Any]
+"""``sample(model, request) -> solution``; the solution usually is a :class:`flowsci.solvers.Solution`."""
+
+
+def default_sample(model: Any, request: SampleRequest) -> Any:
+    """Sample through the public API ``model.sample(num, steps=..., solver=..., seed=...)``.
+
+    Args:
+        model: A trained :class:`flowsci.module.FlowMatching` (or anything with the same ``sample`` signature).
+        request: The cell to sample.
+
+    Returns:
+        The model's :class:`~flowsci.solvers.Solution` (``x`` of shape ``[num, ...]``, ``nfe``).
+
+    """
+    return model.sample(request.num, steps=request.steps, solver=request.solver, seed=request.seed)
+
+
+def default_postprocess(solution: Any) -> Any:
+    """Return ``solution.x`` detached on the CPU (the object the metric functions receive)."""
+    x = solution.x if hasattr(solution, "x") else solution
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return x
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One sample-quality metric.
+
+    Attributes:
+        name: Column name (``"sliced_w2"``). If ``fn`` returns a mapping, its keys are the column names instead
+            (for metrics that share one expensive computation, e.g. coverage recall and precision).
+        fn: ``fn(samples, reference) -> float | Mapping[str, float]`` where ``samples`` is the postprocessed
+            output of the sampler and ``reference`` the held-out reference.
+        higher_is_better: Direction, a bool or a mapping from the keys of a mapping-valued ``fn`` to bools.
+        description: One line for the leaderboard legend.
+
+    """
+
+    name: str
+    fn: Callable[[Any, Any], float | Mapping[str, float]]
+    higher_is_better: bool | Mapping[str, bool] = False
+    description: str = ""
+
+    def direction(self, key: str) -> bool:
+        """Whether a larger value of column ``key`` is better."""
+        if isinstance(self.higher_is_better, Mapping):
+            return bool(self.higher_is_better.get(key, False))
+        return bool(self.higher_is_better)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method (or baseline) measured on the benchmark.
+
+    Attributes:
+        name: Row name, unique within the spec (``"fm-ot"``).
+        build: ``build(datamodule) -> model``, a fresh untrained model (usually a ``pl.LightningModule``).
+        baseline: ``True`` for the baseline(s) measured in the same run (shown as such in the leaderboard).
+        description: One line for the leaderboard.
+        train_steps: Optimiser steps, overriding :attr:`BenchmarkSpec.train_steps`; ``0`` means no training.
+        fit: ``fit(model, datamodule, max_steps) -> None`` replacing the default Lightning ``Trainer.fit``
+            (for non-Lightning baselines); it trains ``model`` in place.
+        sample: Sampler overriding :attr:`BenchmarkSpec.sample`.
+        solvers: Solvers overriding :attr:`BenchmarkSpec.solvers` (e.g. a one-step baseline: ``("euler",)``).
+        nfe_grid: NFE grid overriding :attr:`BenchmarkSpec.nfe_grid`.
+        callbacks: ``callbacks() -> list[pl.Callback]`` added to the default trainer (e.g. EMA).
+
+    """
+
+    name: str
+    build: Callable[[Any], Any]
+    baseline: bool = False
+    description: str = ""
+    train_steps: int | None = None
+    fit: Callable[[Any, Any, int], None] | None = None
+    sample: SampleFn | None = None
+    solvers: Sequence[str] | None = None
+    nfe_grid: Sequence[int] | None = None
+    callbacks: Callable[[], list[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A number reported elsewhere (a paper, an anchor of the field), never measured by this run.
+
+    Attributes:
+        method: Method name as the source calls it.
+        metrics: Metric column -> reported value (use the spec's column names when the definition matches).
+        source: Citation (paper + table, or URL).
+        scale: The scale the number was obtained at (data size, training budget, hardware).
+        nfe: NFE of the reported number, if known.
+        solver: Solver of the reported number, if known.
+        note: Caveats (different split, different metric definition...).
+
+    """
+
+    method: str
+    metrics: Mapping[str, float]
+    source: str
+    scale: str
+    nfe: int | None = None
+    solver: str | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (always tagged ``"kind": "reported"``)."""
+        return {
+            "kind": "reported",
+            "method": self.method,
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "source": self.source,
+            "scale": self.scale,
+            "nfe": self.nfe,
+            "solver": self.solver,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, solver, NFE) measurement. ``nfe``/``steps`` are ``None`` for adaptive solvers."""
+
+    method: str
+    solver: str
+    nfe: int | None
+    steps: int | None
+
+    @property
+    def id(self) -> str:
+        """Stable identifier ``method/solver/nfe<N>`` (``.../adaptive`` for adaptive solvers)."""
+        return f"{self.method}/{self.solver}/" + ("adaptive" if self.nfe is None else f"nfe{self.nfe}")
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A domain's benchmark: data, methods, grid, metrics, reference rows, and per-suite sizes.
+
+    Attributes:
+        name: Domain name (the registry key, e.g. ``"toy2d"``).
+        datamodule: ``datamodule() -> pl.LightningDataModule`` (a fresh one; called once per domain run).
+        reference_data: ``reference_data(datamodule, num, seed) -> reference``: held-out data the samples are
+            scored against (e.g. a ``[num, d]`` tensor of fresh target samples, or test structures).
+        methods: Methods and baselines (at least one ``baseline=True`` is recommended).
+        metrics: Metric functions.
+        num_samples: Samples drawn per cell (and the size of the reference).
+        nfe_grid: Target NFE values for fixed-step solvers.
+        solvers: Solver names.
+        train_steps: Default optimiser steps per method.
+        seed: Seed of training (``pl.seed_everything``), of the reference and of the prior draws.
+        trainer_kwargs: Extra ``pl.Trainer`` arguments (e.g. ``{"gradient_clip_val": 1.0}``).
+        sample: Default sampler ``sample(model, request)``; :func:`default_sample` calls ``model.sample``.
+        postprocess: ``postprocess(solution) -> samples`` given to the metrics (default: ``solution.x`` on CPU).
+        primary_metric: Column the leaderboard sorts by (default: the first metric's column).
+        references: Reported reference rows (never mixed with measured rows).
+        description: A paragraph for the leaderboard.
+        suite_overrides: ``{suite: {field: value}}`` applied by :meth:`for_suite` (e.g. smaller ``train_steps``
+            for ``"smoke"``).
+        packages: Extra distributions whose versions are recorded (e.g. ``("pymatgen",)``).
+        nfe_counter: Attribute of the model whose forward calls are counted as the measured NFE (``"net"``);
+            ``None`` disables counting.
+        version: Bump when the benchmark changes meaning; finished cells of another version are rerun.
+        warmup_samples: Before a method's first timed cell, draw this many samples once, untimed (lazy
+            initialisation, allocator warm-up); ``0`` disables.
+
+    """
+
+    name: str
+    datamodule: Callable[[], Any]
+    reference_data: Callable[[Any, int, int], Any]
+    methods: Sequence[Method]
+    metrics: Sequence[Metric]
+    num_samples: int = 1000
+    nfe_grid: Sequence[int] = (1, 2, 4, 8, 32)
+    solvers: Sequence[str] = ("euler",)
+    train_steps: int = 1000
+    seed: int = 0
+    trainer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sample: SampleFn = default_sample
+    postprocess: Callable[[Any], Any] = default_postprocess
+    primary_metric: str | None = None
+    references: Sequence[ReferenceRow] = ()
+    description: str = ""
+    suite_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    packages: Sequence[str] = ()
+    nfe_counter: str | None = "net"
+    version: str = "1"
+    warmup_samples: int = 16
+
+    def __post_init__(self) -> None:
+        """Check the spec once, with errors that name the domain and the problem."""
+        where = f"BenchmarkSpec {self.name!r}"
+        if not self.name or "/" in self.name:
+            raise ValueError(f"{where}: name must be a non-empty string without '/'")
+        names = [m.name for m in self.methods]
+        if not names:
+            raise ValueError(f"{where}: needs at least one method")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where}: duplicate method names {names}")
+        if any(not n or "/" in n for n in names):
+            raise ValueError(f"{where}: method names must be non-empty and contain no '/': {names}")
+        if not self.metrics:
+            raise ValueError(f"{where}: needs at least one metric")
+        if self.num_samples < 1:
+            raise ValueError(f"{where}: num_samples must be >= 1, got {self.num_samples}")
+        for m in self.methods:
+            for s in m.solvers if m.solvers is not None else self.solvers:
+                if s not in EVALS_PER_STEP and s not in ADAPTIVE_SOLVERS:
+                    known = sorted(EVALS_PER_STEP) + sorted(ADAPTIVE_SOLVERS)
+                    raise ValueError(f"{where}: unknown solver {s!r} (method {m.name!r}); known: {known}")
+            for n in m.nfe_grid if m.nfe_grid is not None else self.nfe_grid:
+                if int(n) < 1:
+                    raise ValueError(f"{where}: NFE values must be >= 1, got {n} (method {m.name!r})")
+        unknown = set(self.suite_overrides) - set(SUITES)
+        if unknown:
+            raise ValueError(f"{where}: suite_overrides has unknown suites {sorted(unknown)}; known: {SUITES}")
+
+    def for_suite(self, suite: str) -> BenchmarkSpec:
+        """Return the spec sized for ``suite`` (``suite_overrides[suite]`` applied with ``dataclasses.replace``).
+
+        Raises:
+            ValueError: If ``suite`` is unknown or an override names a field the spec does not have.
+
+        """
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES}")
+        overrides = dict(self.suite_overrides.get(suite, {}))
+        fields = {f.name for f in dataclasses.fields(self)} - {"suite_overrides"}
+        bad = set(overrides) - fields
+        if bad:
+            raise ValueError(
+                f"BenchmarkSpec {self.name!r}: suite_overrides[{suite!r}] has unknown fields {sorted(bad)}"
+            )
+        return dataclasses.replace(self, **overrides, suite_overrides={})
+
+    def method(self, name: str) -> Method:
+        """The method called ``name``."""
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(f"BenchmarkSpec {self.name!r} has no method {name!r}")
+
+    def train_steps_of(self, method: Method) -> int:
+        """Optimiser steps of ``method`` (its override or the spec default)."""
+        return int(self.train_steps if method.train_steps is None else method.train_steps)
+
+    def cells(self) -> list[Cell]:
+        """All (method, solver, NFE) cells in run order (method-major, so each method is trained once)."""
+        out: list[Cell] = []
+        for m in self.methods:
+            solvers = m.solvers if m.solvers is not None else self.solvers
+            grid = m.nfe_grid if m.nfe_grid is not None else self.nfe_grid
+            for s in solvers:
+                if s in ADAPTIVE_SOLVERS:
+                    out.append(Cell(m.name, s, None, None))
+                    continue
+                k = EVALS_PER_STEP[s]
+                for n in sorted({int(v) for v in grid}):
+                    if n % k == 0:
+                        out.append(Cell(m.name, s, n, n // k))
+        return out
+
+    def train_fingerprint(self, method: Method) -> str:
+        """Hash of everything that determines a method's trained weights (keys the training cache)."""
+        return _fingerprint(
+            {
+                "domain": self.name,
+                "version": self.version,
+                "method": method.name,
+                "train_steps": self.train_steps_of(method),
+                "seed": self.seed,
+                "trainer_kwargs": dict(self.trainer_kwargs),
+            }
+        )
+
+    def cell_fingerprint(self, cell: Cell) -> str:
+        """Hash of everything that determines a cell's result; a finished cell is reused only if it matches."""
+        return _fingerprint(
+            {
+                "train": self.train_fingerprint(self.method(cell.method)),
+                "cell": cell.id,
+                "steps": cell.steps,
+                "num_samples": self.num_samples,
+                "metrics": [m.name for m in self.metrics],
+            }
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary written into the results file."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "num_samples": int(self.num_samples),
+            "nfe_grid": [int(n) for n in self.nfe_grid],
+            "solvers": list(self.solvers),
+            "train_steps": int(self.train_steps),
+            "seed": int(self.seed),
+            "primary_metric": self.primary_metric,
+            "methods": [
+                {
+                    "name": m.name,
+                    "baseline": bool(m.baseline),
+                    "description": m.description,
+                    "train_steps": self.train_steps_of(m),
+                }
+                for m in self.methods
+            ],
+            "metrics": [
+                {
+                    "name": m.name,
+                    "higher_is_better": (
+                        dict(m.higher_is_better)
+                        if isinstance(m.higher_is_better, Mapping)
+                        else bool(m.higher_is_better)
+                    ),
+                    "description": m.description,
+                }
+                for m in self.metrics
+            ],
+        }

@@ -1,0 +1,100 @@
+"""BenchmarkSpec: the cell grid, suite sizing, validation and fingerprints; the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowsci.benchmarks.registry import DOMAINS, available_domains, load_spec
+from flowsci.benchmarks.spec import BenchmarkSpec, Method
+
+
+def test_cells_are_nfe_matched(fakes) -> None:
+    spec = fakes.make_spec(solvers=("euler", "midpoint", "rk4", "dopri5"), nfe_grid=(1, 2, 4, 8))
+    ids = [c.id for c in spec.cells() if c.method == "shift"]
+    assert ids == [
+        "shift/euler/nfe1", "shift/euler/nfe2", "shift/euler/nfe4", "shift/euler/nfe8",
+        "shift/midpoint/nfe2", "shift/midpoint/nfe4", "shift/midpoint/nfe8",
+        "shift/rk4/nfe4", "shift/rk4/nfe8",
+        "shift/dopri5/adaptive",
+    ]
+    for c in spec.cells():
+        if c.nfe is not None:
+            assert c.steps * {"euler": 1, "midpoint": 2, "rk4": 4}[c.solver] == c.nfe
+        else:
+            assert c.steps is None
+
+
+def test_method_overrides_grid(fakes) -> None:
+    base = fakes.make_spec()
+    one_step = Method("one-step", build=lambda dm: None, solvers=("euler",), nfe_grid=(1,))
+    spec = fakes.make_spec(methods=[*base.methods, one_step])
+    assert [c.id for c in spec.cells() if c.method == "one-step"] == ["one-step/euler/nfe1"]
+
+
+def test_for_suite_applies_overrides(fakes) -> None:
+    spec = fakes.make_spec(suite_overrides={"smoke": {"num_samples": 10, "nfe_grid": (1,)}})
+    small = spec.for_suite("smoke")
+    assert small.num_samples == 10 and tuple(small.nfe_grid) == (1,)
+    assert spec.for_suite("quick").num_samples == spec.num_samples
+    with pytest.raises(ValueError, match="unknown suite"):
+        spec.for_suite("huge")
+    bad = fakes.make_spec(suite_overrides={"smoke": {"num_sample": 10}})
+    with pytest.raises(ValueError, match="unknown fields"):
+        bad.for_suite("smoke")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"solvers": ("leapfrog",)}, "unknown solver"),
+        ({"methods": []}, "at least one method"),
+        ({"metrics": []}, "at least one metric"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"nfe_grid": (0, 1)}, "NFE values"),
+        ({"name": "a/b"}, "name"),
+        ({"suite_overrides": {"nightly": {}}}, "unknown suites"),
+    ],
+)
+def test_spec_validation(fakes, overrides, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        fakes.make_spec(**overrides)
+
+
+def test_duplicate_method_names_rejected(fakes) -> None:
+    m = fakes.make_spec().methods[0]
+    with pytest.raises(ValueError, match="duplicate"):
+        fakes.make_spec(methods=[m, m])
+
+
+def test_fingerprints_track_what_determines_a_result(fakes) -> None:
+    a = fakes.make_spec()
+    cell = a.cells()[0]
+    assert a.cell_fingerprint(cell) == fakes.make_spec().cell_fingerprint(cell)
+    assert a.cell_fingerprint(cell) != fakes.make_spec(num_samples=401).cell_fingerprint(cell)
+    assert a.cell_fingerprint(cell) != fakes.make_spec(train_steps=11).cell_fingerprint(cell)
+    assert a.cell_fingerprint(cell) != fakes.make_spec(seed=1).cell_fingerprint(cell)
+    # the training fingerprint ignores the sampling grid
+    m = a.method("shift")
+    assert a.train_fingerprint(m) == fakes.make_spec(nfe_grid=(8,), num_samples=3).train_fingerprint(m)
+
+
+def test_describe_is_json_ready(fakes) -> None:
+    import json
+
+    d = fakes.make_spec().describe()
+    json.dumps(d)
+    assert [m["name"] for m in d["methods"]] == ["shift", "untrained"]
+    assert d["methods"][1]["baseline"] is True and d["methods"][1]["train_steps"] == 0
+
+
+def test_registry_loads_toy2d_lazily() -> None:
+    assert DOMAINS["toy2d"] == "flowsci.benchmarks.toy2d"
+    assert "toy2d" in available_domains()
+    spec = load_spec("toy2d", "smoke")
+    assert isinstance(spec, BenchmarkSpec) and spec.name == "toy2d"
+    assert any(m.baseline for m in spec.methods)
+    assert load_spec("toy2d", "quick").train_steps > spec.train_steps
+    with pytest.raises(KeyError, match="unknown benchmark domain"):
+        load_spec("nope", "smoke")
+    with pytest.raises(ValueError, match="neither SPEC"):
+        load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.metrics"})
