@@ -23,7 +23,7 @@ __all__ = ["FlowMatching", "PREDICTIONS", "LOSS_WEIGHTINGS", "atomic_write"]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 LOSS_WEIGHTINGS = ("none", "inverse_clipped")
-_OBJECT_ARGS = ["net", "path", "time_sampler", "coupling", "optimizer", "lr_scheduler"]
+_OBJECT_ARGS = ["net", "path", "time_sampler", "coupling", "cond_dropout", "optimizer", "lr_scheduler"]
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> Path:
@@ -178,9 +178,9 @@ class FlowMatching(pl.LightningModule):
         if x0 is None:
             x0 = self.sample_prior(b * self.coupling.candidates, cond, generator=generator).to(x1.dtype)
             x0, x1 = self.coupling(x0, x1)
-        if self.cond_dropout is not None:
-            cond = self.cond_dropout(cond, generator=generator)
         t = self.time_sampler.sample(b, device=x1.device, generator=generator).to(x1.dtype)
+        if self.cond_dropout is not None:  # drawn last: noise and times do not depend on it
+            cond = self.cond_dropout(cond, generator=generator)
         ps = self.path.sample(x0, x1, t)
         out = self.net(ps.x_t, t, **cond)
         target = {"velocity": ps.dx_t, "x1": x1, "epsilon": x0}[self.prediction]

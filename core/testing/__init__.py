@@ -1,5 +1,10 @@
 """Public assertion helpers for flowsci and its domains' tests (paths, solvers, manifolds, Bayesian flows)."""
 
+from flowsci.testing.bayesian import (
+    assert_loss_zero_at_data,
+    assert_oracle_sampling_recovers_data,
+    oracle_prediction,
+)
 from flowsci.testing.flows import assert_solver_order, assert_velocity_matches_finite_difference, measure_solver_order
 from flowsci.testing.manifolds import (
     assert_equivariant,
@@ -10,6 +15,9 @@ from flowsci.testing.manifolds import (
 )
 
 __all__ = [
+    "assert_loss_zero_at_data",
+    "assert_oracle_sampling_recovers_data",
+    "oracle_prediction",
     "assert_equivariant",
     "assert_on_manifold",
     "assert_path_endpoints",

@@ -41,7 +41,7 @@ def _check_max(name: str, err: Tensor, atol: float) -> float:
 
 
 def assert_on_manifold(manifold: Manifold, x: Tensor, atol: float = 1e-5) -> float:
-    r"""Assert that ``x`` ``[..., point_dim]`` are finite points: :math:`\max |x - \mathrm{projx}(x)| \le` ``atol``.
+    r"""Assert that ``x`` ``[..., point_dim]`` are finite points: :math:`\max |x - \mathrm{projx}(x)|`.
 
     Args:
         manifold: The manifold.
@@ -56,7 +56,7 @@ def assert_on_manifold(manifold: Manifold, x: Tensor, atol: float = 1e-5) -> flo
 
 
 def assert_tangent(manifold: Manifold, x: Tensor, v: Tensor, atol: float = 1e-5) -> float:
-    r"""Assert that ``v`` ``[..., tangent_dim]`` is tangent at ``x``: :math:`\max|v - \mathrm{proju}_x(v)|` <= ``atol``.
+    r"""Assert that ``v`` ``[..., tangent_dim]`` is tangent at ``x``: :math:`\max|v - \mathrm{proju}_x(v)|`.
 
     Returns:
         The largest deviation.
@@ -66,10 +66,10 @@ def assert_tangent(manifold: Manifold, x: Tensor, v: Tensor, atol: float = 1e-5)
 
 
 def assert_path_endpoints(path: ProbPath, x0: Tensor, x1: Tensor, atol: float = 1e-5) -> float:
-    r"""Assert that a path starts at ``x0`` and ends at ``x1`` (in geodesic distance) and stays on its manifold.
+    r"""Assert that a path runs from ``x0`` to ``x1`` (in geodesic distance) and stays on its manifold.
 
-    Also checks that ``x_t`` is on the manifold and ``dx_t`` tangent at ``x_t`` for :math:`t \in \{0, 1/2,
-    1\}`.
+    Also checks that ``x_t`` is on the manifold and ``dx_t`` tangent at ``x_t`` for
+    :math:`t \in \{0, 1/2, 1\}`.
 
     Args:
         path: Any :class:`~flowsci.paths.ProbPath`.
