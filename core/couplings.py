@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from flowsci.manifolds import Manifold
+
 __all__ = ["Coupling", "IndependentCoupling", "MinibatchOTCoupling", "ImmiscibleCoupling", "pair_cost"]
 
 
-def pair_cost(x0: Tensor, x1: Tensor) -> Tensor:
-    """Squared Euclidean cost matrix between flattened samples: ``[B0, B1]``."""
-    return torch.cdist(x0.reshape(x0.shape[0], -1).double(), x1.reshape(x1.shape[0], -1).double()) ** 2
+def pair_cost(x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> Tensor:
+    r"""Squared distance cost matrix ``[B0, B1]`` between samples ``[B, *S, d]``.
+
+    Euclidean: squared norm of the flattened difference. On a manifold: :math:`\sum_s d_M(x_0^{i,s}, x_1^{j,s})^2`
+    over the set axes ``S`` (so the torus wraps and SO(3) identifies :math:`q \equiv -q`).
+    """
+    if manifold is None:
+        return torch.cdist(x0.reshape(x0.shape[0], -1).double(), x1.reshape(x1.shape[0], -1).double()) ** 2
+    a = x0.double().unsqueeze(1)
+    b = x1.double().unsqueeze(0)
+    d = manifold.dist(*torch.broadcast_tensors(a, b))  # [B0, B1, *S]
+    return (d**2).reshape(d.shape[0], d.shape[1], -1).sum(-1)
 
 
 class Coupling(ABC):
@@ -28,14 +41,14 @@ class Coupling(ABC):
     candidates: int = 1
 
     @abstractmethod
-    def __call__(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the paired ``(x0, x1)``, both ``[B, *D]``."""
+    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
+        """Return the paired ``(x0, x1)``, both ``[B, *D]``; ``manifold`` supplies the geodesic distance."""
 
 
 class IndependentCoupling(Coupling):
     """The product coupling :math:`q(x_0)\\,q(x_1)`: pairs are kept as drawn."""
 
-    def __call__(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
         """Return the pairs unchanged."""
         return x0, x1
 
@@ -48,11 +61,11 @@ class MinibatchOTCoupling(Coupling):
     without its sampling step) and permutes the noise, so data and conditions keep their order.
     """
 
-    def __call__(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
-        """Permute ``x0`` to its optimal partners."""
+    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
+        """Permute ``x0`` to its optimal partners (geodesic cost on a manifold)."""
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"OT coupling needs equal batch sizes, got {x0.shape[0]} and {x1.shape[0]}")
-        cost = pair_cost(x0, x1).cpu().numpy()
+        cost = pair_cost(x0, x1, manifold).cpu().numpy()
         rows, cols = linear_sum_assignment(cost)
         perm = np.empty_like(rows)
         perm[cols] = rows  # data i gets noise perm[i]
@@ -77,12 +90,15 @@ class ImmiscibleCoupling(Coupling):
         self.k = k
         self.candidates = k
 
-    def __call__(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
-        """Choose, per data point, the nearest of its ``k`` prior candidates."""
+    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
+        """Choose, per data point, the nearest of its ``k`` prior candidates (geodesic distance on a manifold)."""
         b = x1.shape[0]
         if x0.shape[0] != self.k * b:
             raise ValueError(f"ImmiscibleCoupling(k={self.k}) needs {self.k * b} prior draws, got {x0.shape[0]}")
-        cand = x0.reshape(b, self.k, -1)
-        d = ((cand - x1.reshape(b, 1, -1)) ** 2).sum(-1)
+        cand = x0.reshape(b, self.k, *x1.shape[1:])
+        if manifold is None:
+            d = ((cand - x1.unsqueeze(1)) ** 2).reshape(b, self.k, -1).sum(-1)
+        else:
+            d = (manifold.dist(cand, x1.unsqueeze(1).expand_as(cand)) ** 2).reshape(b, self.k, -1).sum(-1)
         best = d.argmin(dim=1)
-        return cand[torch.arange(b, device=x1.device), best].reshape(x1.shape), x1
+        return cand[torch.arange(b, device=x1.device), best], x1

@@ -155,7 +155,7 @@ class FlowMatching(pl.LightningModule):
         """The learned velocity :math:`v_\\theta(x_t, t)`, converting x1/epsilon predictions when needed."""
         out = self.net(x_t, t, **cond)
         if self.prediction == "velocity":
-            return out
+            return self._project(x_t, out)
         path: AffinePath = self.path  # type: ignore[assignment]
         # keep away from the singular end point of the conversion
         t_safe = t.clamp(max=1 - 1e-3) if self.prediction == "x1" else t.clamp(min=1e-3)
@@ -177,12 +177,12 @@ class FlowMatching(pl.LightningModule):
         x0 = cond.pop("x0", None)
         if x0 is None:
             x0 = self.sample_prior(b * self.coupling.candidates, cond, generator=generator).to(x1.dtype)
-            x0, x1 = self.coupling(x0, x1)
+            x0, x1 = self.coupling(x0, x1, manifold=self._manifold())
         t = self.time_sampler.sample(b, device=x1.device, generator=generator).to(x1.dtype)
         if self.cond_dropout is not None:  # drawn last: noise and times do not depend on it
             cond = self.cond_dropout(cond, generator=generator)
         ps = self.path.sample(x0, x1, t)
-        out = self.net(ps.x_t, t, **cond)
+        out = self._project(ps.x_t, self.net(ps.x_t, t, **cond))
         target = {"velocity": ps.dx_t, "x1": x1, "epsilon": x0}[self.prediction]
         sq = (out - target) ** 2
         if self.loss_weighting == "inverse_clipped":
@@ -298,6 +298,15 @@ class FlowMatching(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the data shape."""
         self.data_shape = checkpoint.get("flowsci_data_shape", self.data_shape)
+
+    def _manifold(self) -> Any:
+        """The path's manifold, or ``None`` for flat (affine) paths."""
+        return None if isinstance(self.path, AffinePath) else self.path.manifold
+
+    def _project(self, x: Tensor, v: Tensor) -> Tensor:
+        """Project a predicted velocity onto the tangent space at ``x`` (identity for flat paths)."""
+        manifold = self._manifold()
+        return v if manifold is None else manifold.proju(x, v)
 
     def _require_data_shape(self) -> list[int]:
         if self.data_shape is None:

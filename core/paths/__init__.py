@@ -2,6 +2,7 @@
 
 from flowsci.paths.affine import AffinePath, CondOTPath
 from flowsci.paths.base import PathSample, ProbPath, expand_t
+from flowsci.paths.geodesic import GeodesicPath
 from flowsci.paths.interpolant import StochasticInterpolant
 from flowsci.paths.schedulers import (
     CondOTScheduler,
@@ -18,6 +19,7 @@ __all__ = [
     "CondOTPath",
     "CondOTScheduler",
     "CosineScheduler",
+    "GeodesicPath",
     "PathSample",
     "PolynomialScheduler",
     "ProbPath",

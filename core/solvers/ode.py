@@ -85,23 +85,37 @@ class _Counted:
 
 
 def _step(
-    f: _Counted, x: Tensor, t: Tensor, dt: Tensor, method: str, exp: Callable[[Tensor, Tensor], Tensor]
+    f: _Counted,
+    x: Tensor,
+    t: Tensor,
+    dt: Tensor,
+    method: str,
+    exp: Callable[[Tensor, Tensor], Tensor],
+    transport: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> Tensor:
-    """One explicit Runge–Kutta step; ``exp(x, v)`` moves from ``x`` along tangent ``v``."""
+    """One explicit Runge–Kutta step.
+
+    ``exp(x, v)`` moves from ``x`` along tangent ``v``; ``transport(y, x, k)`` brings a stage slope ``k``
+    evaluated at ``y`` to the tangent space at ``x`` (identity in Euclidean space).
+    """
     if method == "euler":
         return exp(x, dt * f(x, t))
     if method == "midpoint":
         k1 = f(x, t)
-        return exp(x, dt * f(exp(x, 0.5 * dt * k1), t + 0.5 * dt))
+        y = exp(x, 0.5 * dt * k1)
+        return exp(x, dt * transport(y, x, f(y, t + 0.5 * dt)))
     if method == "heun":
         k1 = f(x, t)
-        k2 = f(exp(x, dt * k1), t + dt)
-        return exp(x, 0.5 * dt * (k1 + k2))
+        y = exp(x, dt * k1)
+        return exp(x, 0.5 * dt * (k1 + transport(y, x, f(y, t + dt))))
     if method == "rk4":
         k1 = f(x, t)
-        k2 = f(exp(x, 0.5 * dt * k1), t + 0.5 * dt)
-        k3 = f(exp(x, 0.5 * dt * k2), t + 0.5 * dt)
-        k4 = f(exp(x, dt * k3), t + dt)
+        y2 = exp(x, 0.5 * dt * k1)
+        k2 = transport(y2, x, f(y2, t + 0.5 * dt))
+        y3 = exp(x, 0.5 * dt * k2)
+        k3 = transport(y3, x, f(y3, t + 0.5 * dt))
+        y4 = exp(x, dt * k3)
+        k4 = transport(y4, x, f(y4, t + dt))
         return exp(x, dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
     raise ValueError(f"unknown fixed-step method {method!r}")
 
@@ -167,10 +181,16 @@ def solve_ode(
 
         def exp(x: Tensor, v: Tensor) -> Tensor:
             return x + v
+
+        def transport(y: Tensor, x: Tensor, k: Tensor) -> Tensor:
+            return k
     else:
 
         def exp(x: Tensor, v: Tensor) -> Tensor:
             return manifold.exp(x, manifold.proju(x, v))
+
+        def transport(y: Tensor, x: Tensor, k: Tensor) -> Tensor:
+            return manifold.transport(y, x, manifold.proju(y, k))
 
     n = grid.numel() - 1
     show = progress if progress is not None else n >= PROGRESS_MIN_STEPS
@@ -179,7 +199,7 @@ def solve_ode(
     for i in tqdm(range(n), desc=f"{method} sampling", disable=not show, leave=False):
         t = grid[i].to(x.dtype)
         dt = (grid[i + 1] - grid[i]).to(x.dtype)
-        x = _step(f, x, t, dt, method, exp)
+        x = _step(f, x, t, dt, method, exp, transport)
         if states is not None:
             states.append(x)
     return Solution(x=x, nfe=f.nfe, times=grid, trajectory=states)

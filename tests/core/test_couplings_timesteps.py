@@ -62,3 +62,26 @@ def test_time_sampler_rejects_bad_arguments():
         UniformTime(0.5, 0.2)
     with pytest.raises(ValueError):
         LogitNormalTime(std=0)
+
+
+def test_ot_on_the_torus_uses_wrapped_distance():
+    from flowsci.manifolds import FlatTorus
+
+    x1 = torch.tensor([[0.02], [0.50]])
+    x0 = torch.tensor([[0.52], [0.97]])  # Euclidean pairing keeps the order; on the circle 0.97 is next to 0.02
+    y0, _ = MinibatchOTCoupling()(x0, x1)
+    assert torch.equal(y0, x0)
+    y0, _ = MinibatchOTCoupling()(x0, x1, manifold=FlatTorus(1))
+    assert torch.equal(y0, x0.flip(0))
+
+
+def test_ot_on_so3_identifies_antipodal_quaternions():
+    from flowsci.manifolds import SO3, random_quaternion
+
+    q1 = random_quaternion((6, 5), generator=torch.Generator().manual_seed(0))
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    q0 = -q1[perm]  # the same rotations, sign-flipped and shuffled
+    y0, _ = MinibatchOTCoupling()(q0, q1, manifold=SO3())
+    torch.testing.assert_close(y0, -q1)
+    y0i, _ = ImmiscibleCoupling(k=1)(q0, q1, manifold=SO3())
+    assert torch.equal(y0i, q0)
