@@ -1,8 +1,9 @@
 """Riemannian manifolds for flow matching: Euclidean, flat torus, sphere, SO(3) (unit quaternions), products.
 
 Every manifold implements :class:`Manifold` (``exp``, ``log``, ``geodesic``, ``geodesic_with_velocity``,
-``proju``, ``projx``, ``dist``, ``inner``, ``random_base``, ``origin``); :mod:`~flowsci.manifolds.masks` handles
-variable-size sets and :mod:`~flowsci.manifolds.quaternion` the rotation algebra.
+``proju``, ``projx``, ``transport``, ``dist``, ``inner``, ``norm``, ``random_base``, ``origin``);
+:mod:`~flowsci.manifolds.masks` handles variable-size sets, :func:`riemannian_mse` is the flow-matching loss
+and :mod:`~flowsci.manifolds.quaternion` holds the rotation algebra.
 """
 
 from flowsci.manifolds.base import Manifold

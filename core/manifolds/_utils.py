@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["resolve_dtype", "safe_norm", "sinc", "inv_sinc"]
+__all__ = ["resolve_dtype", "safe_norm", "sinc"]
 
-#: Below this angle the ratios use their Taylor series (truncation error < 1e-16 in float64).
+#: Below this angle sin(x)/x uses its Taylor series (truncation error < 1e-16 in float64).
 SERIES_THRESHOLD = 1e-2
 
 
@@ -24,9 +24,8 @@ def safe_norm(v: Tensor, keepdim: bool = True) -> tuple[Tensor, Tensor]:
         keepdim: Keep the reduced axis.
 
     Returns:
-        ``(norm, sq_norm)``; ``norm`` is exact except where it is 0, where it is replaced by 1 (use ``sq_norm``
-        to detect that case), so ``sqrt`` never sees 0 and backward stays finite.
-
+        ``(norm, sq_norm)``; ``norm`` is exact except where it is 0, where it is replaced by 1 (use
+        ``sq_norm`` to detect that case), so ``sqrt`` never sees 0 and backward stays finite.
     """
     sq = (v * v).sum(-1, keepdim=keepdim)
     return torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt(), sq
@@ -38,13 +37,3 @@ def sinc(theta: Tensor) -> Tensor:
     th = torch.where(small, torch.ones_like(theta), theta)
     t2 = theta * theta
     return torch.where(small, 1 - t2 / 6 * (1 - t2 / 20), torch.sin(th) / th)
-
-
-def inv_sinc(theta: Tensor) -> Tensor:
-    r""":math:`\theta/\sin\theta` for :math:`|\theta| < \pi`, with the series :math:`1 + \theta^2/6 +
-    7\theta^4/360` for small angles.
-    """
-    small = theta.abs() < SERIES_THRESHOLD
-    th = torch.where(small, torch.ones_like(theta), theta)
-    t2 = theta * theta
-    return torch.where(small, 1 + t2 / 6 + 7 * t2 * t2 / 360, th / torch.sin(th))

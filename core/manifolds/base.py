@@ -34,13 +34,12 @@ def as_shape(shape: ShapeLike) -> tuple[int, ...]:
 class Manifold(ABC):
     """Abstract Riemannian manifold with batched, broadcasting operations.
 
-    Shapes: points ``x, y`` are ``[..., point_dim]``, tangent vectors ``u, v`` are ``[..., tangent_dim]``, times
-    ``t`` broadcast against ``x[..., :1]``. Reductions (``dist``, ``inner``) drop the last axis.
+    Shapes: points ``x, y`` are ``[..., point_dim]``, tangent vectors ``u, v`` are ``[..., tangent_dim]``,
+    times ``t`` broadcast against ``x[..., :1]``. Reductions (``dist``, ``inner``) drop the last axis.
 
     Attributes:
         point_dim: Size of the last axis of a point (``None`` for a dimension-agnostic Euclidean space).
         tangent_dim: Size of the last axis of a tangent vector.
-
     """
 
     point_dim: int | None
@@ -48,7 +47,7 @@ class Manifold(ABC):
 
     @abstractmethod
     def exp(self, x: Tensor, v: Tensor) -> Tensor:
-        r"""Exponential map :math:`\exp_x(v)`: follow the geodesic from ``x`` with initial velocity ``v`` for time 1.
+        r"""Exponential map :math:`\exp_x(v)`: the geodesic from ``x`` with initial velocity ``v`` at time 1.
 
         Args:
             x: Base points ``[..., point_dim]``.
@@ -56,7 +55,6 @@ class Manifold(ABC):
 
         Returns:
             Points ``[..., point_dim]``.
-
         """
 
     @abstractmethod
@@ -69,7 +67,6 @@ class Manifold(ABC):
 
         Returns:
             Tangent vectors at ``x``, ``[..., tangent_dim]``, with :math:`\exp_x(\log_x y) = y`.
-
         """
 
     @abstractmethod
@@ -98,7 +95,6 @@ class Manifold(ABC):
 
         Returns:
             Points ``[*shape, point_dim]``.
-
         """
 
     @abstractmethod
@@ -123,7 +119,9 @@ class Manifold(ABC):
         sq = self.inner(x, v, v)
         positive = sq > 0
         # Substitute 1 under the root where sq <= 0 so backward stays finite at v = 0 (the norm's kink).
-        return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+        return torch.where(
+            positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq)
+        )
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Geodesic distance :math:`d(x, y) = \|\log_x y\|_x`, ``[...]``."""
@@ -139,17 +137,34 @@ class Manifold(ABC):
 
         Returns:
             Points ``[..., point_dim]``.
-
         """
         v = self.log(x, y)
         return self.exp(x, torch.as_tensor(t).to(v) * v)
 
+    def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        r"""Move a tangent vector ``v`` at ``x`` to the tangent space at ``y`` (vector transport).
+
+        Solvers use it to combine Runge–Kutta stages evaluated at different points. The default projects,
+        :math:`\mathrm{proju}_y(v)`, a first-order vector transport for embedded manifolds (Absil, Mahony &
+        Sepulchre 2008, ch. 8); it is exact for flat spaces. Subclasses override it with closed forms.
+
+        Args:
+            x: Points where ``v`` lives, ``[..., point_dim]``.
+            y: Destination points, ``[..., point_dim]``.
+            v: Tangent vectors at ``x``, ``[..., tangent_dim]``.
+
+        Returns:
+            Tangent vectors at ``y``, ``[..., tangent_dim]``.
+        """
+        del x
+        return self.proju(y, v)
+
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""Geodesic point :math:`\gamma(t)` and its velocity :math:`\dot\gamma(t)` in the tangent representation.
+        r"""Geodesic point :math:`\gamma(t)` and velocity :math:`\dot\gamma(t)` (tangent representation).
 
         The generic implementation uses :math:`\dot\gamma(t) = \log_{\gamma(t)}(y)/(1-t)` for :math:`t < 1/2`
-        and :math:`-\log_{\gamma(t)}(x)/t` otherwise, so it is finite at both end points; subclasses override it
-        with closed forms.
+        and :math:`-\log_{\gamma(t)}(x)/t` otherwise, so it is finite at both end points; subclasses override
+        it with closed forms.
 
         Args:
             x: Start points ``[..., point_dim]``.
@@ -158,7 +173,6 @@ class Manifold(ABC):
 
         Returns:
             ``(x_t, v_t)`` of shapes ``[..., point_dim]`` and ``[..., tangent_dim]``.
-
         """
         t = torch.as_tensor(t).to(x)
         x_t = self.geodesic(x, y, t)

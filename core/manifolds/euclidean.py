@@ -15,12 +15,12 @@ class Euclidean(Manifold):
     r"""Euclidean space :math:`\mathbb R^d` with :math:`\exp_x(v) = x + v` and :math:`\log_x(y) = y - x`.
 
     The geodesic path is the straight line :math:`x_t = (1-t)x_0 + t x_1` with velocity :math:`x_1 - x_0`
-    (rectified flow / conditional OT, Lipman et al. 2023; Liu et al. 2023). The prior is :math:`\mathcal N(0, I)`.
+    (rectified flow / conditional OT, Lipman et al. 2023; Liu et al. 2023). The prior is
+    :math:`\mathcal N(0, I)`.
 
     Args:
-        dim: Size of the last axis; ``None`` accepts any size (then :meth:`random_base` and :meth:`origin` need
-            a known size and raise).
-
+        dim: Size of the last axis; ``None`` accepts any size (then :meth:`random_base` and
+            :meth:`origin` need a known size and raise).
     """
 
     def __init__(self, dim: int | None = None) -> None:

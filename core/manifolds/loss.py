@@ -10,14 +10,17 @@ from flowsci.manifolds.masks import masked_mean
 __all__ = ["riemannian_mse"]
 
 
-def riemannian_mse(manifold: Manifold, x_t: Tensor, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    r"""Per-sample Riemannian flow-matching loss (Chen & Lipman 2024, eq. 12).
+def riemannian_mse(
+    manifold: Manifold, x_t: Tensor, pred: Tensor, target: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    r"""Per-sample Riemannian flow-matching loss (Chen & Lipman, ICLR 2024).
 
     .. math::
-        \mathcal L = \frac{1}{|\{i: m_i\}|\, d_T} \sum_{i: m_i} \| v_\theta(x_t)_i - u_t(x_t \mid x_1)_i \|^2_{x_{t,i}}
+        \mathcal L = \frac{1}{|\{i: m_i\}|\, d_T}
+        \sum_{i: m_i} \| v_\theta(x_t)_i - u_t(x_t \mid x_1)_i \|^2_{x_{t,i}}
 
-    with :math:`d_T` = ``manifold.tangent_dim``, so the Euclidean case equals the element-wise mean squared error.
-    The prediction is first projected onto the tangent space at ``x_t``.
+    with :math:`d_T` = ``manifold.tangent_dim``, so the Euclidean case equals the element-wise mean squared
+    error. The prediction is first projected onto the tangent space at ``x_t``.
 
     Args:
         manifold: Manifold of one entry.
@@ -28,7 +31,6 @@ def riemannian_mse(manifold: Manifold, x_t: Tensor, pred: Tensor, target: Tensor
 
     Returns:
         Loss per sample ``[B]``.
-
     """
     diff = manifold.proju(x_t, pred) - target
     sq = manifold.inner(x_t, diff, diff) / diff.shape[-1]

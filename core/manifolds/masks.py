@@ -27,7 +27,9 @@ __all__ = [
 def _feature_mask(mask: Tensor, x: Tensor) -> Tensor:
     """Check ``mask`` ``[*S]`` against ``x`` ``[*S, d]`` and return it as a boolean ``[*S, 1]``."""
     if mask.shape != x.shape[:-1]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match points {tuple(x.shape)} without last axis")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match points {tuple(x.shape)} without last axis"
+        )
     return mask.to(device=x.device, dtype=torch.bool).unsqueeze(-1)
 
 
@@ -38,12 +40,12 @@ def masked_mean(x: Tensor, mask: Tensor | None, dim: int | tuple[int, ...]) -> T
 
     Args:
         x: Values ``[*S, ...]``.
-        mask: Boolean or 0/1 mask ``[*S]`` (trailing axes of ``x`` are broadcast), or ``None`` for a plain mean.
+        mask: Boolean or 0/1 mask ``[*S]`` (trailing axes of ``x`` are broadcast), or ``None`` for a
+            plain mean.
         dim: Axis or axes of ``x`` to reduce (must be axes of ``mask``).
 
     Returns:
         ``x`` reduced over ``dim``; an all-padded slice gives 0.
-
     """
     if mask is None:
         return x.mean(dim=dim)
@@ -61,7 +63,6 @@ def center_of_mass(x: Tensor, mask: Tensor | None = None) -> Tensor:
 
     Returns:
         Centres ``[B, 1, d]`` (keeps the set axis so it broadcasts against ``x``).
-
     """
     if mask is None:
         return x.mean(dim=-2, keepdim=True)
@@ -80,7 +81,6 @@ def remove_com(x: Tensor, mask: Tensor | None = None) -> Tensor:
 
     Returns:
         Centred points ``[B, N, d]`` whose real entries have zero mean.
-
     """
     centred = x - center_of_mass(x, mask)
     if mask is None:
@@ -98,7 +98,6 @@ def fill_padding(manifold: Manifold, x: Tensor, mask: Tensor | None) -> Tensor:
 
     Returns:
         Points ``[*S, point_dim]``.
-
     """
     if mask is None:
         return x
@@ -115,7 +114,6 @@ def mask_tangent(v: Tensor, mask: Tensor | None) -> Tensor:
 
     Returns:
         ``[*S, tangent_dim]``.
-
     """
     if mask is None:
         return v
@@ -132,7 +130,6 @@ def scatter_center_of_mass(x: Tensor, batch: Tensor, num_graphs: int | None = No
 
     Returns:
         Centres ``[num_graphs, d]`` (zero for empty graphs).
-
     """
     n = int(batch.max()) + 1 if num_graphs is None else num_graphs
     sums = torch.zeros(n, x.shape[-1], device=x.device, dtype=x.dtype).index_add_(0, batch, x)

@@ -16,16 +16,15 @@ __all__ = ["Product"]
 class Product(Manifold):
     r"""Cartesian product of manifolds; points and tangents are the factors' concatenated along the last axis.
 
-    With the product metric every operation acts factor-wise (Chen & Lipman 2024, §3; FlowMM):
+    With the product metric every operation acts factor-wise (Chen & Lipman 2024; FlowMM):
     :math:`\exp_{(x_i)}((v_i)) = (\exp_{x_i} v_i)`, :math:`\log_{(x_i)}((y_i)) = (\log_{x_i} y_i)`,
-    :math:`\langle u, v\rangle = \sum_i \langle u_i, v_i\rangle_{x_i}`,
-    :math:`d^2 = \sum_i d_i^2`, and the geodesic is the product of the factors' geodesics at the same ``t``.
-    A set of :math:`N` residue frames is ``Product([Euclidean(3), SO3()])`` applied to points ``[B, N, 7]`` and
-    tangents ``[B, N, 6]`` (translation velocity then angular velocity); the set axis is a batch axis.
+    :math:`\langle u, v\rangle = \sum_i \langle u_i, v_i\rangle_{x_i}`, :math:`d^2 = \sum_i d_i^2`, and the
+    geodesic is the product of the factors' geodesics at the same ``t``. A set of :math:`N` residue frames is
+    ``Product([Euclidean(3), SO3()])`` applied to points ``[B, N, 7]`` and tangents ``[B, N, 6]`` (translation
+    velocity then angular velocity); the set axis is a batch axis.
 
     Args:
         manifolds: The factors; each needs a fixed ``point_dim`` and ``tangent_dim``.
-
     """
 
     def __init__(self, manifolds: Sequence[Manifold]) -> None:
@@ -65,11 +64,15 @@ class Product(Manifold):
 
     def projx(self, x: Tensor) -> Tensor:
         """Factor-wise point projection."""
-        return torch.cat([m.projx(xi) for m, xi in zip(self.manifolds, self.split_point(x), strict=True)], dim=-1)
+        return torch.cat(
+            [m.projx(xi) for m, xi in zip(self.manifolds, self.split_point(x), strict=True)], dim=-1
+        )
 
     def inner(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """Sum of the factors' metrics."""
-        parts = zip(self.manifolds, self.split_point(x), self.split_tangent(u), self.split_tangent(v), strict=True)
+        parts = zip(
+            self.manifolds, self.split_point(x), self.split_tangent(u), self.split_tangent(v), strict=True
+        )
         return torch.stack([m.inner(xi, ui, vi) for m, xi, ui, vi in parts], dim=-1).sum(-1)
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
@@ -82,6 +85,13 @@ class Product(Manifold):
         """Product of the factors' geodesics at the same ``t``."""
         parts = zip(self.manifolds, self.split_point(x), self.split_point(y), strict=True)
         return torch.cat([m.geodesic(xi, yi, t) for m, xi, yi in parts], dim=-1)
+
+    def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Factor-wise transport."""
+        parts = zip(
+            self.manifolds, self.split_point(x), self.split_point(y), self.split_tangent(v), strict=True
+        )
+        return torch.cat([m.transport(xi, yi, vi) for m, xi, yi, vi in parts], dim=-1)
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """Factor-wise geodesic points and velocities, concatenated."""
@@ -98,7 +108,8 @@ class Product(Manifold):
     ) -> Tensor:
         """Independent draws from each factor's prior, concatenated: ``[*shape, point_dim]``."""
         return torch.cat(
-            [m.random_base(shape, generator=generator, device=device, dtype=dtype) for m in self.manifolds], dim=-1
+            [m.random_base(shape, generator=generator, device=device, dtype=dtype) for m in self.manifolds],
+            dim=-1,
         )
 
     def origin(

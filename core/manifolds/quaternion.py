@@ -1,9 +1,10 @@
 r"""Unit-quaternion algebra for rotations (scalar-first ``(w, x, y, z)``, Hamilton convention).
 
-A unit quaternion :math:`q = (\cos\tfrac\theta2, \sin\tfrac\theta2\, \hat n)` represents the active rotation by
-angle :math:`\theta` about the unit axis :math:`\hat n`, acting on vectors as :math:`v \mapsto q (0, v) q^*`;
-:math:`q` and :math:`-q` are the same rotation (double cover :math:`S^3 \to SO(3)`). Composition is the Hamilton
-product, :math:`R(p \otimes q) = R(p) R(q)`. The rotation vector (axis-angle) is :math:`\omega = \theta \hat n`.
+A unit quaternion :math:`q = (\cos\tfrac\theta2, \sin\tfrac\theta2\, \hat n)` represents the active rotation
+by angle :math:`\theta` about the unit axis :math:`\hat n`, acting on vectors as :math:`v \mapsto q (0, v)
+q^*`; :math:`q` and :math:`-q` are the same rotation (double cover :math:`S^3 \to SO(3)`). Composition is the
+Hamilton product, :math:`R(p \otimes q) = R(p) R(q)`. The rotation vector (axis-angle) is :math:`\omega =
+\theta \hat n`.
 
 All functions broadcast over leading axes, keep the dtype/device of their inputs and have finite gradients at
 the identity. The exponential/logarithm use ``atan2`` and a Taylor series for :math:`\sin\theta/\theta`, which
@@ -41,7 +42,8 @@ __all__ = [
 def quaternion_multiply(p: Tensor, q: Tensor) -> Tensor:
     r"""Hamilton product :math:`p \otimes q`.
 
-    .. math:: (p_w q_w - \mathbf p \cdot \mathbf q,\ p_w \mathbf q + q_w \mathbf p + \mathbf p \times \mathbf q)
+    .. math::
+        (p_w q_w - \mathbf p \cdot \mathbf q,\ p_w \mathbf q + q_w \mathbf p + \mathbf p \times \mathbf q)
 
     Args:
         p: Quaternions ``[..., 4]``.
@@ -49,7 +51,6 @@ def quaternion_multiply(p: Tensor, q: Tensor) -> Tensor:
 
     Returns:
         ``[..., 4]``.
-
     """
     pw, pv = p[..., :1], p[..., 1:]
     qw, qv = q[..., :1], q[..., 1:]
@@ -70,7 +71,7 @@ def quaternion_normalize(q: Tensor) -> Tensor:
 
 
 def quaternion_canonical(q: Tensor) -> Tensor:
-    r"""Representative with non-negative scalar part: :math:`\operatorname{sign}(w)\, q` (``+q`` if ``w = 0``)."""
+    r"""Representative with non-negative scalar part: :math:`\operatorname{sign}(w)\, q` (``+q`` if w = 0)."""
     return torch.where(q[..., :1] < 0, -q, q)
 
 
@@ -83,7 +84,6 @@ def quaternion_apply(q: Tensor, v: Tensor) -> Tensor:
 
     Returns:
         Rotated vectors ``[..., 3]``.
-
     """
     zero = torch.zeros_like(v[..., :1])
     qv = quaternion_multiply(q, torch.cat([zero, v], dim=-1))
@@ -98,7 +98,6 @@ def quaternion_exp(v: Tensor) -> Tensor:
 
     Returns:
         Unit quaternions ``[..., 4]``.
-
     """
     theta, sq = safe_norm(v)
     theta = torch.where(sq > 0, theta, torch.zeros_like(theta))
@@ -106,9 +105,11 @@ def quaternion_exp(v: Tensor) -> Tensor:
 
 
 def quaternion_log(q: Tensor) -> Tensor:
-    r"""Principal logarithm of a unit quaternion: :math:`v` with :math:`q = \exp((0, v))`, :math:`\|v\| \le \pi`.
+    r"""Principal logarithm of a unit quaternion: :math:`v` with :math:`q = \exp((0, v))`, :math:`|v|\le\pi`.
 
-    .. math:: v = \frac{\theta}{\|\mathbf q_v\|} \mathbf q_v,\qquad \theta = \operatorname{atan2}(\|\mathbf q_v\|, q_w).
+    .. math::
+        v = \frac{\theta}{\|\mathbf q_v\|} \mathbf q_v,\qquad
+        \theta = \operatorname{atan2}(\|\mathbf q_v\|, q_w).
 
     ``atan2`` is accurate for every angle and :math:`\theta/\|\mathbf q_v\| \to 1` at the identity, so no
     clamping is needed. At :math:`q = -1` the direction is undefined (returns 0); rotation code first maps
@@ -119,7 +120,6 @@ def quaternion_log(q: Tensor) -> Tensor:
 
     Returns:
         Vectors ``[..., 3]``.
-
     """
     qv = q[..., 1:]
     s, sq = safe_norm(qv)
@@ -136,12 +136,12 @@ def rotvec_to_quaternion(omega: Tensor) -> Tensor:
 
 
 def quaternion_to_rotvec(q: Tensor) -> Tensor:
-    r"""Rotation vector :math:`\omega = 2 \log(\pm q)` with angle :math:`\|\omega\| \in [0, \pi]`, ``[..., 3]``."""
+    r"""Rotation vector :math:`\omega = 2 \log(\pm q)`, angle :math:`|\omega| \in [0, \pi]`, ``[..., 3]``."""
     return 2 * quaternion_log(quaternion_canonical(q))
 
 
 def axis_angle_to_quaternion(axis: Tensor, angle: Tensor) -> Tensor:
-    r"""Quaternion :math:`(\cos\tfrac\theta2, \sin\tfrac\theta2\, \hat n)` of a rotation by ``angle`` about ``axis``.
+    r"""Quaternion :math:`(\cos\tfrac\theta2, \sin\tfrac\theta2\, \hat n)` of the rotation by ``angle``.
 
     Args:
         axis: Axes ``[..., 3]`` (normalised here).
@@ -149,7 +149,6 @@ def axis_angle_to_quaternion(axis: Tensor, angle: Tensor) -> Tensor:
 
     Returns:
         Unit quaternions ``[..., 4]``.
-
     """
     n = axis / safe_norm(axis)[0]
     half = 0.5 * angle.unsqueeze(-1)
@@ -177,7 +176,6 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
 
     Returns:
         Matrices ``[..., 3, 3]``.
-
     """
     w, x, y, z = q.unbind(-1)
     two_s = 2 / (q * q).sum(-1)
@@ -201,16 +199,15 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
 def matrix_to_quaternion(m: Tensor) -> Tensor:
     r"""Unit quaternion (canonical, :math:`w \ge 0`) of a rotation matrix, by Shepperd's method.
 
-    Of the four expressions :math:`4w^2 = 1 + \operatorname{tr} R`, :math:`4x^2 = 1 + R_{00} - R_{11} - R_{22}`, ...
-    the largest (:math:`\ge 1/4`) is used and the other components follow from the off-diagonal entries, which is
-    stable for every angle including :math:`\pi` (Shepperd, J. Guid. Control 1978).
+    Of the four expressions :math:`4w^2 = 1 + \operatorname{tr} R`, :math:`4x^2 = 1 + R_{00} - R_{11} -
+    R_{22}`, ... the largest (:math:`\ge 1/4`) is used and the other components follow from the off-diagonal
+    entries, which is stable for every angle including :math:`\pi` (Shepperd, J. Guid. Control 1978).
 
     Args:
         m: Rotation matrices ``[..., 3, 3]``.
 
     Returns:
         Unit quaternions ``[..., 4]`` with non-negative scalar part.
-
     """
     r00, r01, r02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
     r10, r11, r12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
@@ -239,7 +236,7 @@ def quaternion_slerp(q0: Tensor, q1: Tensor, t: Tensor | float) -> Tensor:
     ``q1`` is first replaced by ``-q1`` where :math:`\langle q_0, q_1\rangle < 0` so the path is the shortest
     rotation (angle :math:`\le \pi`). The body-frame angular velocity is constant,
     :math:`\omega = 2\log(q_0^* \otimes q_1)`, i.e. :math:`\dot q_t = \tfrac12 q_t \otimes (0, \omega)`
-    (ReQFlow, Yue et al. 2025, eq. for SLERP-exp; Shoemake 1985).
+    (ReQFlow, Yue et al. 2025; Shoemake 1985).
 
     Args:
         q0: Unit quaternions ``[..., 4]`` at :math:`t = 0`.
@@ -247,8 +244,8 @@ def quaternion_slerp(q0: Tensor, q1: Tensor, t: Tensor | float) -> Tensor:
         t: Fractions broadcastable to ``q0[..., :1]``; values outside :math:`[0, 1]` extrapolate.
 
     Returns:
-        Unit quaternions ``[..., 4]`` (:math:`q_0` at ``t = 0`` and the sign-aligned :math:`\pm q_1` at ``t = 1``).
-
+        Unit quaternions ``[..., 4]`` (:math:`q_0` at ``t = 0`` and the sign-aligned :math:`\pm q_1` at
+        ``t = 1``).
     """
     q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)
     rel = quaternion_multiply(quaternion_conjugate(q0), q1)
@@ -273,7 +270,6 @@ def random_quaternion(
 
     Returns:
         Unit quaternions ``[*shape, 4]``.
-
     """
     g = torch.randn((*as_shape(shape), 4), generator=generator, device=device, dtype=resolve_dtype(dtype))
     return quaternion_normalize(g)

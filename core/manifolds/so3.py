@@ -1,4 +1,4 @@
-"""The rotation group SO(3) in the unit-quaternion representation, with body-frame angular-velocity tangents."""
+"""The rotation group SO(3) as unit quaternions, with body-frame angular-velocity tangents."""
 
 from __future__ import annotations
 
@@ -24,21 +24,22 @@ __all__ = ["SO3"]
 class SO3(Manifold):
     r"""SO(3) with the bi-invariant metric whose geodesic distance is the rotation angle.
 
-    Points are unit quaternions ``[..., 4]`` in ``(w, x, y, z)`` order (:math:`q \equiv -q`). A tangent vector at
-    :math:`q` is stored as the body-frame angular velocity :math:`\omega \in \mathbb R^3` (``[..., 3]``):
-    a curve :math:`q(t)` has :math:`\dot q = \tfrac12 q \otimes (0, \omega)`. Then (ReQFlow, Yue et al. 2025)
+    Points are unit quaternions ``[..., 4]`` in ``(w, x, y, z)`` order (:math:`q \equiv -q`). A tangent
+    vector at :math:`q` is stored as the body-frame angular velocity :math:`\omega \in \mathbb R^3`
+    (``[..., 3]``): a curve :math:`q(t)` has :math:`\dot q = \tfrac12 q \otimes (0, \omega)`. Then (ReQFlow,
+    Yue et al. 2025)
 
     .. math::
         \exp_q(\omega) = q \otimes \exp\big((0, \omega/2)\big),\qquad
         \log_q(p) = 2 \log\big(\pm (q^* \otimes p)\big),\qquad
         d(q, p) = \|\log_q p\| = \angle(R_q^\top R_p) \in [0, \pi],
 
-    where the sign makes the scalar part non-negative (shortest rotation). The geodesic is SLERP in exponential
-    form, :math:`q_t = q_0 \otimes \exp(t \log(q_0^* \otimes q_1))`, with constant body velocity
-    :math:`\dot q_t \leftrightarrow \omega = \log_{q_0} q_1`, and :math:`\log_{q_t}(q_1)/(1-t) = \omega`.
-    The metric is :math:`\langle \omega_1, \omega_2\rangle` (half the Frobenius metric on matrices). Left
-    multiplication :math:`q \mapsto g \otimes q` (a global rotation of a frame) leaves tangents unchanged. The prior
-    is the Haar measure.
+    where the sign makes the scalar part non-negative (shortest rotation). The geodesic is SLERP in
+    exponential form, :math:`q_t = q_0 \otimes \exp(t \log(q_0^* \otimes q_1))`, with constant body velocity
+    :math:`\dot q_t \leftrightarrow \omega = \log_{q_0} q_1`, and :math:`\log_{q_t}(q_1)/(1-t) = \omega`. The
+    metric is :math:`\langle \omega_1, \omega_2\rangle` (half the Frobenius metric on matrices). Left
+    multiplication :math:`q \mapsto g \otimes q` (a global rotation of a frame) leaves tangents unchanged. The
+    prior is the Haar measure.
     """
 
     def __init__(self) -> None:
@@ -63,7 +64,7 @@ class SO3(Manifold):
         return quaternion_normalize(x)
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Rotation angle :math:`2\operatorname{atan2}(\|\mathbf r_v\|, |r_w|)` of :math:`r = q^* \otimes p`."""
+        r"""Rotation angle :math:`2\operatorname{atan2}(|\mathbf r_v|, |r_w|)`, :math:`r = q^* \otimes p`."""
         rel = quaternion_multiply(quaternion_conjugate(x), y)
         s, sq = safe_norm(rel[..., 1:], keepdim=False)
         return 2 * torch.atan2(torch.where(sq > 0, s, torch.zeros_like(s)), rel[..., 0].abs())
@@ -71,6 +72,16 @@ class SO3(Manifold):
     def geodesic(self, x: Tensor, y: Tensor, t: Tensor | float) -> Tensor:
         """Shortest-path SLERP :func:`~flowsci.manifolds.quaternion.quaternion_slerp`."""
         return quaternion_slerp(x, y, t)
+
+    def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        r"""Left-invariant transport: the body angular velocity is kept, :math:`\omega \mapsto \omega`.
+
+        This is the transport of the (−) Cartan–Schouten connection. Its geodesics are the same
+        one-parameter subgroups :math:`q \exp(t\omega)`, and it is the frame used by Lie-group
+        Runge–Kutta (Munthe-Kaas) methods.
+        """
+        del x, y
+        return v
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""SLERP point and its constant body angular velocity :math:`\omega = \log_{q_0} q_1`."""

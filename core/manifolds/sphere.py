@@ -12,27 +12,25 @@ __all__ = ["Sphere"]
 
 
 class Sphere(Manifold):
-    r"""The unit sphere :math:`S^n = \{x \in \mathbb R^{n+1} : \|x\| = 1\}` (``Sphere(2)`` is the usual 2-sphere).
+    r"""The unit sphere :math:`S^n = \{x \in \mathbb R^{n+1} : \|x\| = 1\}` (``Sphere(2)``: the 2-sphere).
 
-    Points and tangents are both stored in ambient coordinates (``point_dim = tangent_dim = n + 1``); a tangent
-    vector at ``x`` satisfies :math:`\langle x, v\rangle = 0`. With :math:`\theta = \|v\|`,
-    :math:`c = \langle x, y\rangle` and :math:`w = y - c\,x` (Absil, Mahony & Sepulchre 2008, ex. 5.4.1;
+    Points and tangents are both stored in ambient coordinates (``point_dim = tangent_dim = n + 1``); a
+    tangent vector at ``x`` satisfies :math:`\langle x, v\rangle = 0`. With :math:`\theta = \|v\|`, :math:`c =
+    \langle x, y\rangle` and :math:`w = y - c\,x` (Absil, Mahony & Sepulchre 2008, ex. 5.4.1;
     Chen & Lipman 2024):
 
     .. math::
         \exp_x(v) = \cos\theta\, x + \frac{\sin\theta}{\theta} v,\qquad
         \log_x(y) = \frac{\phi}{\|w\|} w,\quad \phi = \operatorname{atan2}(\|w\|, c),
 
-    the geodesic :math:`\gamma(t) = \exp_x(t \log_x y)` and its velocity (the parallel transport of
-    :math:`v = \log_x y`) :math:`\dot\gamma(t) = \cos(t\phi)\, v - \phi\sin(t\phi)\, x`. ``atan2`` keeps the
-    angle accurate near 0 and :math:`\pi`; :math:`\sin\theta/\theta` uses its Taylor series for small angles.
-    For antipodal points the
-    shortest geodesic is not unique and :meth:`log` returns a deterministic direction of length :math:`\pi`. The
-    prior is the uniform distribution (normalised Gaussian).
+    the geodesic :math:`\gamma(t) = \exp_x(t \log_x y)` and its velocity (the parallel transport of :math:`v =
+    \log_x y`) :math:`\dot\gamma(t) = \cos(t\phi)\, v - \phi\sin(t\phi)\, x`. ``atan2`` keeps the angle
+    accurate near 0 and :math:`\pi`; :math:`\sin\theta/\theta` uses its Taylor series for small angles. For
+    antipodal points the shortest geodesic is not unique and :meth:`log` returns a deterministic direction of
+    length :math:`\pi`. The prior is the uniform distribution (normalised Gaussian).
 
     Args:
         dim: Intrinsic dimension :math:`n` (points have :math:`n + 1` coordinates).
-
     """
 
     def __init__(self, dim: int = 2) -> None:
@@ -55,8 +53,8 @@ class Sphere(Manifold):
         return u / safe_norm(u)[0]
 
     def log(self, x: Tensor, y: Tensor) -> Tensor:
-        r""":math:`\frac{\phi}{\|w\|} w` with :math:`w = y - \langle x, y\rangle x`; length :math:`\pi` along a fixed
-        axis if ``y = -x``.
+        r""":math:`\frac{\phi}{\|w\|} w`, :math:`w = y - \langle x, y\rangle x`; length :math:`\pi` along a
+        fixed axis if ``y = -x``.
         """
         c = (x * y).sum(-1, keepdim=True)
         w = self.proju(x, y - c * x)  # second Gram-Schmidt pass removes round-off along x
@@ -76,13 +74,27 @@ class Sphere(Manifold):
         return x / safe_norm(x)[0]
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Great-circle angle :math:`\operatorname{atan2}(\|y - \langle x,y\rangle x\|, \langle x, y\rangle)`."""
+        r"""Angle :math:`\operatorname{atan2}(|y - \langle x,y\rangle x|, \langle x,y\rangle)`."""
         c = (x * y).sum(-1)
         s = (y - c.unsqueeze(-1) * x).norm(dim=-1)
         return torch.atan2(s, c)
 
+    def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        r"""Parallel transport along the shortest great circle, an isometry :math:`T_x S^n \to T_y S^n`.
+
+        .. math:: P_{x \to y}(v) = v - \frac{\langle y, v\rangle}{1 + \langle x, y\rangle} (x + y)
+
+        For (nearly) antipodal ``y`` the great circle is not unique and the projection onto :math:`T_y` is
+        used.
+        """
+        c = (x * y).sum(-1, keepdim=True)
+        eps = torch.finfo(x.dtype).eps ** 0.5
+        denom = torch.where(1 + c > eps, 1 + c, torch.ones_like(c))
+        moved = v - (y * v).sum(-1, keepdim=True) / denom * (x + y)
+        return torch.where(1 + c > eps, moved, self.proju(y, v))
+
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        r"""Closed form: :math:`\dot\gamma(t) = \cos(t\phi) v - \phi \sin(t\phi) x` with :math:`v = \log_x y`."""
+        r"""Closed form :math:`\dot\gamma(t) = \cos(t\phi) v - \phi \sin(t\phi) x`, :math:`v = \log_x y`."""
         v = self.log(x, y)
         t = torch.as_tensor(t).to(v)
         phi, phi2 = safe_norm(v)
@@ -113,4 +125,3 @@ class Sphere(Manifold):
 
     def __repr__(self) -> str:
         return f"Sphere(dim={self.dim})"
-

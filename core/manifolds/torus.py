@@ -39,7 +39,6 @@ class FlatTorus(Manifold):
 
     Args:
         dim: Number of periodic coordinates :math:`d`.
-
     """
 
     def __init__(self, dim: int) -> None:

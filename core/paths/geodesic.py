@@ -20,12 +20,12 @@ class GeodesicPath(ProbPath):
         x_t = \gamma_{x_0 \to x_1}(\kappa_t) = \exp_{x_0}\!\big(\kappa_t \log_{x_0} x_1\big),\qquad
         \dot x_t = \dot\kappa_t\, \dot\gamma(\kappa_t) = \dot\kappa_t\, \frac{\log_{x_t}(x_1)}{1 - \kappa_t},
 
-    the conditional vector field of Riemannian flow matching (Chen & Lipman 2024, eq. 14 with the geodesic
-    premetric). ``dx_t`` is given in the manifold's tangent representation (e.g. body angular velocity for
-    :class:`~flowsci.manifolds.SO3`, ``[B, *S, tangent_dim]``) and is computed from each manifold's closed-form
-    geodesic velocity, so it is finite at :math:`t = 1`. With the default schedule (:math:`\kappa_t = t`) the
-    path is the constant-speed geodesic: straight lines in :math:`\mathbb R^d`, wrapped lines on the torus,
-    great circles on spheres and SLERP on SO(3) (ReQFlow).
+    the conditional vector field of Riemannian flow matching with the geodesic premetric (Chen & Lipman
+    2024). ``dx_t`` is given in the manifold's tangent representation (e.g. body angular velocity for
+    :class:`~flowsci.manifolds.SO3`, ``[B, *S, tangent_dim]``) and is computed from each manifold's
+    closed-form geodesic velocity, so it is finite at :math:`t = 1`. With the default schedule
+    (:math:`\kappa_t = t`) the path is the constant-speed geodesic: straight lines in :math:`\mathbb R^d`,
+    wrapped lines on the torus, great circles on spheres and SLERP on SO(3) (ReQFlow).
 
     Args:
         manifold: The state space of one sample (a :class:`~flowsci.manifolds.Product` for composite states).
@@ -51,7 +51,9 @@ class GeodesicPath(ProbPath):
             ``[B, *S, tangent_dim]``.
         """
         if x0.shape != x1.shape:
-            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+            raise ValueError(
+                f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            )
         if t.dim() != 1 or t.shape[0] != x0.shape[0]:
             raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {tuple(t.shape)}")
         s = self.scheduler(expand_t(t, x0))

@@ -27,18 +27,27 @@ def manifold(request: pytest.FixtureRequest) -> Manifold:
 
 def _pairs(m: Manifold, seed: int, shape: tuple[int, ...] = (16, 5)) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return m.random_base(shape, generator=g, dtype=torch.float64), m.random_base(shape, generator=g, dtype=torch.float64)
+    return m.random_base(shape, generator=g, dtype=torch.float64), m.random_base(
+        shape, generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_end_points(manifold: Manifold, dtype: torch.dtype) -> None:
     x0, x1 = (x.to(dtype) for x in _pairs(manifold, 0))
     assert_path_endpoints(GeodesicPath(manifold), x0, x1, atol=2e-5 if dtype == torch.float32 else 1e-10)
-    assert_path_endpoints(GeodesicPath(manifold, PolynomialScheduler(2.0)), x0, x1, atol=2e-5 if dtype == torch.float32 else 1e-10)
+    assert_path_endpoints(
+        GeodesicPath(manifold, PolynomialScheduler(2.0)),
+        x0,
+        x1,
+        atol=2e-5 if dtype == torch.float32 else 1e-10,
+    )
 
 
 @pytest.mark.parametrize("scheduler", [None, PolynomialScheduler(3.0)], ids=["condot", "poly3"])
-def test_velocity_matches_finite_differences(manifold: Manifold, scheduler: PolynomialScheduler | None) -> None:
+def test_velocity_matches_finite_differences(
+    manifold: Manifold, scheduler: PolynomialScheduler | None
+) -> None:
     x0, x1 = _pairs(manifold, 1)
     t = torch.linspace(0.05, 0.95, 16, dtype=torch.float64)
     assert_path_velocity(GeodesicPath(manifold, scheduler), x0, x1, t, h=1e-5, atol=1e-7, rtol=1e-6)

@@ -154,3 +154,37 @@ def test_proju_and_projx_are_idempotent(manifold: Manifold) -> None:
 
 def test_repr_names_class(manifold: Manifold) -> None:
     assert type(manifold).__name__ in repr(manifold)
+
+
+def test_operations_follow_input_device(manifold: Manifold) -> None:
+    """On the shape-only ``meta`` device any tensor created on a fixed device would raise or leak."""
+    x = manifold.random_base((4, 5), device="meta")
+    y = manifold.random_base((4, 5), device="meta")
+    v = manifold.log(x, y)
+    outs = [
+        v,
+        manifold.exp(x, v),
+        manifold.dist(x, y),
+        manifold.inner(x, v, v),
+        manifold.geodesic(x, y, 0.3),
+        *manifold.geodesic_with_velocity(x, y, torch.rand(4, 1, 1, device="meta")),
+        manifold.projx(x),
+        manifold.proju(x, v),
+        manifold.origin(3, device="meta"),
+    ]
+    assert {o.device.type for o in outs} == {"meta"}
+
+
+def test_transport_is_an_isometry_that_carries_geodesic_velocities(manifold: Manifold) -> None:
+    """Along a geodesic, transporting the initial velocity gives the velocity at x_t; inner products are kept."""
+    g = torch.Generator().manual_seed(11)
+    x = manifold.random_base(50, generator=g, dtype=torch.float64)
+    y = manifold.random_base(50, generator=g, dtype=torch.float64)
+    t = torch.rand(50, 1, generator=g, dtype=torch.float64)
+    _, v0 = manifold.geodesic_with_velocity(x, y, torch.zeros_like(t))
+    x_t, v_t = manifold.geodesic_with_velocity(x, y, t)
+    torch.testing.assert_close(manifold.transport(x, x_t, v0), v_t, atol=1e-10, rtol=0)
+    u, w = _small_tangent(manifold, x, g), _small_tangent(manifold, x, g)
+    pu, pw = manifold.transport(x, y, u), manifold.transport(x, y, w)
+    assert_tangent(manifold, y, pu, 1e-12)
+    torch.testing.assert_close(manifold.inner(y, pu, pw), manifold.inner(x, u, w), atol=1e-12, rtol=0)

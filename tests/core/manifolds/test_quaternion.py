@@ -45,7 +45,9 @@ def _same_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matrix_conversions_match_scipy(dtype: torch.dtype) -> None:
     q = random_quaternion(500, generator=torch.Generator().manual_seed(0), dtype=dtype)
-    np.testing.assert_allclose(quaternion_to_matrix(q).double().numpy(), _scipy(q).as_matrix(), atol=10 * TOL[dtype])
+    np.testing.assert_allclose(
+        quaternion_to_matrix(q).double().numpy(), _scipy(q).as_matrix(), atol=10 * TOL[dtype]
+    )
     back = matrix_to_quaternion(quaternion_to_matrix(q))
     assert back.dtype == dtype and (back[..., 0] >= 0).all()
     torch.testing.assert_close(back, quaternion_canonical(q), atol=10 * TOL[dtype], rtol=0)
@@ -66,7 +68,10 @@ def test_hamilton_product_composes_rotations(dtype: torch.dtype) -> None:
     p, q = random_quaternion(200, generator=g, dtype=dtype), random_quaternion(200, generator=g, dtype=dtype)
     pq = quaternion_multiply(p, q)
     torch.testing.assert_close(
-        quaternion_to_matrix(pq), quaternion_to_matrix(p) @ quaternion_to_matrix(q), atol=10 * TOL[dtype], rtol=0
+        quaternion_to_matrix(pq),
+        quaternion_to_matrix(p) @ quaternion_to_matrix(q),
+        atol=10 * TOL[dtype],
+        rtol=0,
     )
     expected = _from_scipy(_scipy(p) * _scipy(q), dtype)
     assert _same_rotation(pq, expected).max() < 10 * TOL[dtype]
@@ -74,7 +79,10 @@ def test_hamilton_product_composes_rotations(dtype: torch.dtype) -> None:
     torch.testing.assert_close(quaternion_multiply(p, quaternion_conjugate(p)), identity.expand_as(p))
     v = torch.randn(200, 3, generator=g, dtype=dtype)
     torch.testing.assert_close(
-        quaternion_apply(p, v), (quaternion_to_matrix(p) @ v.unsqueeze(-1)).squeeze(-1), atol=10 * TOL[dtype], rtol=0
+        quaternion_apply(p, v),
+        (quaternion_to_matrix(p) @ v.unsqueeze(-1)).squeeze(-1),
+        atol=10 * TOL[dtype],
+        rtol=0,
     )
 
 
@@ -190,3 +198,16 @@ def test_functions_follow_input_dtype_and_shape() -> None:
     assert quaternion_to_matrix(q).shape == (2, 3, 3, 3)
     assert quaternion_log(q).dtype == torch.float64
     assert quaternion_slerp(q, q, torch.rand(2, 3, 1, dtype=torch.float64)).shape == (2, 3, 4)
+
+
+def test_conventions_match_e3nn() -> None:
+    """Cross-check against e3nn.o3 (same scalar-first Hamilton convention), when the proteins extra is installed."""
+    o3 = pytest.importorskip("e3nn.o3", reason="e3nn (flowsci[proteins] extra) not installed")
+    g = torch.Generator().manual_seed(8)
+    q, p = (random_quaternion(100, generator=g, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(quaternion_to_matrix(q), o3.quaternion_to_matrix(q))
+    torch.testing.assert_close(quaternion_multiply(q, p), o3.compose_quaternion(q, p))
+    axis, angle = quaternion_to_axis_angle(q)
+    assert _same_rotation(o3.axis_angle_to_quaternion(axis, angle), q).max() < 1e-14
+    r = o3.rand_matrix(100, dtype=torch.float64)
+    torch.testing.assert_close(quaternion_to_matrix(matrix_to_quaternion(r)), r)

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from flowsci.manifolds import Euclidean, FlatTorus, Sphere, quaternion_to_matrix, random_quaternion, wrap, wrap_diff
+from flowsci.manifolds import (
+    Euclidean,
+    FlatTorus,
+    Sphere,
+    quaternion_to_matrix,
+    random_quaternion,
+    wrap,
+    wrap_diff,
+)
 from flowsci.testing.manifolds import assert_equivariant, assert_on_manifold, assert_tangent
 
 
@@ -17,7 +25,9 @@ def test_torus_log_takes_shortest_way_across_the_boundary() -> None:
     y = torch.tensor([[0.05, 0.98], [0.9, 0.5]], dtype=torch.float64)
     torch.testing.assert_close(m.log(x, y), torch.tensor([[0.1, -0.04], [-0.2, 0.0]], dtype=torch.float64))
     mid = m.geodesic(x, y, 0.5)
-    torch.testing.assert_close(mid, torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        mid, torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64), atol=1e-12, rtol=0
+    )
     torch.testing.assert_close(m.dist(x, y), torch.tensor([math.hypot(0.1, 0.04), 0.2], dtype=torch.float64))
 
 
@@ -47,13 +57,18 @@ def test_wrap_guards_float32_round_off() -> None:
 def test_torus_exp_accepts_long_vectors() -> None:
     m = FlatTorus(1)
     x = torch.tensor([[0.3]], dtype=torch.float64)
-    torch.testing.assert_close(m.exp(x, torch.tensor([[2.45]], dtype=torch.float64)), torch.tensor([[0.75]], dtype=torch.float64))
+    torch.testing.assert_close(
+        m.exp(x, torch.tensor([[2.45]], dtype=torch.float64)), torch.tensor([[0.75]], dtype=torch.float64)
+    )
 
 
 def test_torus_translation_equivariance() -> None:
     m = FlatTorus(3)
     g = torch.Generator().manual_seed(1)
-    x, y = m.random_base(40, generator=g, dtype=torch.float64), m.random_base(40, generator=g, dtype=torch.float64)
+    x, y = (
+        m.random_base(40, generator=g, dtype=torch.float64),
+        m.random_base(40, generator=g, dtype=torch.float64),
+    )
     shift = torch.rand(3, generator=g, dtype=torch.float64)
 
     def move(p: torch.Tensor) -> torch.Tensor:
@@ -92,17 +107,25 @@ def test_sphere_s2_geodesic_is_great_circle() -> None:
     y = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
     t = torch.tensor([[1 / 3]], dtype=torch.float64)
     x_t, v_t = m.geodesic_with_velocity(x, y, t)
-    torch.testing.assert_close(x_t, torch.tensor([[math.cos(math.pi / 6), math.sin(math.pi / 6), 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        x_t, torch.tensor([[math.cos(math.pi / 6), math.sin(math.pi / 6), 0.0]], dtype=torch.float64)
+    )
     # speed pi/2, direction tangent to the great circle
     torch.testing.assert_close(
-        v_t, math.pi / 2 * torch.tensor([[-math.sin(math.pi / 6), math.cos(math.pi / 6), 0.0]], dtype=torch.float64)
+        v_t,
+        math.pi
+        / 2
+        * torch.tensor([[-math.sin(math.pi / 6), math.cos(math.pi / 6), 0.0]], dtype=torch.float64),
     )
 
 
 def test_sphere_rotation_equivariance() -> None:
     m = Sphere(2)
     g = torch.Generator().manual_seed(2)
-    x, y = m.random_base(40, generator=g, dtype=torch.float64), m.random_base(40, generator=g, dtype=torch.float64)
+    x, y = (
+        m.random_base(40, generator=g, dtype=torch.float64),
+        m.random_base(40, generator=g, dtype=torch.float64),
+    )
     r = quaternion_to_matrix(random_quaternion(1, generator=g, dtype=torch.float64))[0]
 
     def rot(p: torch.Tensor) -> torch.Tensor:
@@ -110,7 +133,9 @@ def test_sphere_rotation_equivariance() -> None:
 
     assert_equivariant(lambda a, b: m.geodesic(a, b, 0.35), [x, y], [rot, rot], rot, manifold=m, atol=1e-12)
     assert_equivariant(m.log, [x, y], [rot, rot], rot, atol=1e-12)
-    assert_equivariant(lambda a, b: m.geodesic_with_velocity(a, b, 0.6)[1], [x, y], [rot, rot], rot, atol=1e-12)
+    assert_equivariant(
+        lambda a, b: m.geodesic_with_velocity(a, b, 0.6)[1], [x, y], [rot, rot], rot, atol=1e-12
+    )
 
 
 def test_euclidean_is_dimension_agnostic_and_rotation_equivariant() -> None:
@@ -127,3 +152,11 @@ def test_euclidean_is_dimension_agnostic_and_rotation_equivariant() -> None:
     assert_equivariant(m.log, [a, b], [rot, rot], rot, atol=1e-12)
     with pytest.raises(ValueError, match="explicit dim"):
         m.random_base(3)
+
+
+def test_sphere_transport_to_antipode_falls_back_to_projection() -> None:
+    m = Sphere(2)
+    x = m.random_base(10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = m.proju(x, torch.randn(10, 3, dtype=torch.float64))
+    torch.testing.assert_close(m.transport(x, -x, v), v)  # T_x S^2 = T_{-x} S^2
+    assert torch.isfinite(m.transport(x, x, v)).all()
