@@ -8,6 +8,7 @@ and :mod:`~flowsci.manifolds.quaternion` holds the rotation algebra.
 
 from flowsci.manifolds.base import Manifold
 from flowsci.manifolds.euclidean import Euclidean
+from flowsci.manifolds.igso3 import igso3_angle_density, sample_igso3
 from flowsci.manifolds.loss import riemannian_mse
 from flowsci.manifolds.masks import (
     center_of_mass,
@@ -41,6 +42,8 @@ from flowsci.manifolds.sphere import Sphere
 from flowsci.manifolds.torus import FlatTorus, wrap, wrap_diff
 
 __all__ = [
+    "igso3_angle_density",
+    "sample_igso3",
     "SO3",
     "Euclidean",
     "FlatTorus",
