@@ -20,6 +20,11 @@ _LAZY = {
     "MLP": "flowsci.nets",
     "Toy2DDataModule": "flowsci.data",
     "solve_ode": "flowsci.solvers",
+    "solve_sde": "flowsci.solvers",
+    "ConditionDropout": "flowsci.guidance",
+    "ClassifierFreeGuidance": "flowsci.guidance",
+    "ObjectiveGuidance": "flowsci.guidance",
+    "SampleWriter": "flowsci.callbacks",
 }
 
 __all__ = ["__version__", *_LAZY]

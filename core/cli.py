@@ -123,10 +123,37 @@ def _sample(argv: list[str]) -> None:
         metavar="KEY=VALUE",
         help="extra keyword for the model's sample() (YAML value), e.g. --set lengths=[60,80]",
     )
+    p.add_argument(
+        "--cond",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="conditioning tensor for the network (YAML list, one entry per sample), e.g. --cond y=[0,1]",
+    )
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight (needs a model trained with cond_dropout)",
+    )
     a = p.parse_args(argv)
     module = load_module(a.ckpt)
     module.eval()
-    sol = module.sample(a.num, steps=a.steps, solver=a.solver, seed=a.seed, **_parse_set(a.set))
+    extra = _parse_set(a.set)
+    if a.cond:
+        import torch
+
+        extra["cond"] = {k: torch.as_tensor(v) for k, v in _parse_set(a.cond).items()}
+        bad = {k: len(v) for k, v in extra["cond"].items() if v.dim() == 0 or len(v) != a.num}
+        if bad:
+            raise ValueError(f"--cond values need one entry per sample (--num {a.num}); got lengths {bad}")
+    if a.cfg_scale is not None:
+        from flowsci.guidance import ClassifierFreeGuidance
+
+        if getattr(module, "cond_dropout", None) is None:
+            raise ValueError(f"{a.ckpt}: --cfg-scale needs a model trained with cond_dropout (see toy2d/cfg.yaml)")
+        extra["guidance"] = ClassifierFreeGuidance(a.cfg_scale, module.cond_dropout)
+    sol = module.sample(a.num, steps=a.steps, solver=a.solver, seed=a.seed, **extra)
     for f in module.write_samples(sol, a.out):
         print(f)
     print(f"NFE={sol.nfe} seed={a.seed}")

@@ -51,6 +51,7 @@ class ConditionDropout:
         p: Drop probability per row.
         keys: Conditioning keywords to drop (default ``["y"]``, the label of ``(x, y)`` batches).
         null_label: Null index for integer conditions.
+
     """
 
     def __init__(self, p: float = 0.1, keys: list[str] | None = None, null_label: int | None = None) -> None:
@@ -80,6 +81,7 @@ class ConditionDropout:
 
         Returns:
             A new dict; keys not in ``keys`` are passed through unchanged.
+
         """
         out = dict(cond)
         for key in self.keys:
@@ -111,6 +113,9 @@ class ConditionDropout:
 class Guidance(ABC):
     """Turns a velocity ``v(x, t, **cond)`` into a guided velocity with the same signature."""
 
+    network_evals: int = 1
+    """Network passes per guided velocity evaluation (so reported NFE counts network calls)."""
+
     @abstractmethod
     def guide(self, velocity: Velocity, path: ProbPath) -> Velocity:
         """Return the guided velocity for a model trained on ``path``."""
@@ -121,16 +126,18 @@ class ClassifierFreeGuidance(Guidance):
 
     Computed as ``torch.lerp(v_uncond, v_cond, w)``, so ``w = 0`` returns the unconditional velocity and
     ``w = 1`` the conditional one exactly (and the unneeded branch is not evaluated). Each guided evaluation
-    costs two network passes for other ``w``; solvers count it as one NFE.
+    costs two network passes for other ``w``, and the reported NFE counts both.
 
     Args:
         scale: Guidance weight :math:`w` (1 = conditional model, > 1 sharpens the condition).
         null: How the unconditional input is built (the :class:`ConditionDropout` used in training).
+
     """
 
     def __init__(self, scale: float = 1.0, null: ConditionDropout | None = None) -> None:
         self.scale = float(scale)
         self.null = null if null is not None else ConditionDropout()
+        self.network_evals = 1 if self.scale in (0.0, 1.0) else 2
 
     def guide(self, velocity: Velocity, path: ProbPath) -> Velocity:
         """The guided velocity (``path`` is not needed by CFG)."""
@@ -151,7 +158,8 @@ class ClassifierFreeGuidance(Guidance):
 def predict_x1(path: ProbPath, x_t: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
     r"""The clean sample the velocity points to, :math:`\hat x_1(x_t)`.
 
-    Affine paths: :meth:`AffinePath.velocity_to_x1` (CondOT: :math:`\hat x_1 = x_t + (1-t)\,v`). Paths with a
+    Affine paths: :meth:`AffinePath.velocity_to_x1` (CondOT: :math:`\hat x_1 = x_t + (1-t)\,v`; undefined where
+    :math:`\sigma_t\dot\alpha_t = \dot\sigma_t\alpha_t`, e.g. at :math:`t = 0` for polynomial schedules). Paths with a
     scheduler :math:`\kappa_t` on a manifold (geodesic paths): one geodesic step to the end,
     :math:`\hat x_1 = \exp_{x_t}\big(\tfrac{1-\kappa_t}{\dot\kappa_t} v\big)`.
 
@@ -163,6 +171,7 @@ def predict_x1(path: ProbPath, x_t: Tensor, velocity: Tensor, t: Tensor) -> Tens
 
     Returns:
         :math:`\hat x_1`, ``[B, *D]``.
+
     """
     if isinstance(path, AffinePath):
         return path.velocity_to_x1(velocity, x_t, t)
@@ -170,7 +179,8 @@ def predict_x1(path: ProbPath, x_t: Tensor, velocity: Tensor, t: Tensor) -> Tens
     if scheduler is None:
         raise TypeError(f"cannot predict x1 for {type(path).__name__}: it has no scheduler kappa_t")
     s = scheduler(expand_t(t, velocity))
-    return path.manifold.exp(x_t, (1 - s.alpha_t) / s.d_alpha_t * velocity)
+    # kappa'_t can vanish at t = 0 (polynomial schedules): bound the step instead of dividing by zero
+    return path.manifold.exp(x_t, (1 - s.alpha_t) / s.d_alpha_t.clamp_min(1e-6) * velocity)
 
 
 class ObjectiveGuidance(Guidance):
@@ -192,6 +202,7 @@ class ObjectiveGuidance(Guidance):
         schedule: :math:`\lambda(t)`: a name in :data:`GUIDANCE_SCHEDULES` or a callable ``[B] -> [B]``.
         t_range: Guidance is applied only for ``t_range[0] <= t < t_range[1]``.
         max_grad_norm: Optional per-sample clip of :math:`\|\nabla J\|` (robust to steep objectives).
+
     """
 
     def __init__(

@@ -237,7 +237,6 @@ class FlowMatching(pl.LightningModule):
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         x0 = self.sample_prior(num, cond, generator=generator)
-        manifold = None if isinstance(self.path, AffinePath) else self.path.manifold
         velocity = self.velocity if guidance is None else guidance.guide(self.velocity, self.path)
         sol = solve_ode(
             velocity,
@@ -245,11 +244,13 @@ class FlowMatching(pl.LightningModule):
             method=solver or self.sample_solver,
             steps=steps or self.sample_steps,
             time_grid=time_grid,
-            manifold=manifold,
+            manifold=self._manifold(),
             return_trajectory=return_trajectory,
             progress=progress,
             **cond,
         )
+        if guidance is not None:
+            sol.nfe *= guidance.network_evals
         sol.seed = seed
         return sol
 

@@ -42,6 +42,7 @@ class Solution:
     times: Tensor
     trajectory: list[Tensor] | None = None
     seed: int | None = None
+    x0: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,7 +173,7 @@ def solve_ode(
 
         traj = odeint(lambda t, x: f(x, t), x0, grid.to(x0.dtype), method=method, atol=atol, rtol=rtol)
         states = list(traj.unbind(0))
-        return Solution(x=states[-1], nfe=f.nfe, times=grid, trajectory=states if return_trajectory else None)
+        return Solution(x=states[-1], nfe=f.nfe, times=grid, trajectory=states if return_trajectory else None, x0=x0)
     if method not in FIXED_STEP_METHODS:
         raise ValueError(
             f"unknown solver {method!r}; choose one of {sorted(FIXED_STEP_METHODS) + list(ADAPTIVE_METHODS)}"
@@ -195,6 +196,7 @@ def solve_ode(
     n = grid.numel() - 1
     show = progress if progress is not None else n >= PROGRESS_MIN_STEPS
     x = x0 if manifold is None else manifold.projx(x0)
+    start = x
     states = [x] if return_trajectory else None
     for i in tqdm(range(n), desc=f"{method} sampling", disable=not show, leave=False):
         t = grid[i].to(x.dtype)
@@ -202,4 +204,4 @@ def solve_ode(
         x = _step(f, x, t, dt, method, exp, transport)
         if states is not None:
             states.append(x)
-    return Solution(x=x, nfe=f.nfe, times=grid, trajectory=states)
+    return Solution(x=x, nfe=f.nfe, times=grid, trajectory=states, x0=start)

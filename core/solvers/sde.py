@@ -140,6 +140,7 @@ def euler_maruyama_step(
 
     Returns:
         The new states ``[B, *D]``.
+
     """
     if not bool((g != 0).any()):
         return x + h * v
@@ -210,4 +211,4 @@ def solve_sde(
         x = euler_maruyama_step(x, v, t, h, g_of(t, path.scheduler(t).sigma_t), path, generator)
         if states is not None:
             states.append(x)
-    return Solution(x=x, nfe=n, times=grid, trajectory=states)
+    return Solution(x=x, nfe=n, times=grid, trajectory=states, x0=x0)

@@ -6,6 +6,7 @@ from flowsci.testing.bayesian import (
     oracle_prediction,
 )
 from flowsci.testing.flows import assert_solver_order, assert_velocity_matches_finite_difference, measure_solver_order
+from flowsci.testing.gmm import GaussianMixtureFlow, eight_gaussians_flow
 from flowsci.testing.manifolds import (
     assert_equivariant,
     assert_on_manifold,
@@ -15,6 +16,8 @@ from flowsci.testing.manifolds import (
 )
 
 __all__ = [
+    "GaussianMixtureFlow",
+    "eight_gaussians_flow",
     "assert_loss_zero_at_data",
     "assert_oracle_sampling_recovers_data",
     "oracle_prediction",

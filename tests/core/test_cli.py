@@ -80,3 +80,15 @@ def test_predict_writes_samples_with_sample_writer(tmp_path, monkeypatch):
           "--model.init_args.sample_steps=3"])
     x = np.load(tmp_path / "pred" / "samples.npz")["x"]
     assert x.shape == (256, 2) and np.isfinite(x).all()
+
+
+def test_cfg_config_trains_and_guided_sampling_counts_both_passes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "toy2d/cfg.yaml", *FAST])
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["sample", "--ckpt", str(ckpt), "--num", "3", "--steps", "4", "--cond", "y=[0,1,3]", "--cfg-scale", "2",
+          "--out", "g"])
+    data = np.load(tmp_path / "g" / "samples.npz")
+    assert data["x"].shape == (3, 2) and int(data["nfe"]) == 8  # two network passes per guided evaluation
+    with pytest.raises(ValueError, match="one entry per sample"):
+        main(["sample", "--ckpt", str(ckpt), "--num", "3", "--cond", "y=[0,1]"])
