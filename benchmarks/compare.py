@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COST_COLUMNS", "Change", "compare_results", "format_changes"]
+__all__ = ["COST_COLUMNS", "TRAIN_COLUMNS", "Change", "compare_results", "format_changes"]
 
 COST_COLUMNS: dict[str, bool] = {
     "train_steps_per_s": True,
@@ -22,6 +22,9 @@ COST_COLUMNS: dict[str, bool] = {
     "nfe": False,
 }
 """Cost columns compared besides the metrics, with ``higher_is_better``; timing ones use ``time_rtol``."""
+
+TRAIN_COLUMNS: frozenset[str] = frozenset({"train_steps_per_s"})
+"""Per-method columns, compared once per method and reported as ``"<method> (training)"``."""
 
 _ORDER = {"regression": 0, "improvement": 1, "removed": 2, "added": 3, "unchanged": 4}
 
@@ -79,7 +82,8 @@ def compare_results(
         out.append(Change("removed", cid, "cell", ca[cid]["status"], None, None))
     for cid in cb.keys() - ca.keys():
         out.append(Change("added", cid, "cell", None, cb[cid]["status"], None))
-    for cid in ca.keys() & cb.keys():
+    trained: set[str] = set()  # training columns are per method: compare them once, on its first common cell
+    for cid in sorted(ca.keys() & cb.keys()):
         x, y = ca[cid], cb[cid]
         if x["status"] != y["status"]:
             kind = "regression" if y["status"] != "ok" else "improvement"
@@ -87,15 +91,22 @@ def compare_results(
             continue
         if y["status"] != "ok":
             continue
-        values = [(k, x["metrics"].get(k), y["metrics"].get(k), dirs.get(k, False), rtol)
+        values = [(k, x["metrics"].get(k), y["metrics"].get(k), dirs.get(k, False), rtol, cid)
                   for k in sorted(set(x["metrics"]) | set(y["metrics"]))]
-        values += [(k, x.get(k), y.get(k), hib, rtol if k == "nfe" else time_rtol) for k, hib in COST_COLUMNS.items()]
-        for col, old, new, hib, tol in values:
+        for k, hib in COST_COLUMNS.items():
+            if k in TRAIN_COLUMNS:
+                if x["method"] in trained:
+                    continue
+                values.append((k, x.get(k), y.get(k), hib, time_rtol, f"{x['method']} (training)"))
+            else:
+                values.append((k, x.get(k), y.get(k), hib, rtol if k == "nfe" else time_rtol, cid))
+        trained.add(x["method"])
+        for col, old, new, hib, tol, where in values:
             if old is None and new is None:
                 continue
             if old is None or new is None:
                 kind = "regression" if new is None else "improvement"
-                out.append(Change(kind, cid, col, old, new, None))
+                out.append(Change(kind, where, col, old, new, None))
                 continue
             diff = float(new) - float(old)
             rel = diff / abs(old) if old != 0 else (0.0 if diff == 0 else float("inf") * (1 if diff > 0 else -1))
@@ -104,7 +115,7 @@ def compare_results(
                 kind = "unchanged"
             else:
                 kind = "improvement" if better else "regression"
-            out.append(Change(kind, cid, col, old, new, rel))
+            out.append(Change(kind, where, col, old, new, rel))
     out.sort(key=lambda c: (_ORDER[c.kind], -abs(c.rel) if c.rel is not None else float("-inf"), c.cell, c.column))
     return out
 

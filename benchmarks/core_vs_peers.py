@@ -12,9 +12,11 @@ Protocol (identical for every library):
 - Training loops use each library's public API for the loss: flow_matching ``AffineProbPath(CondOTScheduler())``,
   torchcfm ``ConditionalFlowMatcher(sigma=0)`` (I-CFM) and ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)``
   (OT-CFM), flowsci ``FlowMatching.compute_loss`` with the independent or minibatch-OT coupling, and flowsci through
-  the Lightning ``Trainer`` (the user path, ``FlowMatching`` + ``Toy2DDataModule``-like loader).
-- Interleaving: libraries train round-robin in chunks of ``--chunk`` steps (the manual loops run inside a callback
-  of the Lightning run, whose clock is paused meanwhile), so load changes on a shared machine hit all of them alike.
+  the Lightning ``Trainer`` (the user path: ``FlowMatching`` + ``Trainer.fit``, fed the same pre-drawn batches
+  through a ``DataLoader`` that yields whole batches).
+- Interleaving: libraries train round-robin in chunks of ``--chunk`` steps, in an order rotated every round (the
+  manual loops run inside a callback of the Lightning run, whose clock is paused meanwhile), so load changes on a
+  shared machine hit all of them alike.
   Training steps/s = steps / time spent in that library's steps.
 - Sampling: from one fixed ``x0`` batch (``--eval`` points), with each library's own solver (flow_matching
   ``ODESolver``; torchcfm has none, so ``torchdiffeq.odeint`` as in its examples; flowsci ``solve_ode``), Euler at
@@ -41,9 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowsci.benchmarks.metrics import mmd2_rbf, sliced_wasserstein2
+from flowsci.metrics import mmd2_rbf, sliced_wasserstein2
 
-__all__ = ["PeerResult", "main", "run"]
+__all__ = ["NFES", "ROWS", "PeerResult", "format_tables", "main", "run"]
 
 NFES = (1, 2, 4, 8, 32)
 
@@ -237,8 +239,8 @@ def _lightning_with_interleave(net: nn.Module, batches: Tensor, chunk: int, othe
             self.end = time.perf_counter()
 
     model = _flowsci_model(net, ot=False)
-    flat = batches.reshape(-1, batches.shape[-1])
-    loader = DataLoader(TensorDataset(flat), batch_size=batches.shape[1], shuffle=False, drop_last=True)
+    # the same pre-drawn batches as the manual loops, one [batch, 2] tensor per step (no per-sample collate)
+    loader = DataLoader(TensorDataset(batches), batch_size=None, shuffle=False)
     cb = Interleave()
     trainer = pl.Trainer(max_steps=batches.shape[0], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -250,9 +252,21 @@ def _lightning_with_interleave(net: nn.Module, batches: Tensor, chunk: int, othe
     result.final_loss = float(loss) if loss is not None else None
 
 
+ROWS = ("flow_matching", "torchcfm", "torchcfm-ot", "flowsci", "flowsci-ot", "flowsci-lightning")
+"""Row keys accepted by ``--only``."""
+
+
 def run(steps: int = 5000, batch: int = 256, eval_points: int = 4000, seed: int = 0, chunk: int = 250,
-        lightning: bool = True, repeats: int = 3, log: Callable[[str], None] = print) -> list[PeerResult]:
-    """Train and evaluate every available library on the shared task; returns one result per row."""
+        lightning: bool = True, repeats: int = 3, log: Callable[[str], None] = print,
+        only: Sequence[str] | None = None) -> list[PeerResult]:
+    """Train and evaluate every available library on the shared task; returns one result per row.
+
+    ``only`` restricts the rows to a subset of :data:`ROWS`.
+    """
+    rows = set(ROWS if only is None else only)
+    if rows - set(ROWS):
+        raise ValueError(f"unknown rows {sorted(rows - set(ROWS))}; choose from {ROWS}")
+    lightning = lightning and "flowsci-lightning" in rows
     from flowsci.data import sample_toy
     from flowsci.nets import MLP
 
@@ -263,20 +277,29 @@ def run(steps: int = 5000, batch: int = 256, eval_points: int = 4000, seed: int 
     init = MLP(dim=2, hidden=256, depth=3, time_dim=0, activation="silu")
 
     loops: list[_ManualLoop] = []
-    if importlib.util.find_spec("flow_matching") is not None:
-        loops.append(_flow_matching_loop(copy.deepcopy(init), batches))
-    else:
+    if importlib.util.find_spec("flow_matching") is None:
         log("flow_matching not installed (pip install flow_matching): skipped")
-    if importlib.util.find_spec("torchcfm") is not None:
-        loops.append(_torchcfm_loop(copy.deepcopy(init), batches, ot=False))
-        loops.append(_torchcfm_loop(copy.deepcopy(init), batches, ot=True))
-    else:
+    elif "flow_matching" in rows:
+        loops.append(_flow_matching_loop(copy.deepcopy(init), batches))
+    if importlib.util.find_spec("torchcfm") is None:
         log("torchcfm not installed (pip install --no-deps torchcfm): skipped")
-    loops.append(_flowsci_loop(copy.deepcopy(init), batches, ot=False))
-    loops.append(_flowsci_loop(copy.deepcopy(init), batches, ot=True))
+    else:
+        if "torchcfm" in rows:
+            loops.append(_torchcfm_loop(copy.deepcopy(init), batches, ot=False))
+        if "torchcfm-ot" in rows:
+            loops.append(_torchcfm_loop(copy.deepcopy(init), batches, ot=True))
+    if "flowsci" in rows:
+        loops.append(_flowsci_loop(copy.deepcopy(init), batches, ot=False))
+    if "flowsci-ot" in rows:
+        loops.append(_flowsci_loop(copy.deepcopy(init), batches, ot=True))
+
+    rounds = [0]
 
     def round_robin() -> None:
-        for loop in loops:
+        # rotate the order every round so no library always runs right after another one (cache/frequency bias)
+        k = rounds[0] % max(len(loops), 1)
+        rounds[0] += 1
+        for loop in loops[k:] + loops[:k]:
             loop.run(min(chunk, steps - loop.result.steps))
 
     results = [loop.result for loop in loops]
@@ -301,6 +324,13 @@ def run(steps: int = 5000, batch: int = 256, eval_points: int = 4000, seed: int 
     log(f"trained {len(results)} models x {steps} steps in {time.perf_counter() - t0:.0f} s")
     for r, net in zip(results, nets, strict=True):
         _evaluate(r, net, x0, ref, repeats)
+    # what a perfect sampler scores: a second held-out draw of the data against the same reference
+    floor = PeerResult("held-out data (noise floor)", "data", "–")
+    other = sample_toy("moons", eval_points, seed=seed + 10_001)
+    for key in (*map(str, NFES), "dopri5"):
+        floor.sliced_w2[key] = sliced_wasserstein2(other, ref, num_projections=512, seed=0)
+        floor.mmd2[key] = mmd2_rbf(other[:2000], ref[:2000])
+    results.append(floor)
     return results
 
 
@@ -310,7 +340,8 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 def format_tables(results: Sequence[PeerResult], steps: int, batch: int, eval_points: int, threads: int) -> str:
     """Markdown tables: throughput/timing, sliced W2 per NFE, MMD² per NFE, and the target verdicts."""
-    peers = [r for r in results if not r.library.startswith("flowsci") and r.steps_per_s]
+    peers = [r for r in results if r.library not in ("data",) and not r.library.startswith("flowsci")
+             and r.steps_per_s]
     fastest = max((r.steps_per_s for r in peers), default=None)
     lines = [
         f"Task N(0, I) → moons; MLP 3×256 SiLU, Adam 1e-3, batch {batch}, {steps} steps, {threads} torch "
@@ -353,11 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=250, help="round-robin chunk in steps (250)")
     p.add_argument("--repeats", type=int, default=3, help="sampling timings: best of N (3)")
     p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the pl.Trainer row")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of rows: {','.join(ROWS)}")
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
     results = run(args.steps, args.batch, args.eval_points, args.seed, args.chunk, args.lightning, args.repeats,
-                  log=lambda s: print(s, file=sys.stderr))
+                  log=lambda s: print(s, file=sys.stderr), only=only)
     print(format_tables(results, args.steps, args.batch, args.eval_points, args.threads), end="")
     if args.json:
         from pathlib import Path

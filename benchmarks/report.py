@@ -167,6 +167,10 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             + f" | {format_time(c['sample_time_per_sample_s'])} | {_mem(c)} | {c['status']} |"
         )
     lines.append("")
+    if doc.get("noise_floor"):
+        lines += ["Noise floor (a second held-out draw of the same size scored against the reference; a perfect "
+                  "sampler lands here): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in doc["noise_floor"].items()),
+                  ""]
     mem = next((c["memory_method"] for c in doc["cells"] if c.get("memory_method")), None)
     if mem:
         lines += [f"Peak memory is measured around the sampler call of each cell: {mem}; (+Δ) is the increase "
@@ -246,6 +250,12 @@ def write_plots(doc: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
                 style = "--" if cells[0]["baseline"] else "-"
                 ax.plot(xs, ys, style, marker="o", ms=3, label=f"{method} · {solver}")
             ax.set_xscale("log", base=2 if xname == "nfe" else 10)
+            ys_all = [c["metrics"][col] for c in ok if c["metrics"].get(col) is not None]
+            if ys_all and min(ys_all) > 0 and max(ys_all) / min(ys_all) > 30:
+                ax.set_yscale("log")
+            floor = (doc.get("noise_floor") or {}).get(col)
+            if floor is not None and floor > 0:
+                ax.axhline(floor, color="k", lw=0.8, ls=":", label="noise floor")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(col + _arrow(doc, col))
             ax.grid(alpha=0.3)

@@ -404,6 +404,26 @@ def _measure(
     return rec
 
 
+def _noise_floor(spec: BenchmarkSpec, dm: Any, reference: Any) -> dict[str, float | None]:
+    """Every metric of a second held-out draw against the reference (``None`` where a metric fails)."""
+    out: dict[str, float | None] = {}
+    try:
+        other = spec.reference_data(dm, spec.num_samples, spec.seed + 1)
+    except Exception as e:
+        log.warning("noise floor of %s: second reference draw failed (%s)", spec.name, e)
+        return out
+    for metric in spec.metrics:
+        try:
+            value = metric.fn(other, reference)
+        except Exception as e:
+            log.warning("noise floor of %s: metric %s failed (%s)", spec.name, metric.name, e)
+            out[metric.name] = None
+            continue
+        items = value.items() if isinstance(value, Mapping) else [(metric.name, value)]
+        out.update({k: _finite_or_none(v) for k, v in items})
+    return out
+
+
 def _warmup(spec: BenchmarkSpec, method: Method, cell: Cell, model: Any, dm: Any, reference: Any) -> None:
     """One small untimed draw before a method's first timed cell (errors surface in the timed cell)."""
     if spec.warmup_samples <= 0:
@@ -483,6 +503,7 @@ def run_spec(
     out_dir = Path(out) / suite
     path = out_dir / f"{spec.name}.json"
     old: dict[str, Any] = {}
+    prev: dict[str, Any] = {}
     columns: dict[str, dict[str, Any]] = {}
     if path.exists() and not force:
         prev = load_result(path)
@@ -502,9 +523,14 @@ def run_spec(
     pending = [c for c in cells if c.id not in records]
     cache_dir = out_dir / ".cache" / spec.name if cache else None
 
+    reuse_floor = spec.noise_floor and bool(old) and "noise_floor" in prev
+    floor: dict[str, float | None] = dict(prev["noise_floor"]) if reuse_floor else {}
+
     def flush() -> dict[str, Any]:
         ordered = [records[c.id] for c in cells if c.id in records]
         doc = _document(suite, spec.name, spec, dev, ordered, columns)
+        if floor:
+            doc["noise_floor"] = dict(floor)
         validate_result(doc, source=str(path))
         write_json_atomic(path, doc)
         return doc
@@ -520,7 +546,7 @@ def run_spec(
     bar = _progress(total=len(pending), desc=f"{suite}/{spec.name}", enabled=progress)
     try:
         with _quiet_lightning():
-            if pending:
+            if pending or (spec.noise_floor and not floor):
                 dm = reference = None
                 try:
                     dm = spec.datamodule()
@@ -529,6 +555,10 @@ def run_spec(
                     fail(pending, e, "data")
                     bar.update(len(pending))
                     pending = []
+                else:
+                    if spec.noise_floor:
+                        floor.clear()
+                        floor.update(_noise_floor(spec, dm, reference))
                 for method in spec.methods:
                     todo = [c for c in pending if c.method == method.name]
                     if not todo:

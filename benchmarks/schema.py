@@ -114,6 +114,7 @@ RESULT_SCHEMA: dict[str, Any] = {
         },
         "cells": {"type": "array", "items": _CELL},
         "reference": {"type": "array", "items": _REFERENCE},
+        "noise_floor": {"type": "object", "additionalProperties": _NUM_OR_NULL},
         "updated_at": {"type": "string"},
     },
 }

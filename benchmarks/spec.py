@@ -252,6 +252,9 @@ class BenchmarkSpec:
         version: Bump when the benchmark changes meaning; finished cells of another version are rerun.
         warmup_samples: Before a method's first timed cell, draw this many samples once, untimed (lazy
             initialisation, allocator warm-up); ``0`` disables.
+        noise_floor: Also score a second held-out draw, ``reference_data(dm, num, seed + 1)``, against the
+            reference with every metric: the value a perfect sampler would get at this sample size. Only for
+            specs whose reference is itself a valid input of the metrics.
 
     """
 
@@ -276,6 +279,7 @@ class BenchmarkSpec:
     nfe_counter: str | None = "net"
     version: str = "1"
     warmup_samples: int = 16
+    noise_floor: bool = False
 
     def __post_init__(self) -> None:
         """Check the spec once, with errors that name the domain and the problem."""

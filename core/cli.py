@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     elif verb == "bench":
         from flowsci.benchmarks.cli import main as bench_main
 
-        bench_main(argv[1:])
+        raise SystemExit(bench_main(argv[1:]))
     elif verb == "configs":
         root = resources.files("flowsci.configs")
         for f in sorted(str(p.relative_to(root)) for p in Path(str(root)).rglob("*.yaml")):

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -65,10 +64,12 @@ class MinibatchOTCoupling(Coupling):
         """Permute ``x0`` to its optimal partners (geodesic cost on a manifold)."""
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"OT coupling needs equal batch sizes, got {x0.shape[0]} and {x1.shape[0]}")
+        import ot
+
         cost = pair_cost(x0, x1, manifold).cpu().numpy()
-        rows, cols = linear_sum_assignment(cost)
-        perm = np.empty_like(rows)
-        perm[cols] = rows  # data i gets noise perm[i]
+        uniform = np.full(x0.shape[0], 1.0 / x0.shape[0])
+        plan = ot.emd(uniform, uniform, cost)
+        perm = plan.argmax(axis=0)  # data j gets noise perm[j]
         return x0[torch.as_tensor(perm, device=x0.device)], x1
 
 

@@ -7,7 +7,7 @@ import math
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 __all__ = ["TOY_DATASETS", "sample_toy", "Toy2DDataModule"]
 
@@ -106,21 +106,26 @@ class Toy2DDataModule(pl.LightningDataModule):
         self.val_set = self._make(self.num_val, self.seed + 1)
         self.test_set = self._make(self.num_val, self.seed + 2)
 
+    def _loader(self, ds: TensorDataset, shuffle: bool) -> DataLoader:
+        # whole batches are sliced from the tensors at once (no per-sample collation)
+        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(ds, sampler=BatchSampler(sampler, self.batch_size, drop_last=shuffle), batch_size=None)
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
+        return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""
-        return DataLoader(self.val_set, batch_size=self.batch_size)
+        return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches."""
-        return DataLoader(self.test_set, batch_size=self.batch_size)
+        return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """One generated sample per validation row (and its label, when labelled)."""
-        return DataLoader(self.val_set, batch_size=self.batch_size)
+        return self._loader(self.val_set, shuffle=False)
 
 
 def quadrant_label(x: Tensor) -> Tensor:

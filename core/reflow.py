@@ -457,7 +457,7 @@ def toy_demo(
     :math:`N(0, I)` to ``dataset``, samples ``num_pairs`` pairs with ``pair_steps`` Euler steps, rectifies
     (Adam 1e-3, ``reflow_steps`` steps from the teacher's weights), distils the rectified flow to one Euler step
     (L2 premetric, Adam 1e-4), and reports mean straightness (2000 draws, 100 Euler steps) and the sliced
-    Wasserstein-2 distance (:func:`flowsci.benchmarks.metrics.sliced_wasserstein2`, 512 projections) of
+    Wasserstein-2 distance (:func:`flowsci.metrics.sliced_wasserstein2`, 512 projections) of
     ``eval_num`` samples to ``eval_num`` fresh data points at 1, 2, 4 and 100 NFE.
 
     Args:
@@ -475,9 +475,9 @@ def toy_demo(
         The metrics (also printed as a table).
 
     """
-    from flowsci.benchmarks.metrics import sliced_wasserstein2
     from flowsci.data import Toy2DDataModule, sample_toy
     from flowsci.distill import distill
+    from flowsci.metrics import sliced_wasserstein2
     from flowsci.nets import MLP
 
     torch.set_num_threads(1)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowsci.benchmarks.metrics import sliced_wasserstein2
 from flowsci.benchmarks.spec import EVALS_PER_STEP, BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.metrics import sliced_wasserstein2
 
 MEAN = torch.tensor([2.0, -1.0])
 

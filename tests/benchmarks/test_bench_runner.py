@@ -23,7 +23,7 @@ def _cells(doc):
 
 
 def test_results_are_correct_and_validate(fakes, tmp_path) -> None:
-    doc = run_spec(fakes.make_spec(), "smoke", tmp_path, progress=False, plots=True)
+    doc = run_spec(fakes.make_spec(noise_floor=True), "smoke", tmp_path, progress=False, plots=True)
     path = tmp_path / "smoke" / "fake.json"
     assert json.loads(path.read_text()) == doc
     for use in VALIDATORS:
@@ -47,12 +47,15 @@ def test_results_are_correct_and_validate(fakes, tmp_path) -> None:
             assert c["metrics"]["mean_error"] == pytest.approx(mean_gap, abs=0.2)
             assert c["baseline"] is True and c["train_steps"] == 0
     assert doc["columns"]["mean_error"]["higher_is_better"] is False
+    # noise floor: two independent N(m, I) draws of 400 points have close means
+    assert set(doc["noise_floor"]) == {"mean_error", "sliced_w2"} and doc["noise_floor"]["mean_error"] < 0.2
     assert doc["reference"] == [
         {"kind": "reported", "method": "oracle", "metrics": {"mean_error": 0.0}, "source": "closed form",
          "scale": "any n", "nfe": None, "solver": None, "note": ""}
     ]
     md = (tmp_path / "smoke" / "fake.md").read_text()
     assert "| 1 | shift |" in md and "untrained *(baseline)*" in md and "Reported elsewhere" in md
+    assert "Noise floor" in md
     for name in ("fake_vs_nfe.png", "fake_vs_time.png"):
         assert (tmp_path / "smoke" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -186,11 +189,17 @@ def test_compare_lists_regressions_first(fakes, tmp_path, capsys) -> None:
     b["cells"] = [c for c in b["cells"] if c["id"] != "untrained/euler/nfe4"]
     for c in b["cells"]:  # identical timings: no noise in this comparison
         c["sample_time_per_sample_s"] = _cells(a)[c["id"]]["sample_time_per_sample_s"]
+        c["peak_memory_mb"] = _cells(a)[c["id"]]["peak_memory_mb"]
+    for c in a["cells"]:  # training throughput is per method, so it must be reported once per method
+        c["train_steps_per_s"] = 100.0 if c["method"] == "shift" else None
+    for c in b["cells"]:
+        c["train_steps_per_s"] = 50.0 if c["method"] == "shift" else None
     changes = compare_results(a, b)
     kinds = [ch.kind for ch in changes]
     assert kinds == sorted(kinds, key=["regression", "improvement", "removed", "added", "unchanged"].index)
     regressions = {(ch.cell, ch.column) for ch in changes if ch.kind == "regression"}
-    assert regressions == {("shift/euler/nfe1", "mean_error"), ("shift/midpoint/nfe2", "status")}
+    assert regressions == {("shift/euler/nfe1", "mean_error"), ("shift/midpoint/nfe2", "status"),
+                           ("shift (training)", "train_steps_per_s")}
     improvements = {(ch.cell, ch.column) for ch in changes if ch.kind == "improvement"}
     assert improvements == {("shift/euler/nfe2", "sliced_w2")}
     assert [(ch.cell, ch.kind) for ch in changes if ch.column == "cell"] == [("untrained/euler/nfe4", "removed")]
@@ -204,7 +213,7 @@ def test_compare_lists_regressions_first(fakes, tmp_path, capsys) -> None:
     pb.write_text(json.dumps(b))
     assert main(["compare", str(pa), str(pb)]) == 0
     out = capsys.readouterr().out
-    assert out.index("REGRESSIONS (2)") < out.index("Improvements (1)")
+    assert out.index("REGRESSIONS (3)") < out.index("Improvements (1)")
     assert main(["compare", str(pa), str(pb), "--fail-on-regression"]) == 1
     assert main(["compare", str(pa), str(pa), "--fail-on-regression"]) == 0
     capsys.readouterr()
@@ -254,3 +263,13 @@ def test_cli_usage_errors(capsys) -> None:
         main(["--resume", "--force"])
     assert main(["--list"]) == 0
     assert "toy2d" in capsys.readouterr().out
+
+
+def test_adaptive_solver_cell_reports_counted_nfe(fakes, tmp_path) -> None:
+    doc = run_spec(fakes.make_spec(solvers=("euler", "dopri5"), nfe_grid=(2,)), "smoke", tmp_path, progress=False,
+                   plots=True)
+    cell = _cells(doc)["shift/dopri5/adaptive"]
+    assert cell["status"] == "ok" and cell["nfe_target"] is None and cell["steps"] is None
+    assert cell["nfe"] == cell["nfe_counted"] == 5  # the fake adaptive solve makes 5 evaluations
+    assert "| 5 (adaptive) |" in (tmp_path / "smoke" / "fake.md").read_text()
+    assert (tmp_path / "smoke" / "plots" / "fake_vs_nfe.png").exists()

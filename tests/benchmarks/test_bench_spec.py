@@ -97,4 +97,4 @@ def test_registry_loads_toy2d_lazily() -> None:
     with pytest.raises(KeyError, match="unknown benchmark domain"):
         load_spec("nope", "smoke")
     with pytest.raises(ValueError, match="neither SPEC"):
-        load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.metrics"})
+        load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.compare"})

@@ -31,6 +31,8 @@ def test_toy2d_smoke_suite_end_to_end(tmp_path, capsys) -> None:
     # minibatch OT straightens the paths: better few-step samples than the independent baseline
     assert cells["fm-ot/euler/nfe2"]["metrics"]["sliced_w2"] < cells["fm-indep/euler/nfe2"]["metrics"]["sliced_w2"]
     assert cells["fm-indep/euler/nfe2"]["baseline"] is True
+    # a second draw of the data scores better than any 60-step model: the floor is below every cell
+    assert all(doc["noise_floor"]["sliced_w2"] < c["metrics"]["sliced_w2"] for c in cells.values())
     out = tmp_path / "smoke"
     assert (out / "toy2d.md").read_text().startswith("## toy2d — suite `smoke`")
     assert (out / "plots" / "toy2d_vs_nfe.png").stat().st_size > 1000

@@ -7,10 +7,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from flowsci.benchmarks.metrics import sliced_wasserstein2
 from flowsci.data import Toy2DDataModule, sample_toy
 from flowsci.distill import Distillation, distill, make_premetric, pseudo_huber, squared_l2
 from flowsci.manifolds import SO3, FlatTorus, quaternion_multiply, rotvec_to_quaternion, wrap
+from flowsci.metrics import sliced_wasserstein2
 from flowsci.module import FlowMatching
 from flowsci.nets import MLP
 from flowsci.paths.geodesic import GeodesicPath

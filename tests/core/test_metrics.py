@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flowsci.benchmarks.metrics import mmd2_rbf, sliced_wasserstein2, wasserstein2_exact
+from flowsci.metrics import mmd2_rbf, sliced_wasserstein2, wasserstein2_exact
 
 
 def _gen(seed: int) -> torch.Generator:
