@@ -20,6 +20,7 @@ DOMAINS: dict[str, str] = {
     "toy2d": "flowsci.benchmarks.toy2d",
     "proteins": "flowsci.domains.proteins.benchmark",
     "crystals": "flowsci.domains.crystals.benchmark",
+    "crystals_gen": "flowsci.domains.crystals.benchmark_gen",
     "shapes": "flowsci.domains.shapes.benchmark",
     "pde": "flowsci.domains.pde.benchmark",
     "trajectories": "flowsci.domains.trajectories.benchmark",

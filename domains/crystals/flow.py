@@ -1,0 +1,691 @@
+"""The crystal state space and its two generative models: CrysBFN (periodic Bayesian flow) and a torus-FM baseline.
+
+State of a batch of ``B`` crystals with ``N = Σ_b n_b`` atoms (flat torch-geometric layout, no padding):
+
+* atom types ``A``: class indices ``z − 1 ∈ {0..K−1}`` ``[N]`` (given for CSP, generated ab initio);
+* fractional coordinates ``F ∈ [0, 1)^{N×3}`` on the flat torus;
+* lattice ``L ∈ R^{B×3×3}`` (rows = lattice vectors), standardised as ``L / s`` with ONE scalar ``s`` (the training
+  set's RMS entry), so standardisation commutes with rotations.
+
+:class:`CrysBFN` (Wu et al., ICLR 2025) runs three Bayesian flows of the core in lock-step with one shared step
+index: :class:`flowsci.bayesian_flow.PeriodicBayesianFlow` on ``F`` (von Mises sender, resultant-vector update,
+linear-entropy accuracy schedule with ``β_1 = 10³``), :class:`flowsci.bayesian_flow.GaussianBayesianFlow` on the 9
+standardised lattice entries (``σ_1 = 10^{-1.5}``) and, ab initio, :class:`flowsci.bayesian_flow.DiscreteBayesianFlow`
+on types (``β_1 = 0.5``). Training draws ``k ~ U{0..n−1}`` per crystal, ``θ_k ~ p_F(· | x; k)`` from each flow,
+runs the network on ``θ_k`` at ``t = k/n`` and minimises ``L = L_type + L_lat + L_coord`` (the flows' ``n``-step
+losses, averaged over atoms of a crystal, then over crystals). The network sees the belief means, the step time
+and (``cond_entropy``) the per-coordinate normalised log-concentration; its outputs are turned into point
+estimates ``F̂ = m + Δ`` (so a global shift of the belief shifts the prediction) and ``L̂ = μ + ΔL`` with the
+network's lattice output ``ΔL`` (``M μ``, rotation-equivariant, or nine invariant numbers in the canonical
+orientation; see :class:`~flowsci.domains.crystals.model.CSPNet`). Sampling is CrysBFN's "end_back" loop
+(each step redraws ``θ_i ~ p_F(· | x̂; i)`` at the current estimate); NFE = number of steps.
+
+:class:`CrystalFlowMatching` is the baseline from the same core and network (FlowMM-style): Riemannian flow
+matching on the flat torus for ``F`` (:class:`flowsci.paths.GeodesicPath` on :class:`flowsci.manifolds.FlatTorus`)
+and a straight-line (CondOT) flow on the standardised lattice from ``N(0, I)``; types given (CSP). It integrates
+with :func:`flowsci.solvers.solve_ode`. Because the network is invariant to integer shifts of ``F``, integrating
+the unwrapped coordinates and wrapping once at the end is exactly the geodesic (wrapped) Euler scheme.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from flowsci.bayesian_flow import (
+    DiscreteBayesianFlow,
+    GaussianBayesianFlow,
+    PeriodicBayesianFlow,
+    sample_bayesian_flows,
+)
+from flowsci.manifolds import FlatTorus
+from flowsci.module import FlowMatching
+from flowsci.paths import CondOTPath, GeodesicPath
+from flowsci.solvers import Solution, solve_ode
+from flowsci.timesteps import TimeSampler, UniformTime
+
+__all__ = ["CrystalBatch", "CrystalGenerativeMixin", "CrysBFN", "CrystalFlowMatching", "composition_to_types"]
+
+TASKS = ("csp", "gen")
+SAMPLERS = ("end_back", "bayesian")
+_STRATEGY = {"end_back": "flow_resample", "bayesian": "bayesian_update"}  # names of flowsci.bayesian_flow
+
+
+class CrystalBatch:
+    """Unpacked crystal batch: ``types [N]`` (class index ``z − 1``), ``frac [N, 3]``, ``lattice [B, 3, 3]``
+    (Å), ``num_atoms [B]``, ``batch [N]``.
+    """
+
+    def __init__(self, types: Tensor, frac: Tensor, lattice: Tensor, num_atoms: Tensor) -> None:
+        self.types = types.long()
+        self.frac = frac
+        self.lattice = lattice
+        self.num_atoms = num_atoms.long()
+        self.batch = torch.repeat_interleave(torch.arange(len(num_atoms), device=types.device), self.num_atoms)
+
+    @classmethod
+    def from_pyg(cls, batch: Any) -> CrystalBatch:
+        """From a torch-geometric batch of :func:`flowsci.domains.crystals.data.structure_to_data` items."""
+        return cls(
+            batch.atom_types - 1, batch.frac_coords, batch.lattice.reshape(-1, 3, 3), batch.num_atoms.reshape(-1)
+        )
+
+    def structures(self) -> list[Any]:
+        """Pymatgen Structures."""
+        from flowsci.domains.crystals.data import batch_to_structures
+
+        return batch_to_structures(self.types + 1, self.frac, self.lattice, self.num_atoms)
+
+
+def composition_to_types(composition: Any) -> list[int]:
+    """Atomic numbers of every atom of a composition (``"SrTiO3"`` → 5 atoms; use ``"Sr2Ti2O6"`` for Z = 2)."""
+    from pymatgen.core import Composition
+
+    comp = Composition(composition) if not hasattr(composition, "element_composition") else composition
+    z = []
+    for el, amt in comp.element_composition.items():
+        if abs(amt - round(amt)) > 1e-6:
+            raise ValueError(f"composition {composition!r} has a non-integer amount of {el}: {amt}")
+        z += [el.Z] * int(round(amt))
+    if not z:
+        raise ValueError(f"composition {composition!r} has no atoms")
+    return z
+
+
+def _per_graph_mean(values: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Mean of per-atom values over the atoms of each crystal, ``[N] → [B]``."""
+    out = torch.zeros(num_graphs, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+    return out / torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(values.dtype)
+
+
+class CrystalGenerativeMixin:
+    """Shared public API of the crystal models: statistics buffers, ``predict_structure``, ``generate``, CIF I/O.
+
+    Expects ``self.lattice_scale`` (float, 0 = unknown), ``self.num_atoms_dist`` (list ``p(n)``) and a
+    ``sample_crystals(types, num_atoms, steps, seed, ...) -> CrystalBatch`` method.
+    """
+
+    lattice_scale: float
+    num_atoms_dist: list[float]
+
+    def _init_stats(self, lattice_scale: float | None, num_atoms_dist: Sequence[float] | None) -> None:
+        # plain attributes, not buffers: weight averaging (EMA) must not average or swap dataset statistics;
+        # they travel in state_dict() through get_extra_state / set_extra_state
+        self.lattice_scale = float(lattice_scale or 0.0)
+        self.num_atoms_dist = [float(p) for p in num_atoms_dist] if num_atoms_dist else []
+
+    def _buffer_stats_from_datamodule(self) -> None:
+        """Fill the lattice scale / atom-count distribution from ``trainer.datamodule`` when not given."""
+        dm = getattr(getattr(self, "trainer", None), "datamodule", None)
+        if dm is None:
+            return
+        if self.lattice_scale <= 0 and hasattr(dm, "lattice_scale"):
+            self.lattice_scale = float(dm.lattice_scale())
+        if not self.num_atoms_dist and hasattr(dm, "num_atoms_distribution"):
+            self.num_atoms_dist = [float(p) for p in dm.num_atoms_distribution()]
+
+    def _scale(self) -> float:
+        if self.lattice_scale <= 0:
+            raise RuntimeError(
+                f"{type(self).__name__}.lattice_scale is unknown: pass lattice_scale=... or fit with a "
+                "CrystalDataModule (it is stored in checkpoints)"
+            )
+        return self.lattice_scale
+
+    def on_fit_start(self) -> None:
+        """Read dataset statistics before training."""
+        self._buffer_stats_from_datamodule()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the network's class and constructor arguments so :meth:`load` can rebuild it."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        net = self.net  # type: ignore[attr-defined]
+        checkpoint["crystals_net"] = {
+            "class": f"{type(net).__module__}.{type(net).__qualname__}",
+            "config": getattr(net, "config", None),
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+        """Load a checkpoint written by Lightning, rebuilding the network from the stored configuration.
+
+        Checkpoints are unpickled (they hold optimizer factories): load only files you trust.
+        """
+        import importlib
+
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        info = ckpt.get("crystals_net")
+        if info is None or info.get("config") is None:
+            raise ValueError(
+                f"{path}: no stored network configuration; use {cls.__name__}.load_from_checkpoint(path, net=...)"
+            )
+        mod, _, name = info["class"].rpartition(".")
+        net = getattr(importlib.import_module(mod), name)(**info["config"])
+        model = cls.load_from_checkpoint(path, net=net, map_location=map_location, weights_only=False)
+        model.eval()
+        return model
+
+    def get_extra_state(self) -> Tensor:
+        """Dataset statistics travel in ``state_dict()`` (key ``_extra_state``) as one float64 tensor
+        ``[s, p(0), p(1), ...]``, so Lightning checkpoints and plain ``model.state_dict()`` files restore them,
+        and EMA neither averages nor swaps them.
+        """
+        return torch.tensor([self.lattice_scale, *self.num_atoms_dist], dtype=torch.float64)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the statistics written by :meth:`get_extra_state`."""
+        if isinstance(state, dict):  # {"lattice_scale": s, "num_atoms_dist": [...]}
+            state = [state.get("lattice_scale", 0.0), *state.get("num_atoms_dist", [])]
+        values = [float(v) for v in torch.as_tensor(state, dtype=torch.float64).reshape(-1)]
+        self.lattice_scale = values[0] if values else 0.0
+        self.num_atoms_dist = values[1:]
+
+    def configure_optimizers(self) -> Any:
+        """Optimizer and optional scheduler (a scheduler with a ``monitor`` attribute, e.g. LightningCLI's
+        ``ReduceLROnPlateau``, is stepped on that metric).
+        """
+        opt = self.optimizer_factory(self.parameters())  # type: ignore[attr-defined]
+        if self.lr_scheduler_factory is None:  # type: ignore[attr-defined]
+            return opt
+        sched = self.lr_scheduler_factory(opt)  # type: ignore[attr-defined]
+        cfg: dict[str, Any] = {"scheduler": sched}
+        if getattr(sched, "monitor", None):
+            cfg["monitor"] = sched.monitor
+        return {"optimizer": opt, "lr_scheduler": cfg}
+
+    # ------------------------------------------------------------------------------------------- public API
+    @torch.no_grad()
+    def predict_structure(
+        self,
+        composition: Any,
+        num_samples: int = 1,
+        steps: int | None = None,
+        seed: int | None = 0,
+        batch_size: int = 256,
+    ) -> list[Any]:
+        """Crystal structure prediction for a composition.
+
+        Args:
+            composition: a formula (``"SrTiO3"``: the cell holds exactly these atoms), a pymatgen
+                ``Composition`` or a ``Structure`` (its composition is used).
+            num_samples: independent predictions.
+            steps: sampling steps = network evaluations (default: the model's ``sample_steps``).
+            seed: random seed (``None``: nondeterministic).
+            batch_size: crystals per network batch.
+
+        Returns:
+            ``num_samples`` pymatgen ``Structure`` objects (save with ``s.to(filename="x.cif")``).
+        """
+        comp = composition.composition if hasattr(composition, "lattice") else composition
+        z = composition_to_types(comp)
+        return self.predict_structures([z] * num_samples, steps=steps, seed=seed, batch_size=batch_size)
+
+    @torch.no_grad()
+    def predict_structures(
+        self, atom_types: Sequence[Sequence[int]], steps: int | None = None, seed: int | None = 0, batch_size: int = 256
+    ) -> list[Any]:
+        """CSP for many crystals: ``atom_types[i]`` lists the atomic numbers of crystal ``i``'s cell."""
+        self._require_task("csp")
+        out: list[Any] = []
+        for start in range(0, len(atom_types), batch_size):
+            chunk = atom_types[start : start + batch_size]
+            types = torch.tensor([z - 1 for zs in chunk for z in zs], device=self.device)
+            n = torch.tensor([len(zs) for zs in chunk], device=self.device)
+            s = None if seed is None else seed + start
+            out += self.sample_crystals(types, n, steps=steps, seed=s).structures()
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self, n: int = 100, steps: int | None = None, seed: int | None = 0, batch_size: int = 256
+    ) -> list[Any]:
+        """Ab initio generation: atom counts from the training distribution, then types, coordinates, lattice.
+
+        Returns:
+            ``n`` pymatgen ``Structure`` objects.
+        """
+        self._require_task("gen")
+        if not self.num_atoms_dist:
+            raise RuntimeError(
+                "generate() needs the training atom-count distribution (fit first or pass num_atoms_dist)"
+            )
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        counts = torch.multinomial(torch.tensor(self.num_atoms_dist), n, replacement=True, generator=gen)
+        out: list[Any] = []
+        for start in range(0, n, batch_size):
+            na = counts[start : start + batch_size].to(self.device)
+            s = None if seed is None else seed + start
+            out += self.sample_crystals(None, na, steps=steps, seed=s).structures()
+        return out
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num: int,
+        steps: int | None = None,
+        solver: str | None = None,
+        seed: int | None = None,
+        composition: str | None = None,
+        **kwargs: Any,
+    ) -> Solution:
+        """``flowsci sample`` entry point: ``num`` crystals (CSP of ``composition``, or ab initio generation).
+
+        Returns:
+            A :class:`~flowsci.solvers.Solution` whose ``extras["structures"]`` holds the pymatgen Structures;
+            ``x`` is the concatenated fractional coordinates, ``nfe`` the network evaluations per crystal batch.
+        """
+        if composition is not None:
+            structures = self.predict_structure(composition, num_samples=num, steps=steps, seed=seed)
+        else:
+            structures = self.generate(n=num, steps=steps, seed=seed)
+        n = int(steps or self.sample_steps)  # type: ignore[attr-defined]
+        x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
+        return Solution(x=x, nfe=n, times=torch.linspace(0, 1, n + 1), seed=seed, extras={"structures": structures})
+
+    def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
+        """Write the structures of :meth:`sample` as CIF files (atomic writes)."""
+        return self.write_cifs(solution.extras["structures"], out_dir)
+
+    def write_cifs(self, structures: Sequence[Any], out_dir: str | os.PathLike, prefix: str = "sample") -> list[Path]:
+        """Write structures as CIF files (atomic writes)."""
+        from flowsci.domains.crystals.data import write_cifs
+
+        return write_cifs(structures, out_dir, prefix)
+
+    def _require_task(self, task: str) -> None:
+        have = getattr(self, "task", "csp")
+        if task == "gen" and have != "gen":
+            raise RuntimeError(f"{type(self).__name__} was trained for task={have!r}; generate() needs task='gen'")
+
+
+# =========================================================================================== CrysBFN
+
+
+class CrysBFN(CrystalGenerativeMixin, pl.LightningModule):
+    """CrysBFN: periodic Bayesian flow network for crystals (CSP and ab initio generation).
+
+    Args:
+        net: a :class:`~flowsci.domains.crystals.model.CSPNet` (``num_types`` = K, ``cond_entropy`` must match).
+        task: ``"csp"`` (types given) or ``"gen"`` (types generated too).
+        train_steps: step counts ``n`` of the discrete-time losses; each batch picks one uniformly (CrysBFN:
+            a single value, e.g. ``[10]`` for the NFE-10 model; several values train one model for many NFEs).
+        sample_steps: default number of sampling steps (= NFE).
+        coord_beta1: final expected von Mises concentration ``β_1`` of the coordinate flow.
+        lattice_sigma1: ``σ_1`` of the lattice Gaussian flow.
+        type_beta1: ``β_1`` of the discrete type flow.
+        num_types: K (atomic numbers 1..K).
+        cond_entropy: feed the per-coordinate normalised log-concentration to the network (``False``: time only,
+            the paper's ablation).
+        coord_weight: weight of the coordinate loss.
+        lattice_weight: weight of the lattice loss.
+        type_weight: weight of the type loss.
+        lattice_scale: scalar lattice standardisation ``s`` in Å (``None``: from the datamodule at fit start).
+        num_atoms_dist: ``p(n)`` for generation (``None``: from the datamodule at fit start).
+        sampler: default sampler: ``"end_back"`` (CrysBFN's default: redraw ``θ_i ~ p_F(· | x̂; i)``) or
+            ``"bayesian"`` (Graves et al.: ``y ~ p_R(· | θ_{i−1})``, ``θ_i = h(θ_{i−1}, y, α_i)``, which keeps each
+            coordinate's own history).
+        optimizer: optimizer factory (default AdamW, lr 1e-3 as in CrysBFN).
+        lr_scheduler: optional scheduler factory.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        task: str = "csp",
+        train_steps: list[int] | int = 10,
+        sample_steps: int = 10,
+        coord_beta1: float = 1e3,
+        lattice_sigma1: float = 10**-1.5,
+        type_beta1: float = 0.5,
+        num_types: int = 100,
+        cond_entropy: bool = True,
+        coord_weight: float = 1.0,
+        lattice_weight: float = 1.0,
+        type_weight: float = 1.0,
+        lattice_scale: float | None = None,
+        num_atoms_dist: list[float] | None = None,
+        sampler: str = "end_back",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if getattr(net, "cond_entropy", cond_entropy) != cond_entropy:
+            raise ValueError("net.cond_entropy and CrysBFN(cond_entropy=...) disagree")
+        self.save_hyperparameters(ignore=["net"] if _outside_cli() else None)
+        self.net = net
+        self.task = task
+        self.train_steps = [train_steps] if isinstance(train_steps, int) else list(train_steps)
+        self.sample_steps = sample_steps
+        self.num_types = num_types
+        self.cond_entropy = cond_entropy
+        self.weights = {"coord": coord_weight, "lattice": lattice_weight, "type": type_weight}
+        self.sampler = sampler
+        self.coord_flow = PeriodicBayesianFlow(beta1=coord_beta1, period=1.0)
+        self.lattice_flow = GaussianBayesianFlow(sigma1=lattice_sigma1)
+        self.type_flow = DiscreteBayesianFlow(num_classes=num_types, beta1=type_beta1)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self._init_stats(lattice_scale, num_atoms_dist)
+
+    # ------------------------------------------------------------------------------------------- network
+    def predict(
+        self,
+        type_input: Tensor,
+        coord_belief: Any,
+        lattice_mean: Tensor,
+        t: Tensor,
+        num_atoms: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Point estimates from the beliefs.
+
+        Args:
+            type_input: ``[N, K]`` one-hot types (CSP) or ``2θ − 1`` of the type belief (generation).
+            coord_belief: von Mises belief of ``F`` (``mean [N, 3]`` in [0, 1), ``concentration [N, 3]``).
+            lattice_mean: ``[B, 3, 3]`` mean of the standardised-lattice belief.
+            t: ``[B]`` times ``k / n``.
+            num_atoms: ``[B]``.
+
+        Returns:
+            ``(F̂ [N, 3], L̂ [B, 3, 3] standardised, type logits [N, K])`` with ``F̂ = m + Δ``, ``L̂ = μ + ΔL``.
+        """
+        cond = self.coord_flow.entropy_conditioning(coord_belief).to(lattice_mean.dtype) if self.cond_entropy else None
+        d_coord, d_lat, logits = self.net(type_input, coord_belief.mean, lattice_mean, t, num_atoms, cond)
+        return coord_belief.mean + d_coord, lattice_mean + d_lat, logits
+
+    def _type_input(self, types: Tensor | None, belief: Any) -> Tensor:
+        if self.task == "csp":
+            return nn.functional.one_hot(types, self.num_types).float()
+        return belief.network_input()
+
+    # ------------------------------------------------------------------------------------------- training
+    def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """CrysBFN's ``n``-step loss of one batch (one ``n`` drawn from ``train_steps``)."""
+        cb = batch if isinstance(batch, CrystalBatch) else CrystalBatch.from_pyg(batch)
+        b = len(cb.num_atoms)
+        dev = cb.frac.device
+        pick = torch.randint(len(self.train_steps), (1,), generator=generator, device=dev)
+        n = self.train_steps[int(pick)]
+        k = torch.randint(0, n, (b,), generator=generator, device=dev)
+        k_atom = k[cb.batch]
+        t = k.float() / n
+        x_lat = cb.lattice / self._scale()
+        coord_belief = self.coord_flow.sample_flow_at_step(cb.frac, k_atom, n, generator=generator)
+        lat_belief = self.lattice_flow.sample_flow_at_step(x_lat.reshape(b, 9), k, n, generator=generator)
+        type_belief = None
+        if self.task == "gen":
+            type_belief = self.type_flow.sample_flow_at_step(cb.types, k_atom, n, generator=generator)
+        f_hat, l_hat, logits = self.predict(
+            self._type_input(cb.types, type_belief), coord_belief, lat_belief.mean.reshape(b, 3, 3), t, cb.num_atoms
+        )
+        l_coord = self.coord_flow.discrete_time_loss(cb.frac, f_hat, k_atom, n)  # [N]
+        l_coord = _per_graph_mean(l_coord, cb.batch, b).mean()
+        l_lat = self.lattice_flow.discrete_time_loss(x_lat.reshape(b, 9), l_hat.reshape(b, 9), k, n).mean()
+        loss = self.weights["coord"] * l_coord + self.weights["lattice"] * l_lat
+        logs = {"coord": l_coord.detach(), "lattice": l_lat.detach()}
+        if self.task == "gen":
+            l_type = self.type_flow.discrete_time_loss(cb.types, logits, k_atom, n, generator=generator)
+            l_type = _per_graph_mean(l_type, cb.batch, b).mean()
+            loss = loss + self.weights["type"] * l_type
+            logs["type"] = l_type.detach()
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, logs = self.compute_loss(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss, logs = self.compute_loss(batch, generator=gen)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
+        return loss
+
+    # ------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_crystals(
+        self,
+        types: Tensor | None,
+        num_atoms: Tensor,
+        steps: int | None = None,
+        seed: int | None = None,
+        return_trajectory: bool = False,
+        sampler: str | None = None,
+    ) -> CrystalBatch:
+        """CrysBFN sampling with ``n = steps`` network evaluations.
+
+        Runs the core's :func:`flowsci.bayesian_flow.sample_bayesian_flows`: for ``i = 1..n``,
+        ``(F̂, L̂, p̂) = net(θ_{i−1}, t_{i−1})``, then for every flow either ``θ_i ~ p_F(· | x̂; i)`` ("end_back",
+        strategy ``flow_resample``) or the Bayesian update with a receiver sample ("bayesian", strategy
+        ``bayesian_update``). The result is the last estimate (NFE = n, as CrysBFN counts; types: a draw from ``p̂``).
+
+        Args:
+            types: ``[N]`` class indices (CSP) or ``None`` (generation).
+            num_atoms: ``[B]`` atoms per crystal.
+            steps: ``n`` (default ``sample_steps``).
+            seed: seed of all random draws.
+            return_trajectory: keep the estimates of every step in ``self.last_trajectory``.
+            sampler: ``"end_back"`` or ``"bayesian"`` (default: the model's ``sampler``).
+
+        Returns:
+            A :class:`CrystalBatch` in Å with fractional coordinates in [0, 1); ``.nfe`` holds the NFE.
+        """
+        n = int(steps or self.sample_steps)
+        mode = sampler or self.sampler
+        if mode not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {mode!r}")
+        dev = self.device
+        num_atoms = num_atoms.to(dev).long()
+        b, n_at = len(num_atoms), int(num_atoms.sum())
+        gen = torch.Generator(device=dev)
+        if seed is not None:
+            gen.manual_seed(seed)
+        else:
+            gen.seed()
+        if self.task == "csp" and types is None:
+            raise ValueError("CSP sampling needs atom types")
+        flows: dict[str, Any] = {"frac": self.coord_flow, "lattice": self.lattice_flow}
+        shapes: dict[str, tuple[int, ...]] = {"frac": (n_at, 3), "lattice": (b, 9)}
+        if self.task == "gen":
+            flows["types"], shapes["types"] = self.type_flow, (n_at,)
+        traj: list[tuple[Tensor, Tensor]] = []
+
+        def network(beliefs: dict[str, Any], t: Tensor) -> dict[str, Tensor]:
+            f_hat, l_hat, logits = self.predict(
+                self._type_input(types, beliefs.get("types")),
+                beliefs["frac"],
+                beliefs["lattice"].mean.reshape(b, 3, 3),
+                t,
+                num_atoms,
+            )
+            if return_trajectory:
+                traj.append((f_hat.remainder(1.0).cpu(), l_hat.cpu() * self._scale()))
+            return {"frac": f_hat, "lattice": l_hat.reshape(b, 9), "types": logits}
+
+        res = sample_bayesian_flows(
+            network,
+            flows,
+            shapes,
+            b,
+            steps=n,
+            strategy=_STRATEGY[mode],
+            final_network_call=False,
+            generator=gen,
+            device=dev,
+            dtype=torch.float32,
+        )
+        if self.task == "gen":
+            types = res.samples["types"]
+        out = CrystalBatch(
+            types, res.samples["frac"], res.samples["lattice"].reshape(b, 3, 3) * self._scale(), num_atoms
+        )
+        out.nfe = res.nfe
+        self.last_trajectory = traj if return_trajectory else None
+        return out
+
+
+# =========================================================================================== FM baseline
+
+
+class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
+    """Torus flow-matching baseline for CSP (FlowMM-style) on the core's :class:`~flowsci.module.FlowMatching`.
+
+    ``F_t`` follows the flat-torus geodesic from ``F_0 ~ U[0,1)^{N×3}``, the standardised lattice the straight line
+    from ``N(0, I)``; the network regresses both velocities,
+    ``L = E ‖v_F − log_{F_0}(F_1)‖² + λ_L ‖v_L − (L_1 − L_0)/s‖²`` (per-atom mean, then crystal mean).
+
+    Args:
+        net: a :class:`~flowsci.domains.crystals.model.CSPNet` with ``cond_entropy=False``.
+        time_sampler: training time distribution (default uniform).
+        lattice_weight: λ_L.
+        num_types: K.
+        lattice_scale: see :class:`CrysBFN`.
+        optimizer: optimizer factory.
+        lr_scheduler: scheduler factory.
+        sample_steps: default ODE steps.
+        sample_solver: default solver (``euler``, ``midpoint``, ``heun``, ``rk4``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        time_sampler: TimeSampler | None = None,
+        lattice_weight: float = 1.0,
+        num_types: int = 100,
+        lattice_scale: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        sample_steps: int = 10,
+        sample_solver: str = "euler",
+    ) -> None:
+        super().__init__(
+            net=net,
+            path=GeodesicPath(FlatTorus(3)),
+            time_sampler=time_sampler or UniformTime(),
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            sample_steps=sample_steps,
+            sample_solver=sample_solver,
+            data_shape=[3],
+        )
+        if getattr(net, "cond_entropy", False):
+            raise ValueError("the FM baseline's CSPNet must have cond_entropy=False (there is no belief entropy)")
+        self.save_hyperparameters(ignore=["net"] if _outside_cli() else None)  # only this class's arguments
+        self.task = "csp"
+        self.num_types = num_types
+        self.lattice_weight = lattice_weight
+        self.lattice_path = CondOTPath()
+        self._init_stats(lattice_scale, None)
+
+    def unpack_batch(self, batch: Any) -> tuple[Tensor, dict[str, Any], Tensor | None]:
+        """``x1`` = fractional coordinates ``[N, 3]``; cond holds the crystal batch."""
+        cb = batch if isinstance(batch, CrystalBatch) else CrystalBatch.from_pyg(batch)
+        return cb.frac, {"crystal": cb}, None
+
+    def _velocities(self, frac: Tensor, lat_std: Tensor, t: Tensor, cb: CrystalBatch) -> tuple[Tensor, Tensor]:
+        types = nn.functional.one_hot(cb.types, self.num_types).to(frac.dtype)
+        v_f, v_l, _ = self.net(types, frac, lat_std, t, cb.num_atoms, None)
+        return v_f, v_l
+
+    def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Flow-matching loss on the torus (coordinates) and in R⁹ (standardised lattice)."""
+        x1, cond, _ = self.unpack_batch(batch)
+        cb: CrystalBatch = cond["crystal"]
+        b = len(cb.num_atoms)
+        t = self.time_sampler.sample(b, device=x1.device, generator=generator).to(x1.dtype)
+        f0 = self.path.manifold.random_base((x1.shape[0],), generator=generator, device=x1.device, dtype=x1.dtype)
+        ps = self.path.sample(f0, x1, t[cb.batch])
+        l1 = (cb.lattice / self._scale()).reshape(b, 9)
+        l0 = torch.randn(l1.shape, generator=generator, device=l1.device, dtype=l1.dtype)
+        pl_ = self.lattice_path.sample(l0, l1, t)
+        v_f, v_l = self._velocities(ps.x_t, pl_.x_t.reshape(b, 3, 3), t, cb)
+        l_coord = _per_graph_mean((v_f - ps.dx_t).square().sum(-1), cb.batch, b).mean()
+        l_lat = (v_l.reshape(b, 9) - pl_.dx_t).square().sum(-1).mean()
+        loss = l_coord + self.lattice_weight * l_lat
+        return loss, {"loss": loss.detach(), "coord": l_coord.detach(), "lattice": l_lat.detach()}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, logs = self.compute_loss(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss, logs = self.compute_loss(batch, generator=gen)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(20_000 + batch_idx)
+        loss, logs = self.compute_loss(batch, generator=gen)
+        self.log_dict({f"test/{k}": v for k, v in logs.items()}, batch_size=int(batch.num_graphs))
+        return loss
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        cb = CrystalBatch.from_pyg(batch)
+        return self.sample_crystals(cb.types, cb.num_atoms, seed=batch_idx).structures()
+
+    @torch.no_grad()
+    def sample_crystals(
+        self,
+        types: Tensor | None,
+        num_atoms: Tensor,
+        steps: int | None = None,
+        seed: int | None = None,
+        solver: str | None = None,
+    ) -> CrystalBatch:
+        """Integrate the learned flow with :func:`flowsci.solvers.solve_ode` (state packed as ``[N + 3B, 3]``)."""
+        if types is None:
+            raise ValueError("the FM baseline does CSP only: atom types are required")
+        dev = self.device
+        num_atoms = num_atoms.to(dev).long()
+        cb = CrystalBatch(
+            types.to(dev),
+            torch.zeros(int(num_atoms.sum()), 3, device=dev),
+            torch.zeros(len(num_atoms), 3, 3, device=dev),
+            num_atoms,
+        )
+        b, n_at = len(num_atoms), int(num_atoms.sum())
+        gen = torch.Generator(device=dev)
+        if seed is not None:
+            gen.manual_seed(seed)
+        else:
+            gen.seed()
+        f0 = self.path.manifold.random_base((n_at,), generator=gen, device=dev)
+        l0 = torch.randn(b, 9, generator=gen, device=dev)
+        x0 = torch.cat([f0, l0.reshape(3 * b, 3)])
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            tb = t.reshape(-1)[:1].expand(b).to(x.dtype)
+            v_f, v_l = self._velocities(x[:n_at], x[n_at:].reshape(b, 3, 3), tb, cb)
+            return torch.cat([v_f, v_l.reshape(3 * b, 3)])
+
+        sol: Solution = solve_ode(
+            velocity, x0, method=solver or self.sample_solver, steps=int(steps or self.sample_steps), progress=False
+        )
+        x = sol.x
+        out = CrystalBatch(
+            types.to(dev), FlatTorus(3).projx(x[:n_at]), x[n_at:].reshape(b, 3, 3) * self._scale(), num_atoms
+        )
+        out.nfe = sol.nfe
+        return out
+
+
+def _outside_cli() -> bool:
+    """True unless LightningCLI is instantiating us (then the config, not the net object, is stored)."""
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is None

@@ -1,0 +1,486 @@
+"""CDVAE/DiffCSP/CrysBFN evaluation metrics for crystals, with the published definitions.
+
+* Structural validity: all pairwise periodic (minimum-image) distances > 0.5 Å and cell volume > 0.1 Å³.
+* Compositional validity: SMACT charge neutrality + Pauling electronegativity test; single-element and all-metal
+  compositions count as valid. SMACT ≥ 3 changed the oxidation-state set (ICSD24 by default) and the
+  ``neutral_ratios`` API; ``oxidation_states_set="smact14"`` (default here) is the set the papers used.
+* CSP: ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``; match rate = fraction of test crystals whose
+  prediction matches; RMSE = mean over matched crystals of ``get_rms_dist(pred, gt)[0]`` (normalised by
+  ``(V/N)^{1/3}``). As in DiffCSP, a prediction that is not structurally + compositionally valid is a non-match
+  (``require_valid=True``); best-of-k takes the smallest RMS over the k predictions.
+* Coverage COV-R / COV-P (CDVAE ``compute_cov``): structure fingerprint = mean over sites of matminer
+  ``CrystalNNFingerprint.from_preset("ops")``; composition fingerprint = Magpie ``ElementProperty`` standardised by
+  CDVAE's FIXED constants (``sample_data/cdvae_comp_scaler.json``). With pairwise L2 distances ``D_s``, ``D_c``
+  (generated × reference), a reference crystal is recalled if ``min_g D_s ≤ δ_s`` AND ``min_g D_c ≤ δ_c``
+  (the two minima are taken separately, exactly as in CDVAE); precision counts generated crystals with
+  ``min_r D_s ≤ δ_s`` and ``min_r D_c ≤ δ_c`` divided by ALL generated crystals (invalid ones count as misses).
+* Property statistics: Wasserstein-1 distance between generated (valid) and reference densities (g/cm³) and
+  numbers of distinct elements.
+
+Fingerprints are slow (≈0.5–2 s per crystal): :func:`fingerprints` runs ``processes`` worker processes with a
+progress bar and caches arrays on disk keyed by the structures' content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from pymatgen.core import Composition, Structure
+
+__all__ = [
+    "COV_CUTOFFS",
+    "structural_validity",
+    "compositional_validity",
+    "validity",
+    "make_matcher",
+    "csp_rms",
+    "csp_metrics",
+    "structure_fingerprint",
+    "composition_fingerprint",
+    "fingerprints",
+    "coverage",
+    "property_wasserstein",
+    "uniqueness_novelty",
+    "evaluate_csp",
+    "evaluate_generation",
+    "evaluate",
+]
+
+#: (structure cutoff δ_s, composition cutoff δ_c) per dataset (CDVAE ``COV_Cutoffs``).
+COV_CUTOFFS: dict[str, tuple[float, float]] = {
+    "mp_20": (0.4, 10.0),
+    "mp20": (0.4, 10.0),
+    "carbon_24": (0.2, 4.0),
+    "perov_5": (0.2, 4.0),
+}
+
+
+# --------------------------------------------------------------------------------------------- validity
+
+
+def structural_validity(structure: Structure, cutoff: float = 0.5, min_volume: float = 0.1) -> bool:
+    """True iff every pair of sites is farther apart than ``cutoff`` Å (minimum image) and volume > ``min_volume``.
+
+    A non-finite or degenerate lattice is invalid.
+    """
+    try:
+        vol = float(structure.volume)
+        if not np.isfinite(vol) or vol < min_volume:
+            return False
+        if len(structure) == 1:
+            return True
+        d = np.array(structure.distance_matrix, dtype=float)
+    except Exception:  # singular lattices etc.
+        return False
+    d = d + np.eye(len(d)) * (cutoff + 10.0)
+    return bool(np.isfinite(d).all() and d.min() >= cutoff)
+
+
+def compositional_validity(
+    composition: Composition | Structure | str, oxidation_states_set: str | None = "smact14"
+) -> bool:
+    """SMACT charge-neutrality + electronegativity validity (``smact.screening.smact_validity``).
+
+    Args:
+        composition: a pymatgen ``Composition``, a ``Structure`` or a formula string.
+        oxidation_states_set: ``"smact14"`` (the set behind the published CDVAE/DiffCSP/CrysBFN numbers),
+            ``"icsd24"``/``None`` (SMACT 4 default), ``"icsd16"``, ``"pymatgen_sp"`` or a file path.
+    """
+    from pymatgen.core import Composition
+    from smact.screening import smact_validity
+
+    comp = composition.composition if hasattr(composition, "composition") else Composition(composition)
+    comp = Composition({el: round(n) for el, n in comp.get_el_amt_dict().items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if oxidation_states_set is None or oxidation_states_set == "icsd24":
+            return bool(smact_validity(comp, use_pauling_test=True, include_alloys=True))
+        return bool(
+            smact_validity(comp, use_pauling_test=True, include_alloys=True, oxidation_states_set=oxidation_states_set)
+        )
+
+
+def validity(structure: Structure, oxidation_states_set: str | None = "smact14") -> tuple[bool, bool]:
+    """``(structural_valid, compositional_valid)``."""
+    return structural_validity(structure), compositional_validity(structure, oxidation_states_set)
+
+
+# --------------------------------------------------------------------------------------------- CSP
+
+
+def make_matcher(stol: float = 0.5, angle_tol: float = 10.0, ltol: float = 0.3) -> Any:
+    """The ``StructureMatcher`` of the CSP benchmarks."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
+
+
+def csp_rms(pred: Structure, gt: Structure, matcher: Any | None = None, require_valid: bool = True) -> float | None:
+    """Normalised RMS displacement between a prediction and the ground truth, or ``None`` if they do not match.
+
+    Args:
+        pred: predicted crystal.
+        gt: ground-truth crystal.
+        matcher: a ``StructureMatcher`` (default :func:`make_matcher`).
+        require_valid: count structurally or compositionally invalid predictions as non-matches (DiffCSP).
+    """
+    matcher = matcher or make_matcher()
+    if require_valid and not all(validity(pred)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = matcher.get_rms_dist(pred, gt)
+    except Exception:  # degenerate predicted lattices make pymatgen raise
+        return None
+    return None if res is None else float(res[0])
+
+
+def _csp_job(args: tuple) -> float | None:
+    preds, gt, require_valid = args
+    m = make_matcher()
+    rms = [csp_rms(p, gt, m, require_valid) for p in preds]
+    rms = [r for r in rms if r is not None]
+    return min(rms) if rms else None
+
+
+def csp_metrics(
+    preds: Sequence[Structure] | Sequence[Sequence[Structure]],
+    gts: Sequence[Structure],
+    require_valid: bool = True,
+    processes: int = 1,
+    progress: bool = False,
+) -> dict[str, float]:
+    """CSP match rate and RMSE.
+
+    Args:
+        preds: one prediction per ground truth, or a list of k predictions per ground truth (best-of-k).
+        gts: ground truths.
+        require_valid: see :func:`csp_rms`.
+        processes: worker processes.
+        progress: tqdm progress bar.
+
+    Returns:
+        ``{"match_rate": fraction in [0, 1], "rmse": mean RMS over matches (nan if none), "n": len(gts)}``.
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"csp_metrics: {len(preds)} predictions for {len(gts)} ground truths")
+    jobs = [
+        ((p,) if not isinstance(p, (list, tuple)) else tuple(p), g, require_valid)
+        for p, g in zip(preds, gts, strict=False)
+    ]
+    rms = _map(_csp_job, jobs, processes, progress, "StructureMatcher")
+    matched = [r for r in rms if r is not None]
+    return {
+        "match_rate": len(matched) / max(len(gts), 1),
+        "rmse": float(np.mean(matched)) if matched else float("nan"),
+        "n": float(len(gts)),
+    }
+
+
+# --------------------------------------------------------------------------------------------- fingerprints
+
+_CNN = None
+_MAGPIE = None
+
+
+def structure_fingerprint(structure: Structure) -> np.ndarray | None:
+    """Mean over sites of the CrystalNN "ops" site fingerprint (61 values), ``None`` if CrystalNN fails."""
+    global _CNN
+    if _CNN is None:
+        from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+        _CNN = CrystalNNFingerprint.from_preset("ops")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fps = [_CNN.featurize(structure, i) for i in range(len(structure))]
+    except Exception:
+        return None
+    return np.asarray(fps, dtype=float).mean(axis=0)
+
+
+def composition_fingerprint(structure: Structure | Composition) -> np.ndarray | None:
+    """Magpie ``ElementProperty`` composition features (132 values, unscaled), ``None`` on failure."""
+    global _MAGPIE
+    if _MAGPIE is None:
+        from matminer.featurizers.composition.composite import ElementProperty
+
+        _MAGPIE = ElementProperty.from_preset("magpie", impute_nan=False)
+    comp = structure.composition if hasattr(structure, "composition") else structure
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(_MAGPIE.featurize(comp), dtype=float)
+    except Exception:
+        return None
+
+
+def _comp_scaler() -> tuple[np.ndarray, np.ndarray]:
+    root = importlib.resources.files(__package__ or "flowsci.domains.crystals") / "sample_data"
+    blob = json.loads((root / "cdvae_comp_scaler.json").read_text())
+    return np.asarray(blob["means"]), np.asarray(blob["stds"])
+
+
+def _fp_job(s: Structure) -> tuple[np.ndarray | None, np.ndarray | None]:
+    return structure_fingerprint(s), composition_fingerprint(s)
+
+
+def _map(fn: Any, items: Sequence[Any], processes: int, progress: bool, desc: str) -> list[Any]:
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=desc)
+    out = []
+    if processes <= 1 or len(items) < 4:
+        for it in items:
+            out.append(fn(it))
+            if bar is not None:
+                bar.update(1)
+    else:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(processes) as pool:
+            for r in pool.imap(fn, items, chunksize=4):
+                out.append(r)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _content_key(structures: Sequence[Structure]) -> str:
+    h = hashlib.sha256()
+    for s in structures:
+        h.update(np.round(s.lattice.matrix, 5).tobytes())
+        h.update(np.round(s.frac_coords, 5).tobytes())
+        h.update(str([sp.Z for sp in s.species]).encode())
+    return h.hexdigest()[:20]
+
+
+def fingerprints(
+    structures: Sequence[Structure],
+    processes: int = 2,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Structure and (unscaled) composition fingerprints, in parallel, cached on disk.
+
+    Args:
+        structures: crystals.
+        processes: worker processes (2 by default; the fingerprint dominates evaluation cost).
+        progress: tqdm progress bar.
+        cache_dir: cache folder (``None``: no cache). The key hashes lattices, coordinates and species.
+
+    Returns:
+        ``(struct_fps, comp_fps)``: lists with an array or ``None`` (failure) per crystal.
+    """
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"fp_{_content_key(structures)}.npz"
+        if cache.is_file():
+            blob = np.load(cache, allow_pickle=True)
+            return list(blob["struct"]), list(blob["comp"])
+    res = _map(_fp_job, list(structures), processes, progress, "fingerprints")
+    sfp, cfp = [r[0] for r in res], [r[1] for r in res]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
+        os.close(fd)
+        sa = np.empty(len(sfp), dtype=object)
+        ca = np.empty(len(cfp), dtype=object)
+        sa[:], ca[:] = sfp, cfp
+        np.savez(tmp, struct=sa, comp=ca)
+        os.replace(tmp, cache)
+    return sfp, cfp
+
+
+def coverage(
+    gen_fps: tuple[Sequence[np.ndarray | None], Sequence[np.ndarray | None]],
+    ref_fps: tuple[Sequence[np.ndarray | None], Sequence[np.ndarray | None]],
+    struct_cutoff: float,
+    comp_cutoff: float,
+    gen_valid: Sequence[bool] | None = None,
+) -> dict[str, float]:
+    """COV-R and COV-P exactly as CDVAE's ``compute_cov`` (see module docstring).
+
+    Args:
+        gen_fps: ``(struct_fps, comp_fps)`` of generated crystals (``None`` entries = fingerprint failure).
+        ref_fps: same for the reference (test) crystals.
+        struct_cutoff: δ_s.
+        comp_cutoff: δ_c (in units of the CDVAE-standardised Magpie features).
+        gen_valid: optional validity mask; invalid generated crystals are dropped (but still count in the COV-P
+            denominator), as in CDVAE.
+
+    Returns:
+        ``{"cov_recall", "cov_precision", "amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision"}``.
+    """
+    from scipy.spatial.distance import cdist
+
+    mean, std = _comp_scaler()
+    n_gen = len(gen_fps[0])
+    keep = [
+        i
+        for i in range(n_gen)
+        if gen_fps[0][i] is not None and gen_fps[1][i] is not None and (gen_valid is None or gen_valid[i])
+    ]
+    rkeep = [i for i in range(len(ref_fps[0])) if ref_fps[0][i] is not None and ref_fps[1][i] is not None]
+    if not keep or not rkeep:
+        return {k: 0.0 for k in ("cov_recall", "cov_precision")} | {
+            k: float("nan") for k in ("amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision")
+        }
+    gs = np.stack([gen_fps[0][i] for i in keep])
+    gc = (np.stack([gen_fps[1][i] for i in keep]) - mean) / std
+    rs = np.stack([ref_fps[0][i] for i in rkeep])
+    rc = (np.stack([ref_fps[1][i] for i in rkeep]) - mean) / std
+    ds, dc = cdist(gs, rs), cdist(gc, rc)
+    s_rec, s_prec = ds.min(axis=0), ds.min(axis=1)
+    c_rec, c_prec = dc.min(axis=0), dc.min(axis=1)
+    return {
+        "cov_recall": float(np.mean((s_rec <= struct_cutoff) & (c_rec <= comp_cutoff))),
+        "cov_precision": float(np.sum((s_prec <= struct_cutoff) & (c_prec <= comp_cutoff)) / n_gen),
+        "amsd_recall": float(s_rec.mean()),
+        "amsd_precision": float(s_prec.mean()),
+        "amcd_recall": float(c_rec.mean()),
+        "amcd_precision": float(c_prec.mean()),
+    }
+
+
+def property_wasserstein(gen: Sequence[Structure], ref: Sequence[Structure]) -> dict[str, float]:
+    """Wasserstein-1 distances of density (g/cm³) and of the number of distinct elements."""
+    from scipy.stats import wasserstein_distance
+
+    if not gen:
+        return {"wdist_density": float("nan"), "wdist_num_elems": float("nan")}
+    return {
+        "wdist_density": float(wasserstein_distance([s.density for s in gen], [s.density for s in ref])),
+        "wdist_num_elems": float(
+            wasserstein_distance([len(s.composition.elements) for s in gen], [len(s.composition.elements) for s in ref])
+        ),
+    }
+
+
+def uniqueness_novelty(gen: Sequence[Structure], train: Sequence[Structure] | None = None) -> dict[str, float]:
+    """Fraction of unique generated crystals and (if ``train`` is given) of unique ones not in ``train``.
+
+    Crystals are compared with the CSP ``StructureMatcher`` only within groups of equal reduced formula.
+    """
+    m = make_matcher()
+
+    def groups(structs: Sequence[Structure]) -> dict[str, list[Structure]]:
+        g: dict[str, list[Structure]] = {}
+        for s in structs:
+            g.setdefault(s.composition.reduced_formula, []).append(s)
+        return g
+
+    unique: list[Structure] = []
+    for _, ss in groups(gen).items():
+        reps: list[Structure] = []
+        for s in ss:
+            if not any(_fit(m, s, r) for r in reps):
+                reps.append(s)
+        unique.extend(reps)
+    out = {"uniqueness": len(unique) / max(len(gen), 1)}
+    if train is not None:
+        tg = groups(train)
+        novel = [s for s in unique if not any(_fit(m, s, t) for t in tg.get(s.composition.reduced_formula, []))]
+        out["novelty"] = len(novel) / max(len(gen), 1)
+    return out
+
+
+def _fit(m: Any, a: Structure, b: Structure) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(m.fit(a, b))
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def evaluate_csp(
+    preds: Sequence[Structure] | Sequence[Sequence[Structure]],
+    gts: Sequence[Structure],
+    processes: int = 1,
+    progress: bool = False,
+) -> dict[str, float]:
+    """CSP report: match rate / RMSE with validity required (DiffCSP) and without (StructureMatcher only)."""
+    strict = csp_metrics(preds, gts, require_valid=True, processes=processes, progress=progress)
+    loose = csp_metrics(preds, gts, require_valid=False, processes=processes, progress=progress)
+    return {
+        "match_rate": strict["match_rate"],
+        "rmse": strict["rmse"],
+        "match_rate_any": loose["match_rate"],
+        "rmse_any": loose["rmse"],
+        "n": strict["n"],
+    }
+
+
+def evaluate_generation(
+    gen: Sequence[Structure],
+    ref: Sequence[Structure],
+    dataset: str = "perov_5",
+    coverage_metrics: bool = True,
+    processes: int = 2,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    oxidation_states_set: str | None = "smact14",
+) -> dict[str, float]:
+    """Ab initio generation report (CDVAE protocol on the crystals given).
+
+    Returns:
+        ``struct_valid``, ``comp_valid``, ``valid`` (fractions), ``wdist_density``, ``wdist_num_elems`` (on valid
+        crystals) and, if ``coverage_metrics``, ``cov_recall``, ``cov_precision`` (+ mean distances).
+    """
+    sv = [structural_validity(s) for s in gen]
+    cv = [compositional_validity(s, oxidation_states_set) for s in gen]
+    valid = [a and b for a, b in zip(sv, cv, strict=False)]
+    n = max(len(gen), 1)
+    out = {"struct_valid": sum(sv) / n, "comp_valid": sum(cv) / n, "valid": sum(valid) / n}
+    out |= property_wasserstein([s for s, v in zip(gen, valid, strict=False) if v], ref)
+    if coverage_metrics:
+        ds, dc = COV_CUTOFFS[dataset]
+        gfp = fingerprints(gen, processes=processes, progress=progress)
+        rfp = fingerprints(ref, processes=processes, progress=progress, cache_dir=cache_dir)
+        out |= coverage(gfp, rfp, ds, dc, gen_valid=valid)
+    return out
+
+
+def evaluate(task: str, predictions: Sequence[Any], references: Sequence[Structure], **kwargs: Any) -> pd.DataFrame:
+    """Metrics as a one-row table.
+
+    Args:
+        task: ``"csp"`` (``predictions[i]`` is a Structure or k Structures for ``references[i]``) or
+            ``"generation"`` (``predictions`` are generated Structures, ``references`` the test set).
+        predictions: see ``task``.
+        references: ground truth / reference crystals.
+        **kwargs: passed to :func:`evaluate_csp` or :func:`evaluate_generation`.
+
+    Returns:
+        A ``pandas.DataFrame`` with one row of metrics.
+    """
+    import pandas as pd
+
+    if task == "csp":
+        row = evaluate_csp(predictions, references, **kwargs)
+    elif task == "generation":
+        row = evaluate_generation(predictions, references, **kwargs)
+    else:
+        raise ValueError(f"unknown task {task!r}; expected 'csp' or 'generation'")
+    return pd.DataFrame([row])

@@ -1,0 +1,84 @@
+"""Shipped LightningCLI configs build the right objects; the benchmark spec is well formed and runs (smoke)."""
+
+from importlib import resources
+
+import pytest
+import torch
+
+CONFIGS = ["crysbfn_csp_tiny", "crysbfn_csp_paper", "crysbfn_gen_tiny", "fm_csp_tiny"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_instantiates(name, tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    from flowsci.domains.crystals import CrysBFN, CrystalDataModule, CrystalFlowMatching, CSPNet
+
+    path = resources.files("flowsci.configs").joinpath(f"crystals/{name}.yaml")
+    cli = LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        auto_configure_optimizers=False,
+        args=["--config", str(path), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+    )
+    expected = CrystalFlowMatching if name.startswith("fm") else CrysBFN
+    assert type(cli.model) is expected and isinstance(cli.model.net, CSPNet)
+    assert isinstance(cli.datamodule, CrystalDataModule)
+    if name.startswith("crysbfn"):
+        assert cli.model.net.cond_entropy and cli.model.coord_flow.beta1 == 1e3
+        assert cli.model.task == ("gen" if "gen" in name else "csp")
+    if "paper" in name:
+        assert sum(p.numel() for p in cli.model.parameters()) > 10e6
+
+
+def test_benchmark_spec_and_metric(perov):
+    from flowsci.domains.crystals.benchmark import csp_metric, spec
+
+    s = spec("quick")
+    assert s.nfe_grid == (5, 10, 20, 50, 100) and s.num_samples == 500
+    assert {m.name for m in s.methods} >= {"crysbfn", "crysbfn-s10", "fm-torus"}
+    assert [m.name for m in s.methods if m.baseline] == ["fm-torus"]
+    assert all(r.to_json()["kind"] == "reported" for r in s.references)
+    out = csp_metric(perov[:3], perov[:3])  # the ground truth predicts itself
+    assert out["match_rate"] == 1.0 and out["rmse"] == pytest.approx(0.0, abs=1e-6) and out["valid"] == 1.0
+    with pytest.raises(ValueError, match="unknown suite"):
+        spec("huge")
+
+
+def test_benchmark_smoke_run(tmp_path):
+    from flowsci.benchmarks.runner import run_spec
+    from flowsci.domains.crystals.benchmark import spec
+
+    torch.set_num_threads(1)
+    doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
+    cells = doc["cells"]
+    assert len(cells) == len(spec("smoke").cells()) == 8
+    assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells]
+    assert {c["nfe"] for c in cells} == {2, 5, 10}
+    assert all(c["nfe_counted"] == c["nfe"] for c in cells)  # NFE = network calls (one batch of crystals)
+
+
+def test_generation_benchmark_smoke_run(tmp_path):
+    from flowsci.benchmarks.runner import run_spec
+    from flowsci.domains.crystals.benchmark_gen import spec
+
+    doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
+    cells = {c["method"]: c for c in doc["cells"]}
+    assert set(cells) == {"crysbfn-gen", "training-data"}
+    assert all(c["status"] == "ok" for c in cells.values()), [c.get("error") for c in cells.values()]
+    assert cells["crysbfn-gen"]["nfe"] == cells["crysbfn-gen"]["nfe_counted"] == 5
+    assert 0.0 <= cells["crysbfn-gen"]["metrics"]["valid"] <= 1.0
+    assert cells["training-data"]["metrics"]["valid"] == 1.0  # real perovskites are valid
+    assert spec("quick").num_samples == 200
+
+
+def test_generation_metric_on_data(perov):
+    from flowsci.domains.crystals.benchmark_gen import generation_metric
+
+    out = generation_metric(perov[:6], perov[:6], coverage=False)
+    assert out["struct_valid"] == 1.0 and out["comp_valid"] >= 5 / 6
+    assert out["wdist_num_elems"] == 0.0 and out["wdist_density"] == pytest.approx(0.0, abs=1e-12)

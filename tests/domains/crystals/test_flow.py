@@ -1,0 +1,180 @@
+"""CrysBFN / torus-FM crystal models: loss symmetries, samplers, public API, checkpoints, a short overfit."""
+
+import numpy as np
+import pytest
+import torch
+
+from flowsci.domains.crystals.data import structures_to_batch
+from flowsci.domains.crystals.flow import CrysBFN, CrystalBatch, CrystalFlowMatching, composition_to_types
+from flowsci.domains.crystals.model import CSPNet
+
+
+def _net(cond_entropy=True, k=100, lattice_head="equivariant"):
+    torch.manual_seed(0)
+    return CSPNet(
+        num_types=k,
+        hidden_dim=32,
+        num_layers=2,
+        num_freqs=4,
+        time_dim=16,
+        cond_entropy=cond_entropy,
+        lattice_head=lattice_head,
+    )
+
+
+def _bfn(task="csp", **kw):
+    return CrysBFN(_net(), task=task, lattice_scale=2.4, num_atoms_dist=[0, 0, 0, 0, 0, 1.0], **kw)
+
+
+def test_composition_to_types():
+    assert composition_to_types("SrTiO3") == [38, 22, 8, 8, 8]
+    assert len(composition_to_types("Sr2Ti2O6")) == 10
+    with pytest.raises(ValueError, match="non-integer"):
+        composition_to_types("SrTiO2.5")
+
+
+@pytest.mark.parametrize("task", ["csp", "gen"])
+def test_bfn_loss_invariant_to_integer_shifts_and_finite(perov, task):
+    model = _bfn(task)
+    batch = structures_to_batch(perov[:6])
+    g = torch.Generator().manual_seed(1)
+    loss0, logs = model.compute_loss(batch, generator=g)
+    assert torch.isfinite(loss0) and set(logs) >= {"coord", "lattice"} | ({"type"} if task == "gen" else set())
+    shifted = batch.clone()
+    shifted.frac_coords = shifted.frac_coords + torch.randint(-2, 3, shifted.frac_coords.shape).float()
+    loss1, _ = model.compute_loss(shifted, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loss1, loss0, rtol=1e-4, atol=1e-4)
+    loss0.backward()
+    unused = {"type_out.weight", "type_out.bias"} if task == "csp" else set()  # CSP does not predict types
+    missing = [n for n, p in model.net.named_parameters() if p.grad is None and n not in unused]
+    assert not missing
+
+
+def test_bfn_prediction_equivariance(perov):
+    """A global shift of the coordinate beliefs shifts F̂; rotating the lattice belief rotates L̂."""
+    model = _bfn()
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:2]))
+    belief = model.coord_flow.sample_flow_at_step(cb.frac, 3, 10, generator=torch.Generator().manual_seed(0))
+    types = torch.nn.functional.one_hot(cb.types, 100).float()
+    lat = cb.lattice / 2.4
+    t = torch.full((2,), 0.3)
+    f0, l0, _ = model.predict(types, belief, lat, t, cb.num_atoms)
+    belief.mean = (belief.mean + 0.25) % 1.0
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(2)))
+    f1, l1, _ = model.predict(types, belief, lat @ q.T, t, cb.num_atoms)
+    d = (f1 - f0 - 0.25) % 1.0
+    assert torch.minimum(d, 1 - d).max() < 1e-4
+    torch.testing.assert_close(l1, l0 @ q.T, rtol=1e-4, atol=1e-4)
+
+
+def test_bfn_sampler_with_oracle_recovers_truth(perov, monkeypatch):
+    """With a network that always predicts the true crystal, end_back sampling returns it, with NFE = steps."""
+    model = _bfn()
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:3]))
+    calls = []
+
+    def oracle(type_input, coord_belief, lattice_mean, t, num_atoms):
+        calls.append(float(t[0]))
+        assert torch.all((coord_belief.mean >= 0) & (coord_belief.mean < 1))
+        return cb.frac + 3.0, cb.lattice / 2.4, torch.zeros(len(cb.frac), 100)
+
+    monkeypatch.setattr(model, "predict", oracle)
+    out = model.sample_crystals(cb.types, cb.num_atoms, steps=7, seed=0)
+    assert out.nfe == 7 and len(calls) == 7
+    np.testing.assert_allclose(calls, np.arange(7) / 7)
+    torch.testing.assert_close(out.frac, cb.frac, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.lattice, cb.lattice, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["end_back", "bayesian"])
+def test_bfn_samplers_concentrate_beliefs_on_oracle(perov, monkeypatch, sampler):
+    """Fed an oracle, both samplers drive the coordinate belief towards the truth with growing concentration."""
+    model = _bfn()
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:4]))
+    seen = []
+
+    def oracle(type_input, coord_belief, lattice_mean, t, num_atoms):
+        d = (coord_belief.mean - cb.frac).abs()
+        seen.append((float(coord_belief.concentration.mean()), float(torch.minimum(d, 1 - d).mean())))
+        return cb.frac, cb.lattice / 2.4, torch.zeros(len(cb.frac), 100)
+
+    monkeypatch.setattr(model, "predict", oracle)
+    out = model.sample_crystals(cb.types, cb.num_atoms, steps=10, seed=0, sampler=sampler)
+    assert out.nfe == 10 and len(seen) == 10
+    conc = [c for c, _ in seen]
+    assert conc[0] == 0.0 and conc[-1] > 100.0  # prior c = 0; beliefs sharpen towards β1 = 1e3
+    assert seen[-1][1] < 0.02 < seen[0][1]  # the last belief's mean sits on the truth, the prior's does not
+    with pytest.raises(ValueError, match="sampler"):
+        model.sample_crystals(cb.types, cb.num_atoms, steps=2, sampler="ddim")
+
+
+def test_fm_loss_and_oracle_sampler(perov, monkeypatch):
+    model = CrystalFlowMatching(_net(cond_entropy=False), lattice_scale=2.4)
+    batch = structures_to_batch(perov[:4])
+    loss, logs = model.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and {"coord", "lattice"} <= set(logs)
+    cb = CrystalBatch.from_pyg(batch)
+    target_f, target_l = cb.frac, cb.lattice / 2.4
+
+    def oracle(frac, lat_std, t, crystal):  # exact conditional velocity towards the target from the current state
+        tt = t[0].clamp(max=1 - 1e-6)
+        d = target_f - frac
+        d = d - torch.round(d)
+        return d / (1 - tt), (target_l - lat_std) / (1 - tt)
+
+    monkeypatch.setattr(model, "_velocities", oracle)
+    for solver, nfe in [("euler", 5), ("midpoint", 10)]:
+        out = model.sample_crystals(cb.types, cb.num_atoms, steps=5, seed=0, solver=solver)
+        assert out.nfe == nfe
+        d = (out.frac - target_f).abs()
+        assert torch.minimum(d, 1 - d).max() < 1e-4
+        torch.testing.assert_close(out.lattice, cb.lattice, atol=1e-4, rtol=1e-4)
+        assert torch.all((out.frac >= 0) & (out.frac < 1))
+
+
+def test_public_api_and_checkpoint_round_trip(tmp_path):
+    import pytorch_lightning as pl
+
+    model = _bfn("gen")
+    structs = model.generate(n=3, steps=4, seed=0)
+    assert len(structs) == 3 and all(len(s) == 5 for s in structs)
+    paths = model.write_cifs(structs, tmp_path / "cif")
+    assert len(paths) == 3 and paths[0].read_text().startswith("# generated using pymatgen")
+    with pytest.raises(RuntimeError, match="task='gen'"):
+        _bfn("csp").generate(n=1)
+    csp = _bfn("csp")
+    preds = csp.predict_structure("SrTiO3", num_samples=2, steps=3, seed=0)
+    assert [p.composition.reduced_formula for p in preds] == ["SrTiO3"] * 2
+    again = csp.predict_structure("SrTiO3", num_samples=2, steps=3, seed=0)
+    np.testing.assert_allclose(preds[1].frac_coords, again[1].frac_coords)  # seeded
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(csp)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CrysBFN.load(tmp_path / "m.ckpt")
+    assert loaded.lattice_scale == pytest.approx(2.4) and loaded.num_atoms_dist == [0, 0, 0, 0, 0, 1.0]
+    back = loaded.predict_structure("SrTiO3", num_samples=2, steps=3, seed=0)
+    np.testing.assert_allclose(back[1].frac_coords, preds[1].frac_coords, atol=1e-6)
+
+
+def test_time_only_ablation_switch(perov):
+    model = CrysBFN(_net(cond_entropy=False), cond_entropy=False, lattice_scale=2.4)
+    loss, _ = model.compute_loss(structures_to_batch(perov[:2]))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="disagree"):
+        CrysBFN(_net(cond_entropy=False), cond_entropy=True)
+
+
+def test_fm_checkpoint_round_trip(tmp_path):
+    import pytorch_lightning as pl
+
+    model = CrystalFlowMatching(_net(cond_entropy=False), lattice_scale=2.4, sample_steps=4)
+    preds = model.predict_structure("SrTiO3", num_samples=2, seed=3)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "fm.ckpt")
+    loaded = CrystalFlowMatching.load(tmp_path / "fm.ckpt")
+    assert loaded.lattice_scale == pytest.approx(2.4) and loaded.sample_steps == 4
+    back = loaded.predict_structure("SrTiO3", num_samples=2, seed=3)
+    np.testing.assert_allclose(back[0].lattice.matrix, preds[0].lattice.matrix, atol=1e-5)
+    with pytest.raises(ValueError, match="atom types"):
+        loaded.sample_crystals(None, torch.tensor([5]))

@@ -1,0 +1,92 @@
+"""Metric definitions: validity, SMACT, StructureMatcher CSP, coverage, Wasserstein."""
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from flowsci.domains.crystals import metrics as M
+
+
+def test_structural_validity_cutoffs():
+    ok = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert M.structural_validity(ok)
+    close = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.1, 0, 0]])  # 0.4 Å apart
+    assert not M.structural_validity(close)
+    # periodic image: 0.98 and 0.02 are 0.16 Å apart through the boundary of an 4 Å cell
+    wrap = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0.98, 0, 0], [0.02, 0, 0]])
+    assert not M.structural_validity(wrap)
+    tiny = Structure(Lattice.cubic(0.4), ["C"], [[0, 0, 0]])  # volume 0.064 Å^3
+    assert not M.structural_validity(tiny)
+
+
+def test_compositional_validity():
+    assert M.compositional_validity("SrTiO3")
+    assert M.compositional_validity("NaCl")
+    assert not M.compositional_validity("NaCl2")
+    assert M.compositional_validity("C8")  # single element
+    assert M.compositional_validity("CuZn")  # all-metal alloy
+
+
+def test_smact_rate_on_perov_matches_published_set(perov):
+    # smact14 is the set used in CDVAE/DiffCSP code; all of these real perovskites but at most one are valid
+    v = [M.compositional_validity(s) for s in perov]
+    assert sum(v) >= len(v) - 1
+
+
+def test_csp_match_perturbed_and_mismatch(perov):
+    rng = np.random.default_rng(0)
+    gt = perov[0]
+    cart = gt.cart_coords + rng.normal(0, 0.01, (len(gt), 3))
+    frac = gt.lattice.get_fractional_coords(cart) + np.array([0.3, 0.1, 0.7])  # global shift: same crystal
+    pred = Structure(gt.lattice, gt.species, frac)
+    rms = M.csp_rms(pred, gt)
+    assert rms is not None and rms < 0.05
+    assert M.csp_rms(perov[1], gt) is None  # different composition
+    res = M.csp_metrics([pred, perov[1]], [gt, perov[2]])
+    assert res["match_rate"] == pytest.approx(0.5)
+    # best of k: one good prediction among k suffices
+    res_k = M.csp_metrics([[perov[1], pred]], [gt])
+    assert res_k["match_rate"] == 1.0 and res_k["rmse"] == pytest.approx(rms, abs=1e-6)
+
+
+def test_csp_invalid_prediction_is_miss(perov):
+    gt = perov[0]
+    squashed = Structure(gt.lattice, gt.species, gt.frac_coords * 0.0 + np.array([[0, 0, 0]] * 4 + [[0.05, 0, 0]]))
+    assert M.csp_rms(squashed, gt) is None
+
+
+def test_coverage_closed_form():
+    # 1-D fingerprints so the distances are obvious
+    ref = ([np.array([0.0]), np.array([1.0])], [np.zeros(132), np.zeros(132)])
+    mean, std = M._comp_scaler()
+    zc = mean.copy()  # standardises to 0
+    gen = ([np.array([0.1]), np.array([5.0]), None], [zc, zc, zc])
+    out = M.coverage(gen, (ref[0], [mean, mean]), struct_cutoff=0.2, comp_cutoff=4.0)
+    assert out["cov_recall"] == pytest.approx(0.5)  # ref 0 covered by gen 0, ref 1 not
+    assert out["cov_precision"] == pytest.approx(1 / 3)  # gen 0 precise; gen 1 far; gen 2 failed (still counted)
+    out_v = M.coverage(gen, (ref[0], [mean, mean]), 0.2, 4.0, gen_valid=[False, True, True])
+    assert out_v["cov_recall"] == 0.0
+
+
+def test_fingerprints_and_self_coverage(perov, tmp_path):
+    fps = M.fingerprints(perov[:4], processes=1, progress=False, cache_dir=tmp_path)
+    assert fps[0][0].shape == (61,) and fps[1][0].shape == (132,)
+    cached = M.fingerprints(perov[:4], processes=1, progress=False, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.stack(fps[0]), np.stack(cached[0]))
+    out = M.coverage(fps, fps, *M.COV_CUTOFFS["perov_5"])
+    assert out["cov_recall"] == 1.0 and out["cov_precision"] == 1.0
+
+
+def test_property_wasserstein_and_evaluate(perov):
+    w = M.property_wasserstein(perov[:8], perov[:8])
+    assert w["wdist_density"] == pytest.approx(0.0, abs=1e-12) and w["wdist_num_elems"] == 0.0
+    scaled = [s.copy() for s in perov[:8]]
+    for s in scaled:
+        s.scale_lattice(s.volume * 2)
+    w2 = M.property_wasserstein(scaled, perov[:8])
+    expected = np.mean([s.density / 2 for s in perov[:8]])
+    assert w2["wdist_density"] == pytest.approx(expected, rel=1e-6)  # halving every density shifts by mean/2
+    table = M.evaluate("generation", perov[:6], perov[6:12], coverage_metrics=False)
+    assert list(table.columns[:3]) == ["struct_valid", "comp_valid", "valid"] and len(table) == 1
+    u = M.uniqueness_novelty(perov[:3] + perov[:1], train=perov[:1])
+    assert u["uniqueness"] == pytest.approx(3 / 4) and u["novelty"] == pytest.approx(2 / 4)
