@@ -7,6 +7,7 @@ Haar draws. Protein frame flows (FrameDiff, FrameFlow, ReQFlow) use it as a trai
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -53,6 +54,15 @@ def igso3_angle_density(omega: np.ndarray, sigma: float, l_max: int = 1000) -> n
     return (1 - np.cos(omega)) / math.pi * series
 
 
+@lru_cache(maxsize=16)
+def _angle_cdf(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Tabulated angle CDF ``(grid, cdf)`` on [0, π] (cached per σ: training draws reuse it every step)."""
+    grid = np.linspace(0.0, math.pi, _GRID)
+    pdf = igso3_angle_density(grid, sigma)
+    cdf = np.concatenate([[0.0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(grid))])
+    return grid, cdf / cdf[-1]
+
+
 def sample_igso3(
     shape: ShapeLike,
     sigma: float,
@@ -74,10 +84,7 @@ def sample_igso3(
     """
     shape = as_shape(shape)
     dtype = dtype or torch.get_default_dtype()
-    grid = np.linspace(0.0, math.pi, _GRID)
-    pdf = igso3_angle_density(grid, sigma)
-    cdf = np.concatenate([[0.0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(grid))])
-    cdf /= cdf[-1]
+    grid, cdf = _angle_cdf(float(sigma))
     u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
     angle = np.interp(u.cpu().numpy(), cdf, grid)
     axis = torch.randn((*shape, 3), generator=generator, device=device, dtype=torch.float64)

@@ -1,0 +1,361 @@
+"""The frame network: an Invariant Point Attention (IPA) trunk that predicts clean residue frames.
+
+Architecture (FrameFlow/ReQFlow's trunk, restated; Jumper et al. 2021, Alg. 22 for IPA):
+
+* Node features: sinusoidal embedding of the residue index and of t, plus the residue mask → Linear → ``c_s``.
+* Edge features: one-hot relative position (clipped at ±``relpos_k``), one-hot binned CA–CA distances of
+  :math:`x_t` and of the self-conditioning prediction :math:`\\hat x_1` (``num_dist_bins`` bins up to 20 Å),
+  and
+  the pair of projected node features → MLP → ``c_z``.
+* ``num_blocks`` blocks of: IPA (pair bias + scalar + point attention in the residue frames) → residual +
+  LayerNorm → sequence transformer (``seq_tfmr_layers`` layers) → node transition → backbone update (a
+  quaternion ``(1, b, c, d)`` and a translation in the local frame, composed onto the current frames) → edge
+  transition (all but the last block).
+
+Equivariance: every feature the trunk reads from the frames is invariant (distances, frame-local points), and
+the only frame outputs are updates composed on the right, so for a global rigid motion :math:`g` applied to
+:math:`x_t` (and to :math:`\\hat x_1^{sc}`) the predicted frames are :math:`g \\circ \\hat T`; tested in
+``tests/domains/proteins/test_model.py``.
+
+Input/Output: ``x_t [B, L, 7]`` = translation (nm, centred) ‖ unit quaternion ``(w, x, y, z)``; the output has
+the same layout and is the predicted clean frame :math:`\\hat T_1`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowsci.domains.proteins.geometry import apply_rigid, invert_apply_rigid
+from flowsci.manifolds import quaternion_multiply, quaternion_normalize, quaternion_to_matrix
+
+__all__ = ["IPAFrameNet", "InvariantPointAttention", "sinusoidal_embedding"]
+
+
+def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features ``[..., dim]`` of a real tensor ``x [...]`` (transformer positional encoding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float64) / half)
+    ang = x.double()[..., None] * freqs
+    emb = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+
+
+def _distogram(ca: Tensor, num_bins: int, max_dist: float) -> Tensor:
+    """One-hot binned pair distances ``[B, L, L, num_bins]`` of CA positions ``[B, L, 3]`` (Å)."""
+    d = torch.cdist(ca, ca)
+    edges = torch.linspace(0.0, max_dist, num_bins, device=ca.device, dtype=ca.dtype)[1:]
+    idx = torch.bucketize(d.detach().contiguous(), edges)
+    return F.one_hot(idx, num_bins).to(ca.dtype)
+
+
+class InvariantPointAttention(nn.Module):
+    """Invariant Point Attention (AlphaFold2, Alg. 22), invariant to global rigid motions of the frames.
+
+    Args:
+        c_s: Node channels.
+        c_z: Edge channels.
+        c_hidden: Scalar query/key/value channels per head.
+        num_heads: Heads.
+        num_qk_points: Query/key points per head.
+        num_v_points: Value points per head.
+        pair_down: Edge channels after the down-projection used in the pair output (FrameFlow uses c_z/4).
+    """
+
+    def __init__(
+        self,
+        c_s: int,
+        c_z: int,
+        c_hidden: int,
+        num_heads: int,
+        num_qk_points: int,
+        num_v_points: int,
+        pair_down: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.h, self.c, self.pq, self.pv = num_heads, c_hidden, num_qk_points, num_v_points
+        self.lin_q = nn.Linear(c_s, num_heads * c_hidden)
+        self.lin_kv = nn.Linear(c_s, 2 * num_heads * c_hidden)
+        self.lin_q_pts = nn.Linear(c_s, num_heads * num_qk_points * 3)
+        self.lin_kv_pts = nn.Linear(c_s, num_heads * (num_qk_points + num_v_points) * 3)
+        self.lin_b = nn.Linear(c_z, num_heads)
+        self.c_zo = pair_down or c_z
+        self.down_z = nn.Linear(c_z, self.c_zo)
+        self.head_weights = nn.Parameter(torch.full((num_heads,), math.log(math.e - 1.0)))  # softplus -> 1
+        concat = num_heads * (self.c_zo + c_hidden + num_v_points * 4)
+        self.lin_out = nn.Linear(concat, c_s)
+
+    def forward(self, s: Tensor, z: Tensor, rot: Tensor, trans: Tensor, mask: Tensor) -> Tensor:
+        """Update node features.
+
+        Args:
+            s: Nodes ``[B, L, c_s]``.
+            z: Edges ``[B, L, L, c_z]``.
+            rot: Frame rotations ``[B, L, 3, 3]``.
+            trans: Frame translations ``[B, L, 3]`` (nm).
+            mask: Residue mask ``[B, L]``.
+
+        Returns:
+            ``[B, L, c_s]``.
+        """
+        b, n, _ = s.shape
+        h, c, pq, pv = self.h, self.c, self.pq, self.pv
+        q = self.lin_q(s).view(b, n, h, c)
+        k, v = self.lin_kv(s).view(b, n, h, 2 * c).split(c, dim=-1)
+        rot_e, trans_e = rot[:, :, None, None], trans[:, :, None, None]
+        q_pts = apply_rigid(rot_e, trans_e, self.lin_q_pts(s).view(b, n, h, pq, 3))
+        kv_pts = apply_rigid(rot_e, trans_e, self.lin_kv_pts(s).view(b, n, h, pq + pv, 3))
+        k_pts, v_pts = kv_pts.split([pq, pv], dim=-2)
+
+        w_l = math.sqrt(1.0 / 3.0)
+        w_c = math.sqrt(2.0 / (9.0 * pq))
+        gamma = F.softplus(self.head_weights).view(1, 1, 1, h)
+        logits = torch.einsum("bihc,bjhc->bijh", q, k) / math.sqrt(c) + self.lin_b(z)
+        d2 = ((q_pts[:, :, None] - k_pts[:, None]) ** 2).sum(-1).sum(-1)  # [B, L, L, H]
+        logits = w_l * (logits - 0.5 * w_c * gamma * d2)
+        pair_mask = mask[:, :, None] * mask[:, None, :]
+        logits = logits.masked_fill(pair_mask[..., None] < 0.5, torch.finfo(logits.dtype).min / 2)
+        a = torch.softmax(logits, dim=2)  # over j
+
+        o = torch.einsum("bijh,bjhc->bihc", a, v).reshape(b, n, h * c)
+        o_pts = torch.einsum("bijh,bjhpx->bihpx", a, v_pts)
+        o_pts = invert_apply_rigid(rot_e, trans_e, o_pts)  # back to the local frame of i
+        o_norm = torch.sqrt((o_pts**2).sum(-1) + 1e-8).reshape(b, n, h * pv)
+        o_pair = torch.einsum("bijh,bijc->bihc", a, self.down_z(z)).reshape(b, n, h * self.c_zo)
+        out = torch.cat([o, o_pts.reshape(b, n, h * pv * 3), o_norm, o_pair], dim=-1)
+        return self.lin_out(out)
+
+
+class _Transition(nn.Module):
+    def __init__(self, c: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or c
+        self.net = nn.Sequential(
+            nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, c)
+        )
+        self.ln = nn.LayerNorm(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(x + self.net(x))
+
+
+class _EdgeTransition(nn.Module):
+    def __init__(self, c_s: int, c_z: int, c_bias: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(c_s, c_bias)
+        hidden = 2 * c_bias + c_z
+        self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, c_z)
+        self.ln = nn.LayerNorm(c_z)
+
+    def forward(self, s: Tensor, z: Tensor) -> Tensor:
+        p = self.proj(s)
+        n = s.shape[1]
+        x = torch.cat([z, p[:, :, None].expand(-1, -1, n, -1), p[:, None].expand(-1, n, -1, -1)], dim=-1)
+        return self.ln(self.out(self.net(x) + x))
+
+
+class _Block(nn.Module):
+    def __init__(
+        self,
+        c_s,
+        c_z,
+        c_hidden,
+        num_heads,
+        num_qk_points,
+        num_v_points,
+        pair_down,
+        seq_tfmr_layers,
+        seq_tfmr_heads,
+        edge_transition: bool,
+    ) -> None:
+        super().__init__()
+        self.ipa = InvariantPointAttention(
+            c_s, c_z, c_hidden, num_heads, num_qk_points, num_v_points, pair_down
+        )
+        self.ipa_ln = nn.LayerNorm(c_s)
+        layer = nn.TransformerEncoderLayer(
+            c_s, seq_tfmr_heads, dim_feedforward=c_s, dropout=0.0, batch_first=True, norm_first=False
+        )
+        self.seq_tfmr = nn.TransformerEncoder(layer, seq_tfmr_layers, enable_nested_tensor=False)
+        self.post_tfmr = nn.Linear(c_s, c_s)
+        self.node_transition = _Transition(c_s)
+        self.bb_update = nn.Linear(c_s, 6)
+        nn.init.zeros_(self.bb_update.weight)
+        nn.init.zeros_(self.bb_update.bias)
+        self.edge_transition = _EdgeTransition(c_s, c_z, c_z // 2) if edge_transition else None
+
+
+class IPAFrameNet(nn.Module):
+    """IPA trunk predicting clean residue frames from noisy frames; called as ``net(x_t, t, **cond)``.
+
+    Args:
+        c_s: Node channels.
+        c_z: Edge channels.
+        c_hidden: IPA scalar channels per head.
+        num_heads: IPA heads.
+        num_qk_points: IPA query/key points.
+        num_v_points: IPA value points.
+        num_blocks: Trunk blocks.
+        seq_tfmr_layers: Transformer-encoder layers per block.
+        seq_tfmr_heads: Transformer heads.
+        c_pos_emb: Residue-index embedding size.
+        c_time_emb: Time embedding size.
+        relpos_k: Relative positions are clipped to ``[-relpos_k, relpos_k]``.
+        num_dist_bins: CA–CA distance bins (up to ``max_dist`` Å).
+        max_dist: Last distance bin edge (Å).
+        pair_down: Edge channels in the IPA pair output (default ``c_z // 4``).
+    """
+
+    def __init__(
+        self,
+        c_s: int = 64,
+        c_z: int = 32,
+        c_hidden: int = 16,
+        num_heads: int = 4,
+        num_qk_points: int = 4,
+        num_v_points: int = 8,
+        num_blocks: int = 2,
+        seq_tfmr_layers: int = 1,
+        seq_tfmr_heads: int = 4,
+        c_pos_emb: int = 64,
+        c_time_emb: int = 64,
+        relpos_k: int = 32,
+        num_dist_bins: int = 22,
+        max_dist: float = 20.0,
+        pair_down: int | None = None,
+    ) -> None:
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        self.config = config
+        self.c_pos_emb, self.c_time_emb = c_pos_emb, c_time_emb
+        self.relpos_k, self.num_dist_bins, self.max_dist = relpos_k, num_dist_bins, max_dist
+        self.node_embed = nn.Linear(c_pos_emb + c_time_emb + 1, c_s)
+        self.node_pair = nn.Linear(c_s, c_z // 2)
+        n_edge_in = (2 * relpos_k + 1) + 2 * num_dist_bins + 2 * (c_z // 2)
+        self.edge_embed = nn.Sequential(
+            nn.Linear(n_edge_in, c_z),
+            nn.ReLU(),
+            nn.Linear(c_z, c_z),
+            nn.ReLU(),
+            nn.Linear(c_z, c_z),
+            nn.LayerNorm(c_z),
+        )
+        self.blocks = nn.ModuleList(
+            _Block(
+                c_s,
+                c_z,
+                c_hidden,
+                num_heads,
+                num_qk_points,
+                num_v_points,
+                pair_down or max(c_z // 4, 1),
+                seq_tfmr_layers,
+                seq_tfmr_heads,
+                edge_transition=i < num_blocks - 1,
+            )
+            for i in range(num_blocks)
+        )
+
+    @classmethod
+    def tiny(cls) -> IPAFrameNet:
+        """CPU config (~0.3 M parameters): c_s 64, c_z 32, 2 blocks."""
+        return cls()
+
+    @classmethod
+    def paper(cls) -> IPAFrameNet:
+        """FrameFlow/ReQFlow config: c_s 256, c_z 128, 6 blocks, 8 heads, 8 qk / 12 v points, 2 transformer
+        layers (4 heads), relpos 64, 22 distance bins, 128-d index and time embeddings.
+        """
+        return cls(
+            c_s=256,
+            c_z=128,
+            c_hidden=128,
+            num_heads=8,
+            num_qk_points=8,
+            num_v_points=12,
+            num_blocks=6,
+            seq_tfmr_layers=2,
+            seq_tfmr_heads=4,
+            c_pos_emb=128,
+            c_time_emb=128,
+            relpos_k=64,
+        )
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        mask: Tensor | None = None,
+        res_idx: Tensor | None = None,
+        x_sc: Tensor | None = None,
+        **unused: Tensor,
+    ) -> Tensor:
+        """Predict clean frames.
+
+        Args:
+            x_t: Noisy frames ``[B, L, 7]``: translation (nm) ‖ quaternion.
+            t: Times ``[B]``.
+            mask: Residue mask ``[B, L]`` (default all ones).
+            res_idx: Residue indices ``[B, L]`` (default 0..L-1).
+            x_sc: Self-conditioning translations ``[B, L, 3]`` (nm) from a previous prediction, or None
+            (zeros).
+            **unused: Other conditioning keywords (ignored).
+
+        Returns:
+            Predicted clean frames ``[B, L, 7]`` (translation nm ‖ unit quaternion).
+        """
+        b, n, _ = x_t.shape
+        dtype = x_t.dtype
+        if mask is None:
+            mask = torch.ones(b, n, dtype=dtype, device=x_t.device)
+        mask = mask.to(dtype)
+        if res_idx is None:
+            res_idx = torch.arange(n, device=x_t.device).expand(b, n)
+        trans = x_t[..., :3]
+        quat = quaternion_normalize(x_t[..., 3:])
+
+        t_emb = sinusoidal_embedding(t.to(dtype) * 1000.0, self.c_time_emb).to(dtype)
+        node_in = torch.cat(
+            [
+                sinusoidal_embedding(res_idx.to(dtype), self.c_pos_emb).to(dtype),
+                t_emb[:, None].expand(b, n, -1),
+                mask[..., None],
+            ],
+            dim=-1,
+        )
+        s = self.node_embed(node_in) * mask[..., None]
+
+        rel = (res_idx[:, None, :] - res_idx[:, :, None]).clamp(-self.relpos_k, self.relpos_k) + self.relpos_k
+        rel = F.one_hot(rel.long(), 2 * self.relpos_k + 1).to(dtype)
+        d_t = _distogram(trans * 10.0, self.num_dist_bins, self.max_dist)  # nm -> Å
+        if x_sc is None:
+            d_sc = torch.zeros_like(d_t)
+        else:
+            d_sc = _distogram(x_sc.to(dtype) * 10.0, self.num_dist_bins, self.max_dist)
+        p = self.node_pair(s)
+        z = torch.cat(
+            [rel, d_t, d_sc, p[:, :, None].expand(-1, -1, n, -1), p[:, None].expand(-1, n, -1, -1)], -1
+        )
+        pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None]
+        z = self.edge_embed(z) * pair_mask
+
+        pad = mask < 0.5
+        for blk in self.blocks:
+            rot = quaternion_to_matrix(quat)
+            s = blk.ipa_ln(s + blk.ipa(s, z, rot, trans, mask) * mask[..., None])
+            s = s + blk.post_tfmr(blk.seq_tfmr(s, src_key_padding_mask=pad))
+            s = blk.node_transition(s) * mask[..., None]
+            upd = blk.bb_update(s) * mask[..., None]
+            dq = torch.cat([torch.ones_like(upd[..., :1]), upd[..., :3]], dim=-1)
+            dq = quaternion_normalize(dq)
+            trans = apply_rigid(rot, trans, upd[..., 3:])
+            quat = quaternion_normalize(quaternion_multiply(quat, dq))
+            if blk.edge_transition is not None:
+                z = blk.edge_transition(s, z) * pair_mask
+        return torch.cat([trans, quat], dim=-1)

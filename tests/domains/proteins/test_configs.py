@@ -1,0 +1,54 @@
+"""The shipped LightningCLI configs for proteins parse, build and run one training + validation step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gemmi", reason="proteins extra (gemmi) not installed")
+
+from flowsci.cli import main  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("proteins/qflow_tiny.yaml", []),
+        (
+            "proteins/reqflow_paper.yaml",
+            # the paper trunk with one block and tiny batches, so one step fits in a CPU test
+            [
+                "--model.init_args.net.init_args.num_blocks",
+                "1",
+                "--data.init_args.batch_size",
+                "2",
+                "--data.init_args.crop_length",
+                "32",
+                "--data.init_args.num_workers",
+                "0",
+                "--data.init_args.max_coil",
+                "null",
+                "--data.init_args.max_rg_factor",
+                "null",
+            ],
+        ),
+    ],
+)
+def test_config_fast_dev_run(config, extra, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            *extra,
+        ]
+    )

@@ -1,0 +1,287 @@
+"""ReQFlow: path and targets, loss, oracle sampling, priors, couplings, reflow, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flowsci.couplings import MinibatchOTCoupling
+from flowsci.domains.proteins.data import BackboneDataset, bundled_backbones, collate_backbones
+from flowsci.domains.proteins.flow import (
+    ANG_PER_NM,
+    ReQFlow,
+    make_reflow_pairs,
+    matrix_geodesic,
+)
+from flowsci.domains.proteins.metrics import kabsch_rmsd
+from flowsci.domains.proteins.model import IPAFrameNet
+from flowsci.manifolds import SO3, quaternion_to_matrix, random_quaternion
+from flowsci.timesteps import TimeSampler
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    chains = bundled_backbones()
+    ds = BackboneDataset([chains[i] for i in (0, 1, 2)], crop_length=24, seed=0)
+    return collate_backbones([ds[i] for i in range(3)])
+
+
+class Oracle(nn.Module):
+    """Returns fixed frames (padded to the input length); a learnable scalar so optimisers are happy."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.target = target
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t, mask=None, res_idx=None, x_sc=None):
+        return self.target[:, : x_t.shape[1]].to(x_t) + 0 * self.w
+
+
+class FixedTime(TimeSampler):
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def sample(self, n, device=None, generator=None):
+        return torch.full((n,), self.t, device=device)
+
+    def density(self, t):
+        raise NotImplementedError
+
+
+def _x1(model: ReQFlow, batch) -> torch.Tensor:
+    return model.unpack_batch(batch)[0]
+
+
+def test_unpack_batch_centres_in_nm(batch):
+    m = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
+    x1, cond, mask = m.unpack_batch(batch)
+    assert x1.shape[-1] == 7 and set(cond) == {"mask", "res_idx"}
+    com = (x1[..., :3] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert com.abs().max() < 1e-6
+    assert torch.allclose(
+        x1[..., :3] * ANG_PER_NM * mask[..., None],
+        (
+            batch["trans"]
+            - (batch["trans"] * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None]
+        )
+        * mask[..., None],
+        atol=1e-5,
+    )
+
+
+def test_rotation_target_is_remaining_rotation_of_slerp_path():
+    so3 = SO3()
+    g = torch.Generator().manual_seed(0)
+    q0 = random_quaternion((50,), generator=g, dtype=torch.float64)
+    q1 = random_quaternion((50,), generator=g, dtype=torch.float64)
+    t = torch.rand(50, 1, generator=g, dtype=torch.float64)
+    q_t = so3.geodesic(q0, q1, t)
+    omega = so3.log(q0, q1)
+    # the ReQFlow target rotvec(q_t^* q1) equals (1 - t) * omega on the exact path
+    assert torch.allclose(so3.log(q_t, q1), (1 - t) * omega, atol=1e-9)
+    # and FrameFlow's matrix path gives the same points in float64 away from pi
+    q_m, om_m = matrix_geodesic(q0, q1, t)
+    same = torch.minimum((q_m - q_t).norm(dim=-1), (q_m + q_t).norm(dim=-1))
+    far_from_pi = omega.norm(dim=-1) < 3.0
+    assert torch.allclose(om_m[far_from_pi], omega[far_from_pi], atol=1e-8)
+    assert same[far_from_pi].max() < 1e-8
+
+
+def test_quaternion_path_is_stable_near_pi_where_matrix_path_is_not():
+    g = torch.Generator().manual_seed(1)
+    axis = torch.randn(2000, 3, generator=g, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    ang = math.pi - torch.logspace(-7, -2, 2000, dtype=torch.float64)
+    q0 = random_quaternion((2000,), generator=g, dtype=torch.float64)
+    q1 = SO3().exp(q0, axis * ang[:, None])
+    t = torch.full((2000, 1), 0.5, dtype=torch.float64)
+    exact = SO3().geodesic(q0, q1, t)
+    so3 = SO3()
+    q_quat = so3.geodesic(q0.float(), q1.float(), t.float())
+    q_mat, _ = matrix_geodesic(q0.float(), q1.float(), t.float())
+    err_quat = so3.dist(q_quat.double(), exact)
+    err_mat = so3.dist(q_mat.double(), exact)
+    assert torch.isfinite(q_quat).all()
+    assert err_quat.max() < 1e-3
+    assert err_mat.max() > 10 * err_quat.max()
+
+
+def test_loss_vanishes_for_oracle_and_is_sign_invariant(batch):
+    m0 = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
+    x1 = _x1(m0, batch)
+    m = ReQFlow(net=Oracle(x1), self_condition_prob=0.0)
+    g = torch.Generator().manual_seed(0)
+    loss, logs = m.compute_loss(batch, generator=g)
+    assert float(loss.detach()) < 1e-8
+    # -q is the same rotation: the loss of a sign-flipped oracle is also zero
+    flipped = torch.cat([x1[..., :3], -x1[..., 3:]], -1)
+    m_flip = ReQFlow(net=Oracle(flipped), self_condition_prob=0.0)
+    assert float(m_flip.compute_loss(batch, generator=torch.Generator().manual_seed(0))[0].detach()) < 1e-8
+    # a translation error of 0.1 nm on every residue costs 2 * (0.1 / s(t))^2 / 3 per residue (closed form)
+    fixed_t = FixedTime(0.3)
+    s_t = torch.tensor(0.7)
+    bad = x1.clone()
+    bad[..., 0] += 0.1
+    mb = ReQFlow(net=Oracle(bad), self_condition_prob=0.0, aux_weight=0.0, time_sampler=fixed_t)
+    _, logs_b = mb.compute_loss(batch, generator=torch.Generator().manual_seed(3))
+    expected = 2.0 * (0.1 / s_t) ** 2 / 3
+    assert abs(float(logs_b["trans_loss"]) - float(expected)) < 1e-4 * float(expected)
+    assert float(logs_b["rot_loss"]) < 1e-10
+    # a rotation error of 0.2 rad costs about (0.2 / s(t))^2 / 3 per residue (exact only when the error
+    # commutes with the remaining rotation)
+    bad = x1.clone()
+    bad[..., 3:] = SO3().exp(x1[..., 3:], torch.tensor([0.2, 0.0, 0.0]).expand_as(x1[..., :3]))
+    mb = ReQFlow(net=Oracle(bad), self_condition_prob=0.0, aux_weight=0.0, time_sampler=fixed_t)
+    _, logs_b = mb.compute_loss(batch, generator=torch.Generator().manual_seed(3))
+    expected = (0.2 / s_t) ** 2 / 3
+    assert abs(float(logs_b["rot_loss"]) - float(expected)) < 0.25 * float(expected)
+    assert float(logs_b["trans_loss"]) < 1e-8
+
+
+def test_oracle_sampling_reaches_the_target_backbone():
+    chain = bundled_backbones()[5]
+    q, tr = chain.frames()
+    target = torch.cat([(tr - tr.mean(0)) / ANG_PER_NM, q], -1)[None].double()
+    for sched in ("linear", "exp"):
+        m = ReQFlow(net=Oracle(target), rot_schedule=sched).double()
+        s = m.sample(lengths=[len(chain)], steps=10, seed=0)
+        assert s.nfe == 10 and len(s) == 1
+        rot_err = SO3().dist(s.x[0, :, 3:], target[0, :, 3:]).max()
+        assert rot_err < (1e-6 if sched == "linear" else 1e-3)
+        assert (s.x[0, :, :3] - target[0, :, :3]).abs().max() < 1e-6
+        rmsd, _ = kabsch_rmsd(s[0].ca, chain.ca)
+        assert rmsd < 1e-3
+    # exp schedule at 10 steps pulls rotations ~10x faster than translations (fraction 10 * dt per step)
+    m = ReQFlow(net=Oracle(target), rot_schedule="exp").double()
+    traj = m.sample(lengths=[len(chain)], steps=10, seed=0, return_trajectory=True).trajectory
+    so3 = SO3()
+    d_rot = [float(so3.dist(x[0, :, 3:], target[0, :, 3:]).mean()) for x in traj]
+    d_tr = [float((x[0, :, :3] - target[0, :, :3]).norm(dim=-1).mean()) for x in traj]
+    assert d_rot[2] < 0.05 * d_rot[0] and d_tr[2] > 0.5 * d_tr[0]
+
+
+def test_sampling_shapes_masks_and_pdb_files(tmp_path):
+    torch.manual_seed(0)
+    m = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
+    s = m.sample(lengths=[12, 20], steps=3, seed=4, return_trajectory=True)
+    assert [len(b) for b in s] == [12, 20] and s.nfe == 3
+    assert torch.isfinite(s.x).all()
+    assert (s.x[0, 12:, :3] == s.extras["x0"][0, 12:, :3]).all()  # padding untouched
+    files = m.write_samples(s, tmp_path)
+    names = sorted(f.name for f in files)
+    assert len(files) == 4 and sum(n.endswith("_traj.pdb") for n in names) == 2
+    traj_txt = next(f for f in files if f.name.endswith("_traj.pdb")).read_text()
+    assert traj_txt.count("ENDMDL") == 4  # initial state + 3 steps
+    # same seed -> same backbones
+    s2 = m.sample(lengths=[12, 20], steps=3, seed=4)
+    assert np.allclose(s2[1].coords, s[1].coords)
+
+
+def test_minibatch_ot_on_translations_reduces_cost(batch):
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    chains = bundled_backbones()
+    ds = BackboneDataset(chains[:8], crop_length=20, seed=0)
+    b = collate_backbones([ds[i] for i in range(8)])
+    ind, ot = ReQFlow(net=net), ReQFlow(net=net, coupling=MinibatchOTCoupling())
+    x1, cond, _ = ind.unpack_batch(b)
+    costs = []
+    for model in (ind, ot):
+        x0 = model._training_prior(x1, cond, torch.Generator().manual_seed(0))
+        costs.append(float(((x0[..., :3] - x1[..., :3]) ** 2).sum()))
+        # a permutation of the same noise rows: the set of noise draws is unchanged
+        assert torch.allclose(
+            x0[..., 3:], ind._training_prior(x1, cond, torch.Generator().manual_seed(0))[..., 3:]
+        )
+    assert costs[1] < costs[0]
+
+
+def test_igso3_training_prior_is_centred_on_data(batch):
+    m = ReQFlow(
+        net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1),
+        train_rot_prior="igso3",
+        igso3_sigma=0.2,
+    )
+    x1, cond, mask = m.unpack_batch(batch)
+    x0 = m._training_prior(x1, cond, torch.Generator().manual_seed(0))
+    d = SO3().dist(x0[..., 3:], x1[..., 3:])[mask.bool()]
+    assert d.mean() < 0.6  # uniform would give mean angle pi/2 + 2/pi ~ 2.2 rad
+
+
+def test_reflow_pairs_and_rectify_use_stored_noise():
+    from flowsci.reflow import ReflowDataModule, rectify
+
+    torch.manual_seed(0)
+    m = ReQFlow(
+        net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+    )
+    pairs = make_reflow_pairs(m, [10, 14, 14], steps=3, batch_size=2, seed=0, max_coil=None)
+    assert pairs.x0.shape == (3, 14, 7) and pairs.meta["kept"] == 3
+    assert pairs.cond["mask"].sum(-1).tolist() == [10.0, 14.0, 14.0]
+    # x1 is the sampler's output for that very noise (same seed -> same sample)
+    again = m.sample(lengths=[10, 14], steps=3, seed=0)
+    assert torch.allclose(pairs.x1[0, :10], again.x[0, :10].float(), atol=1e-5)
+    assert torch.allclose(pairs.x0[1], again.extras["x0"][1].float(), atol=1e-6)
+    # batches carry x0, which replaces the prior draw; the path interpolates the stored pair
+    batch = next(iter(ReflowDataModule(pairs, batch_size=3).train_dataloader()))
+    x1, cond, mask = m.unpack_batch(batch)
+    x0 = m._training_prior(x1, cond, None)
+    assert torch.equal(x0, cond["x0"].to(x0))
+    x_t = m._interpolate(x0, x1, torch.full((3,), 0.5))
+    assert torch.allclose(x_t[..., :3], 0.5 * (x0[..., :3] + x1[..., :3]), atol=1e-6)
+    r_half = quaternion_to_matrix(x_t[..., 3:])
+    r0, r1 = quaternion_to_matrix(x0[..., 3:]), quaternion_to_matrix(x1[..., 3:])
+    # halfway along the geodesic: (R0^T R_half)^2 = R0^T R1
+    lhs = r0.transpose(-1, -2) @ r_half
+    assert torch.allclose(lhs @ lhs, r0.transpose(-1, -2) @ r1, atol=1e-4)
+    student = rectify(m, pairs, max_steps=2, batch_size=3)
+    assert isinstance(student, ReQFlow) and student is not m
+
+
+def test_training_reduces_loss_and_checkpoint_round_trip(batch, tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=1)
+    m = ReQFlow(net=net, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), self_condition_prob=0.0)
+    x1 = m.unpack_batch(batch)[0]
+    assert x1.shape[0] == 3
+
+    def eval_loss():
+        return float(
+            np.mean(
+                [
+                    float(m.compute_loss(batch, generator=torch.Generator().manual_seed(k))[1]["loss"])
+                    for k in range(6)
+                ]
+            )
+        )
+
+    before = eval_loss()
+    loader = DataLoader([batch] * 150, batch_size=None)
+    trainer = pl.Trainer(
+        max_steps=150,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(m, loader)
+    after = eval_loss()
+    assert after < 0.9 * before
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = ReQFlow.from_checkpoint(tmp_path / "m.ckpt")
+    a = m.eval().sample(lengths=[15, 15], steps=4, seed=3)
+    b2 = loaded.sample(lengths=[15, 15], steps=4, seed=3)
+    assert torch.allclose(a.x, b2.x, atol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        ReQFlow.from_checkpoint(tmp_path / "missing.ckpt")

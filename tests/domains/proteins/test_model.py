@@ -1,0 +1,102 @@
+"""The IPA frame network: SE(3) equivariance of predicted frames, masking, parameter counts."""
+
+from __future__ import annotations
+
+import torch
+
+from flowsci.domains.proteins.model import InvariantPointAttention, IPAFrameNet
+from flowsci.manifolds import quaternion_multiply, quaternion_to_matrix, random_quaternion
+
+torch.set_num_threads(1)
+
+
+def _inputs(b=2, n=12, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    trans = torch.randn(b, n, 3, generator=g, dtype=dtype)
+    quat = random_quaternion((b, n), generator=g, dtype=dtype)
+    x_sc = torch.randn(b, n, 3, generator=g, dtype=dtype)
+    t = torch.rand(b, generator=g, dtype=dtype)
+    return torch.cat([trans, quat], -1), t, x_sc
+
+
+def _randomise(net: torch.nn.Module, seed: int) -> None:
+    # the backbone updates are zero-initialised (output = input); perturb them so the test is not trivial
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in net.blocks:
+            blk.bb_update.weight.copy_(0.1 * torch.randn(blk.bb_update.weight.shape, generator=g))
+            blk.bb_update.bias.copy_(0.1 * torch.randn(blk.bb_update.bias.shape, generator=g))
+
+
+def test_predicted_frames_are_se3_equivariant():
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2).double().eval()
+    _randomise(net, 1)
+    x, t, x_sc = _inputs()
+    mask = torch.ones(2, 12, dtype=torch.float64)
+    mask[1, 9:] = 0
+    g = torch.Generator().manual_seed(5)
+    qg = random_quaternion((), generator=g, dtype=torch.float64)
+    rg = quaternion_to_matrix(qg)
+    tau = torch.randn(3, generator=g, dtype=torch.float64)
+
+    def move(tr):
+        return tr @ rg.T + tau
+
+    x_g = torch.cat([move(x[..., :3]), quaternion_multiply(qg.expand(2, 12, 4), x[..., 3:])], -1)
+    out = net(x, t, mask=mask, x_sc=x_sc)
+    out_g = net(x_g, t, mask=mask, x_sc=move(x_sc))
+    m = mask.bool()
+    # outputs actually move away from the inputs (the network does something)
+    assert (out[..., :3] - x[..., :3])[m].abs().max() > 1e-2
+    assert torch.allclose(out_g[..., :3][m], move(out[..., :3])[m], atol=1e-9)
+    r_out = quaternion_to_matrix(out[..., 3:])
+    r_out_g = quaternion_to_matrix(out_g[..., 3:])
+    assert torch.allclose(r_out_g[m], (rg @ r_out)[m], atol=1e-9)
+    # a reflection is not a symmetry: the test can fail
+    refl = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    out_r = net(torch.cat([x[..., :3] @ refl, x[..., 3:]], -1), t, mask=mask, x_sc=x_sc @ refl)
+    assert not torch.allclose(out_r[..., :3][m], (out[..., :3] @ refl)[m], atol=1e-4)
+
+
+def test_ipa_is_invariant_and_masked_residues_do_not_leak():
+    torch.manual_seed(0)
+    ipa = InvariantPointAttention(
+        c_s=16, c_z=8, c_hidden=4, num_heads=2, num_qk_points=3, num_v_points=4
+    ).double()
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(1, 7, 16, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 7, 7, 8, generator=g, dtype=torch.float64)
+    q = random_quaternion((1, 7), generator=g, dtype=torch.float64)
+    rot, tr = quaternion_to_matrix(q), torch.randn(1, 7, 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(1, 7, dtype=torch.float64)
+    mask[0, 5:] = 0
+    rg = quaternion_to_matrix(random_quaternion((), generator=g, dtype=torch.float64))
+    a = ipa(s, z, rot, tr, mask)
+    b = ipa(s, z, rg @ rot, tr @ rg.T + 3.0, mask)
+    assert torch.allclose(a, b, atol=1e-10)
+    # changing a padded residue changes nothing for the real ones
+    s2, tr2 = s.clone(), tr.clone()
+    s2[0, 6] += 5.0
+    tr2[0, 6] += 10.0
+    c = ipa(s2, z, rot, tr2, mask)
+    assert torch.allclose(a[0, :5], c[0, :5], atol=1e-12)
+
+
+def test_net_masked_padding_does_not_change_real_residues():
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2).double().eval()
+    _randomise(net, 3)
+    x, t, _ = _inputs(b=1, n=10)
+    mask = torch.ones(1, 10, dtype=torch.float64)
+    short = net(x[:, :7], t, mask=mask[:, :7])
+    mask[0, 7:] = 0
+    padded = net(x, t, mask=mask)
+    assert torch.allclose(short, padded[:, :7], atol=1e-9)
+
+
+def test_parameter_counts():
+    tiny = sum(p.numel() for p in IPAFrameNet.tiny().parameters())
+    paper = sum(p.numel() for p in IPAFrameNet.paper().parameters())
+    assert 1e5 < tiny < 1e6
+    assert 14e6 < paper < 20e6  # FrameFlow/ReQFlow report ~17 M
