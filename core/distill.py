@@ -25,7 +25,7 @@ from torch import Tensor
 
 from flowsci.module import FlowMatching
 from flowsci.paths import AffinePath
-from flowsci.reflow import ReflowDataModule, ReflowPairs
+from flowsci.reflow import ReflowPairs, fit_on_pairs
 from flowsci.solvers import solve_ode
 
 __all__ = ["PREMETRICS", "Distillation", "Premetric", "distill", "make_premetric", "pseudo_huber", "squared_l2"]
@@ -172,17 +172,6 @@ def distill(
     """
     student = copy.deepcopy(teacher).train()
     task = Distillation(student, steps=steps, premetric=premetric, huber_c=huber_c, lr=lr)
-    kwargs = {
-        "max_steps": max_steps,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "devices": 1,
-    }
-    kwargs.update(trainer_kwargs or {})
-    pl.Trainer(**kwargs).fit(task, datamodule=ReflowDataModule(pairs, batch_size=batch_size))
+    fit_on_pairs(task, pairs, max_steps, batch_size, trainer_kwargs)
     student.sample_steps, student.sample_solver = steps, "euler"
     return student.eval()

@@ -48,6 +48,7 @@ __all__ = [
     "ReflowDataModule",
     "ReflowPairs",
     "cli_main",
+    "fit_on_pairs",
     "generate_pairs",
     "module_straightness",
     "rectify",
@@ -262,6 +263,18 @@ def rectify(
     student.train()
     if time_sampler is not None:
         student.time_sampler = time_sampler
+    fit_on_pairs(student, pairs, max_steps, batch_size, trainer_kwargs)
+    return student.eval()
+
+
+def fit_on_pairs(
+    module: pl.LightningModule,
+    pairs: ReflowPairs,
+    max_steps: int,
+    batch_size: int,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Fit ``module`` on stored pairs with a quiet single-device Trainer (``trainer_kwargs`` override it)."""
     kwargs = {
         "max_steps": max_steps,
         "logger": False,
@@ -273,8 +286,7 @@ def rectify(
         "devices": 1,
     }
     kwargs.update(trainer_kwargs or {})
-    pl.Trainer(**kwargs).fit(student, datamodule=ReflowDataModule(pairs, batch_size=batch_size))
-    return student.eval()
+    pl.Trainer(**kwargs).fit(module, datamodule=ReflowDataModule(pairs, batch_size=batch_size))
 
 
 def straightness(
