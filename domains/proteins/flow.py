@@ -26,10 +26,12 @@ with the backbone-atom loss :math:`L_{bb}` on idealised N, CA, C and the pairwis
 :math:`L_{dist}`
 over all backbone atoms, both on atoms scaled by :math:`1/s(t)` (nm). Self-conditioning with probability 0.5.
 
-Sampling: Euler on :math:`t_k` = linspace(0.01, 1, K+1) with translation velocity
+Sampling (``final_step="euler"``, default): Euler on :math:`t_k` = linspace(0.01, 1, K+1) with translation velocity
 :math:`(\\hat x_1 - x)/(1 - t)` and rotation velocity :math:`c(t) \\log_q \\hat q_1`, where
 :math:`c = 1/(1-t)` ("linear") or :math:`c = 10` ("exp", the default inference annealing); each Euler step on
-SO(3) is ``SO3.exp`` = SLERP toward :math:`\\hat q_1` by the fraction :math:`c\\,\\Delta t`.
+SO(3) is ``SO3.exp`` = SLERP toward :math:`\\hat q_1` by the fraction :math:`c\\,\\Delta t`. With
+``final_step="x1"`` (the paper's sampler) the grid is linspace(0.01, 1, K), K − 1 Euler steps are taken and the
+K-th network call at t = 1 gives the sample :math:`(\\hat x_1, \\hat q_1)` directly.
 
 Reflow (ReQFlow = QFlow + one rectification): :func:`make_reflow_pairs` stores (prior draw, generated
 backbone)
@@ -77,6 +79,7 @@ __all__ = [
 
 ANG_PER_NM = 10.0
 ROT_SCHEDULES = ("exp", "linear")
+FINAL_STEPS = ("x1", "euler")
 
 
 def frame_manifold() -> Product:
@@ -216,6 +219,12 @@ class ReQFlow(FlowMatching):
         t_min: First time of the sampling grid (0.01).
         default_length: Residues per backbone when :meth:`sample` gets no ``lengths``.
         pdb_residue: Residue name written for generated backbones (``"GLY"`` or ``"ALA"``).
+        final_step: ``"euler"`` (default): all ``steps`` calls are Euler steps on linspace(t_min, 1, steps + 1)
+            (the last step lands exactly on the translation prediction :math:`\\hat x_1(t_{K-1})`);
+            ``"x1"``: ReQFlow/FrameFlow's sampler, ``steps − 1`` Euler steps on linspace(t_min, 1, steps) and a
+            last network call at t = 1 whose prediction is the sample. The effect of that call depends on the
+            checkpoint (README: better CA–CA validity after 1600–2000 steps, much worse at NFE 10 after 2500),
+            so the default stays the plain Euler sampler.
     """
 
     def __init__(
@@ -241,6 +250,7 @@ class ReQFlow(FlowMatching):
         t_min: float = 0.01,
         default_length: int = 100,
         pdb_residue: str = "GLY",
+        final_step: str = "euler",
     ) -> None:
         if train_rot_prior not in ("uniform", "igso3"):
             raise ValueError(f"train_rot_prior must be 'uniform' or 'igso3', got {train_rot_prior!r}")
@@ -274,6 +284,9 @@ class ReQFlow(FlowMatching):
         self.train_rot_prior, self.igso3_sigma, self.rot_path = train_rot_prior, igso3_sigma, rot_path
         self.rot_schedule, self.exp_rate, self.t_min = rot_schedule, exp_rate, t_min
         self.default_length = default_length
+        if final_step not in FINAL_STEPS:
+            raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
+        self.final_step = final_step
         if pdb_residue not in ("GLY", "ALA"):
             raise ValueError(f"pdb_residue must be 'GLY' or 'ALA', got {pdb_residue!r}")
         self.pdb_residue = pdb_residue
@@ -460,6 +473,7 @@ class ReQFlow(FlowMatching):
         lengths: Sequence[int] | None = None,
         rot_schedule: str | None = None,
         self_condition: bool = True,
+        final_step: str | None = None,
     ) -> BackboneSamples:
         """Generate backbones of the given lengths with Euler steps from the prior.
 
@@ -477,6 +491,11 @@ class ReQFlow(FlowMatching):
             lengths: Residues per backbone, e.g. ``[100] * 8``.
             rot_schedule: ``"exp"`` or ``"linear"`` (default: the module's).
             self_condition: Feed the previous prediction back as self-conditioning.
+            final_step: ``"x1"`` (ReQFlow/FrameFlow) or ``"euler"`` (default: the module's ``final_step``).
+                With ``"x1"`` the grid is linspace(t_min, 1, steps): ``steps − 1`` Euler steps, then one network
+                call at the last grid time whose prediction :math:`(\\hat x_1, \\hat q_1)` (translation
+                re-centred) is the sample. With ``"euler"`` the grid is linspace(t_min, 1, steps + 1) and the
+                sample is the state after the last Euler step. Both use ``steps`` network evaluations.
 
         Returns:
             :class:`BackboneSamples` (a :class:`~flowsci.solvers.Solution` iterable over :class:`Backbone`).
@@ -484,6 +503,9 @@ class ReQFlow(FlowMatching):
         sched = rot_schedule or self.rot_schedule
         if sched not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {sched!r}")
+        final = final_step or self.final_step
+        if final not in FINAL_STEPS:
+            raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final!r}")
         if lengths is None and cond and "mask" in cond:
             lengths = [int(v) for v in cond["mask"].sum(-1).tolist()]
         if lengths is None:
@@ -498,11 +520,13 @@ class ReQFlow(FlowMatching):
         res_idx = torch.arange(lmax, device=dev).expand(b, lmax)
         generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
         x0 = self.sample_prior(torch.empty((), dtype=dtype), {"mask": mask}, generator=generator)
-        grid = (
-            time_grid
-            if time_grid is not None
-            else torch.linspace(self.t_min, 1.0, (steps or self.sample_steps) + 1, dtype=torch.float64)
-        )
+        n_steps = steps or self.sample_steps
+        if time_grid is not None:
+            grid = time_grid
+        elif final == "x1":
+            grid = torch.linspace(self.t_min, 1.0, n_steps, dtype=torch.float64)
+        else:
+            grid = torch.linspace(self.t_min, 1.0, n_steps + 1, dtype=torch.float64)
         state: dict[str, Tensor | None] = {"x_sc": None}
 
         def vel(x: Tensor, t: Tensor, mask: Tensor, res_idx: Tensor) -> Tensor:
@@ -513,19 +537,30 @@ class ReQFlow(FlowMatching):
 
         was_training = self.training
         self.eval()
-        sol = solve_ode(
-            vel,
-            x0,
-            method=solver or "euler",
-            time_grid=grid,
-            manifold=self.manifold,
-            return_trajectory=return_trajectory,
-            progress=progress,
-            mask=mask,
-            res_idx=res_idx,
-        )
+        if len(grid) > 1:
+            sol = solve_ode(
+                vel,
+                x0,
+                method=solver or "euler",
+                time_grid=grid,
+                manifold=self.manifold,
+                return_trajectory=return_trajectory,
+                progress=progress,
+                mask=mask,
+                res_idx=res_idx,
+            )
+        else:  # a single network call (final_step="x1", steps=1)
+            sol = Solution(x=x0, nfe=0, times=grid, trajectory=[x0] if return_trajectory else None)
+        if final == "x1":
+            t_end = torch.full((b,), float(grid[-1]), dtype=dtype, device=dev)
+            x1_hat = self._predict(sol.x, t_end, mask, res_idx, state["x_sc"])
+            x_fin = torch.cat([remove_com(x1_hat[..., :3], mask.bool()), self.so3.projx(x1_hat[..., 3:])], -1)
+            x_fin = torch.where(mask.bool()[..., None], x_fin, sol.x)
+            traj = None if sol.trajectory is None else [*sol.trajectory, x_fin]
+            times = torch.cat([sol.times, sol.times[-1:]])
+            sol = Solution(x=x_fin, nfe=sol.nfe + 1, times=times, trajectory=traj)
         self.train(was_training)
-        meta = {"nfe": sol.nfe, "rot_schedule": sched, "steps": len(grid) - 1}
+        meta = {"nfe": sol.nfe, "rot_schedule": sched, "steps": len(grid) - 1, "final_step": final}
         out = BackboneSamples(
             x=sol.x,
             nfe=sol.nfe,
@@ -588,6 +623,7 @@ class ReQFlow(FlowMatching):
             "t_min",
             "default_length",
             "pdb_residue",
+            "final_step",
         )
         return {k: getattr(self, k) for k in keys}
 

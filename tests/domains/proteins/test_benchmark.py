@@ -20,10 +20,19 @@ def test_spec_for_every_suite():
         s = B.spec(suite)
         assert isinstance(s, BenchmarkSpec) and s.name == "proteins"
         names = [m.name for m in s.methods]
-        assert names == ["qflow", "qflow-linear", "reqflow", "qflow-igso3", "frameflow-path"]
+        igso3 = [] if suite == "quick" else ["qflow-igso3"]  # quick drops the third training run
+        assert names == ["qflow", "qflow-x1", "qflow-linear", "reqflow", *igso3, "frameflow-path"]
         assert [m.name for m in s.methods if m.baseline] == ["frameflow-path"]
+        # the reflow teacher NFE (or the candidates it is chosen from) is measured for the teacher too
+        pair_nfe = B._SIZES[suite]["reflow_nfe"]
+        assert set([pair_nfe] if isinstance(pair_nfe, int) else pair_nfe) <= set(s.nfe_grid)
     quick = B.spec("quick")
-    assert [c.nfe for c in quick.cells() if c.method == "reqflow"] == [10, 20, 50, 100]
+    cells = {m: [c.nfe for c in quick.cells() if c.method == m] for m in names}
+    assert cells["qflow"] == cells["frameflow-path"] == [10, 20, 50, 100]
+    assert cells["reqflow"] == [10, 20, 50]
+    assert cells["qflow-x1"] == cells["qflow-linear"] == [10, 100]
+    x1 = quick.methods[1].build(None)
+    assert x1.final_step == "x1" and quick.methods[0].build(None).final_step == "euler"
 
 
 def test_sample_lengths_cycle():
@@ -51,3 +60,27 @@ def test_path_stability_quaternion_beats_matrix_near_pi():
     assert r["quaternion_nonfinite_frac"] == 0.0
     assert r["quaternion_max_err_rad"] < 1e-5
     assert r["matrix_max_err_rad"] > 1e-2 > 100 * r["quaternion_max_err_rad"]
+
+
+def test_teacher_best_nfe_scores_each_candidate_and_breaks_ties_by_fewest_steps():
+    from flowsci.domains.proteins.data import bundled_backbones
+    from flowsci.domains.proteins.flow import ANG_PER_NM, ReQFlow
+
+    chain = next(c for c in bundled_backbones() if len(c) >= 100)
+    q, tr = chain.frames()
+    target = torch.cat([tr / ANG_PER_NM, q], -1)[None].double()
+
+    class Oracle(torch.nn.Module):  # always predicts the real chain: every NFE gives the same backbones
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, x_t, t, mask=None, res_idx=None, x_sc=None):
+            return target[:, : x_t.shape[1]].expand(x_t.shape[0], -1, -1) + 0 * self.w
+
+    model = ReQFlow(net=Oracle()).double()
+    best, scores = B.teacher_best_nfe(model, (4, 2, 3), num=3)
+    crops = [Backbone(chain.coords[:n]) for n in B.sample_lengths(3)]  # CA = frame origin: same CA-CA
+    expected = evaluate(crops, diversity_per_length=False).summary["ca_ca_valid"]
+    assert set(scores) == {2, 3, 4} and best == 2
+    assert all(abs(v - expected) < 1e-3 for v in scores.values()) and expected > 0.8

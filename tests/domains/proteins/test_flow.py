@@ -285,3 +285,47 @@ def test_training_reduces_loss_and_checkpoint_round_trip(batch, tmp_path):
     assert torch.allclose(a.x, b2.x, atol=1e-6)
     with pytest.raises(FileNotFoundError):
         ReQFlow.from_checkpoint(tmp_path / "missing.ckpt")
+
+
+class TimeRecorder(Oracle):
+    """Oracle that records the times it is called at."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__(target)
+        self.times: list[float] = []
+
+    def forward(self, x_t, t, mask=None, res_idx=None, x_sc=None):
+        self.times.append(float(t[0]))
+        return super().forward(x_t, t, mask, res_idx, x_sc)
+
+
+def test_final_x1_step_calls_the_network_at_t1_and_returns_its_prediction():
+    chain = bundled_backbones()[5]
+    q, tr = chain.frames()
+    target = torch.cat([(tr + 7.0) / ANG_PER_NM, q], -1)[None].double()  # off-centre: must be re-centred
+    centred = target[0, :, :3] - target[0, :, :3].mean(0)
+    so3 = SO3()
+    for k in (1, 4, 100):
+        net = TimeRecorder(target)
+        m = ReQFlow(net=net, rot_schedule="exp", final_step="x1").double()
+        s = m.sample(lengths=[len(chain)], steps=k, seed=0, return_trajectory=True)
+        # K network calls at linspace(0.01, 1, K): K - 1 Euler steps, then t = 1 (t_min alone when K = 1)
+        expected = np.linspace(0.01, 1.0, k)
+        assert s.nfe == k == len(net.times) and np.allclose(net.times, expected)
+        assert s.extras["final_step"] == "x1" and len(s.trajectory) == k + 1
+        # the sample IS the last prediction: re-centred translation and the predicted rotation, exactly
+        assert (s.x[0, :, :3] - centred).abs().max() < 1e-9
+        assert so3.dist(s.x[0, :, 3:], target[0, :, 3:]).max() < 1e-6
+    # the Euler sampler at 100 steps with the exp schedule leaves rotations short of the prediction (each step
+    # slerps the fraction 10 * dt ~ 0.1) while the translation lands on it; the x1 step closes that gap
+    net = TimeRecorder(target)
+    m = ReQFlow(net=net, rot_schedule="exp", final_step="euler").double()
+    s = m.sample(lengths=[len(chain)], steps=100, seed=0)
+    assert s.nfe == 100 and np.allclose(net.times, np.linspace(0.01, 1.0, 101)[:-1])
+    assert (s.x[0, :, :3] - centred).abs().max() < 1e-9
+    # constant prediction: each step slerps the fraction 10 dt, so the angle left is theta_0 (1 - 10 dt)^100
+    rot_err = so3.dist(s.x[0, :, 3:], target[0, :, 3:])
+    theta0 = so3.dist(s.extras["x0"][0, :, 3:], target[0, :, 3:])
+    assert torch.allclose(rot_err, theta0 * (1 - 10 * 0.99 / 100) ** 100, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="final_step"):
+        ReQFlow(net=Oracle(target), final_step="last")
