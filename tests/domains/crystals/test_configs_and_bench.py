@@ -42,6 +42,9 @@ def test_benchmark_spec_and_metric(perov):
     assert s.nfe_grid == (5, 10, 20, 50, 100) and s.num_samples == 500
     assert {m.name for m in s.methods} >= {"crysbfn", "crysbfn-s10", "fm-torus"}
     assert [m.name for m in s.methods if m.baseline] == ["fm-torus"]
+    tuned, paper = (m.build(None) for m in s.methods if m.name in ("crysbfn-s10", "crysbfn-s10-paper-loss"))
+    assert (tuned.loss_weighting, tuned.translation_invariant) == ("uniform", True)
+    assert (paper.loss_weighting, paper.translation_invariant) == ("bfn", False)
     assert all(r.to_json()["kind"] == "reported" for r in s.references)
     out = csp_metric(perov[:3], perov[:3])  # the ground truth predicts itself
     assert out["match_rate"] == 1.0 and out["rmse"] == pytest.approx(0.0, abs=1e-6) and out["valid"] == 1.0
@@ -56,7 +59,8 @@ def test_benchmark_smoke_run(tmp_path):
     torch.set_num_threads(1)
     doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
     cells = doc["cells"]
-    assert len(cells) == len(spec("smoke").cells()) == 8
+    # crysbfn and fm-torus at NFE 2 and 5; five NFE-10 ablations
+    assert len(cells) == len(spec("smoke").cells()) == 9
     assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells]
     assert {c["nfe"] for c in cells} == {2, 5, 10}
     assert all(c["nfe_counted"] == c["nfe"] for c in cells)  # NFE = network calls (one batch of crystals)

@@ -178,3 +178,72 @@ def test_fm_checkpoint_round_trip(tmp_path):
     np.testing.assert_allclose(back[0].lattice.matrix, preds[0].lattice.matrix, atol=1e-5)
     with pytest.raises(ValueError, match="atom types"):
         loaded.sample_crystals(None, torch.tensor([5]))
+
+
+@pytest.mark.parametrize("weighting", ["bfn", "uniform"])
+def test_bfn_loss_weighting_closed_form(perov, monkeypatch, weighting):
+    """With a fixed prediction error, the loss equals the closed form of each weighting (and 0 when exact)."""
+    model = _bfn(loss_weighting=weighting)
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:4]))
+    b = len(cb.num_atoms)
+    df, dl = 0.1, 0.2  # error of every fractional coordinate / standardised lattice entry
+
+    def fixed(type_input, coord_belief, lattice_mean, t, num_atoms):
+        return cb.frac + df, cb.lattice / 2.4 + dl, torch.zeros(len(cb.frac), 100)
+
+    monkeypatch.setattr(model, "predict", fixed)
+    g = torch.Generator().manual_seed(3)
+    loss, logs = model.compute_loss(cb, generator=g)
+    g = torch.Generator().manual_seed(3)
+    pick = torch.randint(1, (1,), generator=g)
+    k = torch.randint(0, 10, (b,), generator=g).double()
+    assert int(pick) == 0
+    per_coord = 1.0 - np.cos(2 * np.pi * df)
+    if weighting == "uniform":
+        want_c, want_l = 3 * per_coord, 9 * dl**2
+    else:
+        alpha_c = model.coord_flow.step_accuracy(k.long() + 1, 10).double()
+        w_c = alpha_c * torch.special.i1e(alpha_c) / torch.special.i0e(alpha_c)
+        want_c = float((10 * w_c * 3 * per_coord).mean())
+        alpha_l = model.lattice_flow.step_accuracy(k.long() + 1, 10).double()
+        want_l = float((0.5 * 10 * alpha_l * 9 * dl**2).mean())
+    np.testing.assert_allclose(float(logs["coord"]), want_c, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["lattice"]), want_l, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), want_c + want_l, rtol=1e-4)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        _bfn(loss_weighting="snr")
+
+
+def test_optimal_shift_minimises_torus_loss():
+    """The closed-form shift is the minimiser of Σ_i (1 − cos 2π(δ_i − c)) (checked against a fine grid)."""
+    from flowsci.domains.crystals.flow import _optimal_shift
+
+    g = torch.Generator().manual_seed(0)
+    delta = (0.3 + 0.15 * torch.randn(7, 3, generator=g, dtype=torch.float64)).remainder(1.0)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    c = _optimal_shift(delta, batch, 2)
+    grid = torch.linspace(-0.5, 0.5, 20001, dtype=torch.float64)
+    for b in range(2):
+        d = delta[batch == b]  # [n, 3]
+        cost = (1 - torch.cos(2 * torch.pi * (d[:, None, :] - grid[None, :, None]))).sum(0)  # [G, 3]
+        best = grid[cost.argmin(0)]
+        torch.testing.assert_close(c[b], best, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("weighting", ["bfn", "uniform"])
+def test_translation_invariant_loss_ignores_global_shifts(perov, monkeypatch, weighting):
+    """With translation_invariant=True a per-crystal global shift of the prediction costs nothing; without, it does."""
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:4]))
+    shift = torch.tensor([[0.1, -0.3, 0.45], [0.2, 0.0, -0.1], [0.33, 0.25, 0.05], [-0.4, 0.15, 0.3]])
+
+    def shifted(type_input, coord_belief, lattice_mean, t, num_atoms):
+        return cb.frac + shift[cb.batch], cb.lattice / 2.4, torch.zeros(len(cb.frac), 100)
+
+    for ti in (True, False):
+        model = _bfn(loss_weighting=weighting, translation_invariant=ti)
+        monkeypatch.setattr(model, "predict", shifted)
+        _, logs = model.compute_loss(cb, generator=torch.Generator().manual_seed(0))
+        if ti:
+            assert float(logs["coord"]) < 1e-8
+        else:
+            assert float(logs["coord"]) > 0.1
