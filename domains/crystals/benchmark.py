@@ -180,6 +180,20 @@ def csp_metric(samples: list[Any], reference: list[Any]) -> dict[str, float]:
     return {"match_rate": res["match_rate"], "rmse": res["rmse"], "valid": valid}
 
 
+def perov5_datamodule(size: dict[str, Any]) -> Any:
+    """The bundled Perov-5 data (train on the validation split, test subset) sized by a suite's ``size`` entry."""
+    from flowsci.domains.crystals.data import CrystalDataModule
+
+    return CrystalDataModule(
+        train="perov_5_val",
+        val=None,
+        test="perov_5_test_subset",
+        batch_size=size["batch_size"],
+        max_train=size["max_train"],
+        max_test=size["num_samples"],
+    )
+
+
 def spec(suite: str) -> BenchmarkSpec:
     """The Perov-5 CSP benchmark sized for ``suite`` (``smoke``, ``quick`` or ``full``)."""
     if suite not in _SIZES:
@@ -187,16 +201,7 @@ def spec(suite: str) -> BenchmarkSpec:
     size = _SIZES[suite]
 
     def datamodule() -> Any:
-        from flowsci.domains.crystals.data import CrystalDataModule
-
-        return CrystalDataModule(
-            train="perov_5_val",
-            val=None,
-            test="perov_5_test_subset",
-            batch_size=size["batch_size"],
-            max_train=size["max_train"],
-            max_test=size["num_samples"],
-        )
+        return perov5_datamodule(size)
 
     grid = tuple(size["nfe_grid"])
     return BenchmarkSpec(

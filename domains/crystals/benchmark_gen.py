@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.domains.crystals.benchmark import perov5_datamodule
 
 __all__ = ["spec", "build_crysbfn_gen", "sample_gen", "sample_training_data", "generation_metric", "REFERENCES"]
 
@@ -125,16 +126,7 @@ def spec(suite: str) -> BenchmarkSpec:
     size = _SIZES[suite]
 
     def datamodule() -> Any:
-        from flowsci.domains.crystals.data import CrystalDataModule
-
-        return CrystalDataModule(
-            train="perov_5_val",
-            val=None,
-            test="perov_5_test_subset",
-            batch_size=size["batch_size"],
-            max_train=size["max_train"],
-            max_test=size["num_samples"],
-        )
+        return perov5_datamodule(size)
 
     def reference(dm: Any, num: int, seed: int) -> list[Any]:
         dm.setup("test")
