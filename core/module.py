@@ -19,7 +19,7 @@ from flowsci.paths import AffinePath, CondOTPath, ProbPath, expand_t
 from flowsci.solvers import Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["FlowMatching", "PREDICTIONS", "LOSS_WEIGHTINGS", "atomic_write"]
+__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS", "atomic_write"]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 LOSS_WEIGHTINGS = ("none", "inverse_clipped")
@@ -50,7 +50,42 @@ def atomic_write(path: str | os.PathLike, write: Any) -> Path:
     return path
 
 
-class FlowMatching(pl.LightningModule):
+class LossSteps:
+    """Lightning train/validation/test steps for any module with ``compute_loss`` and ``num_examples``.
+
+    ``compute_loss(batch, generator=None) -> (loss, logs)`` gives the scalar loss and the values to log;
+    validation and test draw their noise from generators seeded by the batch index, so the numbers are
+    comparable across epochs. Shared by :class:`FlowMatching` and modules that are not flow-matching models
+    (e.g. Bayesian flow networks).
+    """
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One optimisation step's loss."""
+        loss, logs = self.compute_loss(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=self.num_examples(batch))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Validation loss with noise seeded by the batch index."""
+        return self._seeded_loss("val", batch, 10_000 + batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Test loss, as validation."""
+        return self._seeded_loss("test", batch, 20_000 + batch_idx)
+
+    def _seeded_loss(self, stage: str, batch: Any, seed: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        loss, logs = self.compute_loss(batch, generator=gen)
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in logs.items()},
+            prog_bar=stage == "val",
+            sync_dist=True,
+            batch_size=self.num_examples(batch),
+        )
+        return loss
+
+
+class FlowMatching(LossSteps, pl.LightningModule):
     """Conditional flow matching (Lipman et al., 2023; Liu et al., 2023) on Lightning.
 
     Training minimises
@@ -255,29 +290,6 @@ class FlowMatching(pl.LightningModule):
         return sol
 
     # ----------------------------------------------------------------- Lightning plumbing
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """One optimisation step's loss."""
-        loss, logs = self.compute_loss(batch)
-        bs = self._batch_size(batch)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=bs)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Validation loss with noise seeded by the batch index (comparable across epochs)."""
-        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict(
-            {f"val/{k}": v for k, v in logs.items()}, prog_bar=True, sync_dist=True, batch_size=self._batch_size(batch)
-        )
-        return loss
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Test loss, as validation."""
-        gen = torch.Generator(device=self.device).manual_seed(20_000 + batch_idx)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict({f"test/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=self._batch_size(batch))
-        return loss
-
     def predict_step(self, batch: Any, batch_idx: int) -> Solution:
         """Generate one sample per row of the batch, with the batch's conditioning (seeded by the batch index)."""
         x1, cond, _ = self.unpack_batch(batch)
@@ -316,7 +328,8 @@ class FlowMatching(pl.LightningModule):
             )
         return self.data_shape
 
-    def _batch_size(self, batch: Any) -> int:
+    def num_examples(self, batch: Any) -> int:
+        """Number of examples (samples, not set elements) in a batch, for logging."""
         return int(self.unpack_batch(batch)[0].shape[0])
 
 

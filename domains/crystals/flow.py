@@ -48,7 +48,7 @@ from flowsci.bayesian_flow import (
     sample_bayesian_flows,
 )
 from flowsci.manifolds import FlatTorus
-from flowsci.module import FlowMatching
+from flowsci.module import FlowMatching, LossSteps
 from flowsci.paths import CondOTPath, GeodesicPath
 from flowsci.solvers import Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
@@ -136,6 +136,10 @@ class CrystalGenerativeMixin:
 
     lattice_scale: float
     num_atoms_dist: list[float]
+
+    def num_examples(self, batch: Any) -> int:
+        """Crystals in a torch-geometric batch (for logging)."""
+        return int(batch.num_graphs)
 
     def _init_stats(self, lattice_scale: float | None, num_atoms_dist: Sequence[float] | None) -> None:
         # plain attributes, not buffers: weight averaging (EMA) must not average or swap dataset statistics;
@@ -332,7 +336,7 @@ class CrystalGenerativeMixin:
 # =========================================================================================== CrysBFN
 
 
-class CrysBFN(CrystalGenerativeMixin, pl.LightningModule):
+class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
     """CrysBFN: periodic Bayesian flow network for crystals (CSP and ab initio generation).
 
     Args:
@@ -489,16 +493,6 @@ class CrysBFN(CrystalGenerativeMixin, pl.LightningModule):
         logs["loss"] = loss.detach()
         return loss, logs
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, logs = self.compute_loss(batch)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -672,22 +666,7 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         loss = l_coord + self.lattice_weight * l_lat
         return loss, {"loss": loss.detach(), "coord": l_coord.detach(), "lattice": l_lat.detach()}
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, logs = self.compute_loss(batch)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=int(batch.num_graphs))
-        return loss
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(20_000 + batch_idx)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict({f"test/{k}": v for k, v in logs.items()}, batch_size=int(batch.num_graphs))
-        return loss
 
     def predict_step(self, batch: Any, batch_idx: int) -> Any:
         cb = CrystalBatch.from_pyg(batch)
