@@ -37,6 +37,22 @@ class EMA(WeightAveraging):
         """Average on optimizer steps past ``start_step``."""
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Save the averaged weights as the model state, keeping the live module's non-tensor extra state.
+
+        The averaged copy is made when fitting starts, so state a module sets later through
+        ``get_extra_state`` (e.g. dataset statistics computed in ``on_fit_start``) would otherwise be saved
+        with its initial value.
+        """
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        current = checkpoint.get("current_model_state")
+        if current is not None:
+            for key, value in current.items():
+                if key.endswith("_extra_state"):
+                    checkpoint["state_dict"][key] = value
+
 
 class SampleWriter(BasePredictionWriter):
     """Writes what ``flowsci predict`` generates in the module's native format (``write_samples``).

@@ -165,7 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv else ""
     if verb == "sample":
-        _sample(argv[1:])
+        try:
+            _sample(argv[1:])
+        except (FileNotFoundError, ValueError) as err:  # bad input: one clear line, no traceback
+            print(f"flowsci sample: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from err
     elif verb == "reflow":
         from flowsci.reflow import cli_main
 

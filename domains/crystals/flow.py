@@ -330,7 +330,11 @@ class CrystalGenerativeMixin:
     def _require_task(self, task: str) -> None:
         have = getattr(self, "task", "csp")
         if task == "gen" and have != "gen":
-            raise RuntimeError(f"{type(self).__name__} was trained for task={have!r}; generate() needs task='gen'")
+            raise ValueError(
+                f"{type(self).__name__} was trained for task={have!r} (crystal structure prediction): give a "
+                "composition (predict_structure('SrTiO3'), or `flowsci sample --set composition=SrTiO3`); "
+                "generate() needs a model trained with task='gen'"
+            )
 
 
 # =========================================================================================== CrysBFN

@@ -52,11 +52,14 @@ def resolve_config_text():
         return f.read()
 
 
-def test_missing_config_and_checkpoint_are_clear_errors(tmp_path):
+def test_missing_config_and_checkpoint_are_clear_errors(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         resolve_config("nope.yaml")
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(SystemExit) as exc:
         main(["sample", "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowsci sample: error:") and "missing.ckpt" in err and "Traceback" not in err
 
 
 def test_help_does_not_import_domains():
@@ -90,5 +93,6 @@ def test_cfg_config_trains_and_guided_sampling_counts_both_passes(tmp_path, monk
           "--out", "g"])
     data = np.load(tmp_path / "g" / "samples.npz")
     assert data["x"].shape == (3, 2) and int(data["nfe"]) == 8  # two network passes per guided evaluation
-    with pytest.raises(ValueError, match="one entry per sample"):
+    with pytest.raises(SystemExit) as exc:
         main(["sample", "--ckpt", str(ckpt), "--num", "3", "--cond", "y=[0,1]"])
+    assert exc.value.code == 2

@@ -142,3 +142,26 @@ def test_manifold_flow_on_frames_trains_and_samples_on_the_manifold(tmp_path):
         assert_on_manifold(manifold, x, atol=1e-6)
     angle = SO3().dist(sol.x[..., 3:], target_q.expand(32, 4, 4))
     assert angle.median() < 0.3  # rotations concentrate on the data rotation (Haar median is ~2.3 rad)
+
+
+def test_ema_checkpoint_keeps_extra_state_set_after_fit_start(tmp_path):
+    class WithStats(FlowMatching):
+        def __init__(self):
+            super().__init__(MLP(2, 16, 1))
+            self.scale = 0.0
+
+        def on_fit_start(self):  # dataset statistics known only once fitting starts
+            self.scale = 4.2
+
+        def get_extra_state(self):
+            return torch.tensor([self.scale], dtype=torch.float64)
+
+        def set_extra_state(self, state):
+            self.scale = float(state[0])
+
+    model = WithStats()
+    trainer = _trainer(tmp_path, 5, callbacks=[EMA(decay=0.9)])
+    trainer.fit(model, Toy2DDataModule("moons", num_train=256, batch_size=64))
+    trainer.save_checkpoint(tmp_path / "s.ckpt")
+    state = torch.load(tmp_path / "s.ckpt", weights_only=False)["state_dict"]
+    assert float(state["_extra_state"][0]) == 4.2

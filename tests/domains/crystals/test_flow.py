@@ -140,7 +140,7 @@ def test_public_api_and_checkpoint_round_trip(tmp_path):
     assert len(structs) == 3 and all(len(s) == 5 for s in structs)
     paths = model.write_cifs(structs, tmp_path / "cif")
     assert len(paths) == 3 and paths[0].read_text().startswith("# generated using pymatgen")
-    with pytest.raises(RuntimeError, match="task='gen'"):
+    with pytest.raises(ValueError, match="task='gen'"):
         _bfn("csp").generate(n=1)
     csp = _bfn("csp")
     preds = csp.predict_structure("SrTiO3", num_samples=2, steps=3, seed=0)
