@@ -8,28 +8,16 @@ linking every domain's leaderboard.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flowsci.io import atomic_write, atomic_write_text
+
 __all__ = ["format_time", "render_markdown", "write_domain_report", "write_index", "write_plots"]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def format_time(seconds: float | None) -> str:
@@ -263,15 +251,10 @@ def write_plots(doc: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         fig.suptitle(f"{doc['domain']} ({doc['suite']}): metrics vs {xname}")
         fig.tight_layout()
         path = out_dir / f"{doc['domain']}_vs_{xname}.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=out_dir)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=110)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110))
         finally:
             plt.close(fig)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         written.append(path)
     return written
 
@@ -287,7 +270,7 @@ def write_domain_report(doc: Mapping[str, Any], out_dir: str | Path, plots: bool
             text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pngs) + "\n"
     else:
         pngs = []
-    _write_text_atomic(md, text)
+    atomic_write_text(md, text)
     return [md, *pngs]
 
 
@@ -311,5 +294,5 @@ def write_index(out_dir: str | Path) -> Path:
          *rows, ""]
     )
     path = out_dir / "README.md"
-    _write_text_atomic(path, text)
+    atomic_write_text(path, text)
     return path

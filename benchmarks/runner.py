@@ -29,7 +29,6 @@ import platform
 import re
 import resource
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -41,6 +40,7 @@ import torch
 
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
 from flowsci.benchmarks.spec import BenchmarkSpec, Cell, Method, SampleRequest
+from flowsci.io import atomic_write, atomic_write_text
 
 __all__ = [
     "PeakMemory",
@@ -62,18 +62,7 @@ def _now() -> str:
 
 def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` as JSON to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
@@ -295,11 +284,8 @@ def _train(
         "train_cached": False,
     }
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "info": info}, tmp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: torch.save({"state_dict": state, "info": info}, tmp))
     return model.to(device), info
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,39 +14,16 @@ from torch import Tensor, nn
 
 from flowsci.couplings import Coupling, IndependentCoupling
 from flowsci.guidance import ConditionDropout, Guidance
+from flowsci.io import atomic_write
 from flowsci.paths import AffinePath, CondOTPath, ProbPath, expand_t
 from flowsci.solvers import Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS", "atomic_write"]
+__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS"]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 LOSS_WEIGHTINGS = ("none", "inverse_clipped")
 _OBJECT_ARGS = ["net", "path", "time_sampler", "coupling", "cond_dropout", "optimizer", "lr_scheduler"]
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Write a file atomically: ``write(tmp_path)`` fills a temp file in the same folder, then it is renamed.
-
-    Args:
-        path: Destination.
-        write: Callable taking the temporary path (a ``str`` ending with the destination's suffix).
-
-    Returns:
-        The destination path.
-
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class LossSteps:

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from flowsci.module import FlowMatching, atomic_write
+from flowsci.io import atomic_write
+from flowsci.module import FlowMatching
 from flowsci.paths import AffinePath
 from flowsci.solvers import Velocity, solve_ode
 from flowsci.timesteps import TimeSampler

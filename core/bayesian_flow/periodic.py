@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +54,7 @@ from scipy.special import i1e as np_i1e
 from torch import Tensor
 
 from flowsci.bayesian_flow.base import BayesianFlow, as_element_tensor, check_steps
+from flowsci.io import atomic_write
 
 __all__ = [
     "PeriodicBayesianFlow",
@@ -246,11 +245,7 @@ def _cached_schedule(key: tuple[int, float, int, int, int], cache_dir: str | Non
             raise ValueError(f"{path}: expected schedules of length {key[0]}, found {tuple(alphas.shape)}")
         return alphas, targets
     alphas, targets = _linear_entropy_schedule(*key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"alphas": alphas, "targets": targets}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"alphas": alphas, "targets": targets}, tmp))
     return alphas, targets
 
 

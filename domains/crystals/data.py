@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from flowsci.io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -351,19 +352,7 @@ def write_cif(structure: Structure, path: str | os.PathLike, symprec: float | No
     """
     from pymatgen.io.cif import CifWriter
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = str(CifWriter(structure, symprec=symprec))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, str(CifWriter(structure, symprec=symprec)))
 
 
 def write_cifs(structures: Sequence[Structure], out_dir: str | os.PathLike, prefix: str = "sample") -> list[Path]:
@@ -419,11 +408,7 @@ class CrystalDataset(torch.utils.data.Dataset):
                 "f": [d.frac_coords for d in self.data],
                 "l": [d.lattice for d in self.data],
             }
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-            os.close(fd)
-            torch.save(blob, tmp)
-            os.replace(tmp, cache)
+            atomic_write(cache, lambda tmp: torch.save(blob, tmp))
 
     def __len__(self) -> int:
         return len(self.data)

@@ -28,13 +28,14 @@ import importlib.resources
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from flowsci.io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -298,14 +299,10 @@ def fingerprints(
     res = _map(_fp_job, list(structures), processes, progress, "fingerprints")
     sfp, cfp = [r[0] for r in res], [r[1] for r in res]
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
         sa = np.empty(len(sfp), dtype=object)
         ca = np.empty(len(cfp), dtype=object)
         sa[:], ca[:] = sfp, cfp
-        np.savez(tmp, struct=sa, comp=ca)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: np.savez(tmp, struct=sa, comp=ca))
     return sfp, cfp
 
 

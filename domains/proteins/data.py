@@ -17,7 +17,6 @@ import io
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from flowsci.domains.proteins.geometry import backbone_from_frames, frames_from_backbone
+from flowsci.io import atomic_write, atomic_write_text
 from flowsci.manifolds import matrix_to_quaternion
 
 __all__ = [
@@ -336,20 +336,6 @@ def gemmi_is_amino_acid(name: str) -> bool:
 # ----------------------------------------------------------------------------------------------- writers
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _pdb_lines(bb: Backbone, residue: str, serial0: int = 1) -> list[str]:
     lines, serial = [], serial0
     for i in range(len(bb)):
@@ -403,7 +389,7 @@ def write_pdb(
         if not single:
             lines.append("ENDMDL")
     lines.append("END")
-    return _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- npz cache
@@ -430,11 +416,7 @@ def save_npz(backbones: Sequence[Backbone], path: str | os.PathLike) -> Path:
         chain=np.asarray([b.chain for b in backbones]),
         res_ids=np.concatenate([b.res_ids for b in backbones]) if backbones else np.zeros(0, np.int64),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def load_npz(path: str | os.PathLike) -> list[Backbone]:
