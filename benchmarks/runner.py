@@ -41,6 +41,7 @@ import torch
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
 from flowsci.benchmarks.spec import BenchmarkSpec, Cell, Method, SampleRequest
 from flowsci.io import atomic_write, atomic_write_text
+from flowsci.module import QUIET_TRAINER
 
 __all__ = [
     "PeakMemory",
@@ -230,12 +231,7 @@ def _default_fit(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps
         "max_epochs": -1,
         "accelerator": "gpu" if device.type == "cuda" else "cpu",
         "devices": [device.index or 0] if device.type == "cuda" else 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
+        **QUIET_TRAINER,
         "callbacks": method.callbacks() if method.callbacks is not None else [],
         "deterministic": False,
     }

@@ -19,10 +19,20 @@ from flowsci.paths import AffinePath, CondOTPath, ProbPath, expand_t
 from flowsci.solvers import Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS"]
+__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS", "QUIET_TRAINER"]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 LOSS_WEIGHTINGS = ("none", "inverse_clipped")
+QUIET_TRAINER: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+}
+"""``pl.Trainer`` keywords for programmatic fits (reflow, distillation, benchmarks): no logs, checkpoints,
+progress bars or validation."""
 _OBJECT_ARGS = ["net", "path", "time_sampler", "coupling", "cond_dropout", "optimizer", "lr_scheduler"]
 
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from flowsci.io import atomic_write
-from flowsci.module import FlowMatching
+from flowsci.module import QUIET_TRAINER, FlowMatching
 from flowsci.paths import AffinePath
 from flowsci.solvers import Velocity, solve_ode
 from flowsci.timesteps import TimeSampler
@@ -276,17 +276,7 @@ def fit_on_pairs(
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Fit ``module`` on stored pairs with a quiet single-device Trainer (``trainer_kwargs`` override it)."""
-    kwargs = {
-        "max_steps": max_steps,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "devices": 1,
-    }
-    kwargs.update(trainer_kwargs or {})
+    kwargs = {**QUIET_TRAINER, "max_steps": max_steps, "devices": 1, **(trainer_kwargs or {})}
     pl.Trainer(**kwargs).fit(module, datamodule=ReflowDataModule(pairs, batch_size=batch_size))
 
 
@@ -498,15 +488,7 @@ def toy_demo(
     t_start = time.perf_counter()
     teacher = FlowMatching(MLP(dim=2, hidden=256, depth=3), data_shape=[2])
     data = Toy2DDataModule(dataset, batch_size=256, seed=seed)
-    trainer_kwargs = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "devices": 1,
-    }
+    trainer_kwargs = {**QUIET_TRAINER, "devices": 1}
     pl.Trainer(max_steps=teacher_steps, **trainer_kwargs).fit(teacher, datamodule=data)
     teacher.eval()
     pairs = generate_pairs(teacher, num_pairs, steps=pair_steps, solver="euler", seed=seed + 1)
