@@ -4,7 +4,9 @@ A registered module defines either ``SPEC`` (a :class:`~flowsci.benchmarks.spec.
 through its ``suite_overrides``) or ``spec(suite: str) -> BenchmarkSpec``. Modules are imported only when their
 domain is benchmarked, so ``flowsci bench --domains toy2d`` never imports pymatgen or scanpy.
 
-To register a new domain, add one line to :data:`DOMAINS` (or call :func:`register` from a plugin).
+To register a new domain, add one line to :data:`DOMAINS` (or call :func:`register` from a plugin). An entry
+``"package.module:function"`` names a ``function(suite) -> BenchmarkSpec`` of that module instead (one module may
+hold several benchmarks, e.g. the same generator on two datasets).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ DOMAINS: dict[str, str] = {
     "proteins": "flowsci.domains.proteins.benchmark",
     "crystals": "flowsci.domains.crystals.benchmark",
     "crystals_gen": "flowsci.domains.crystals.benchmark_gen",
+    "crystals_gen_c24": "flowsci.domains.crystals.benchmark_gen:carbon24_spec",
 }
 """Domain name -> module defining ``SPEC`` or ``spec(suite)`` (a domain adds its line when it lands)."""
 
@@ -39,7 +42,7 @@ def available_domains(registry: Mapping[str, str] | None = None) -> list[str]:
     out = []
     for name, mod in (registry or DOMAINS).items():
         try:
-            found = importlib.util.find_spec(mod) is not None
+            found = importlib.util.find_spec(mod.split(":")[0]) is not None
         except ModuleNotFoundError:  # a parent package is missing
             found = False
         if found:
@@ -62,8 +65,13 @@ def load_spec(domain: str, suite: str, registry: Mapping[str, str] | None = None
         raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES}")
     if domain not in reg:
         raise KeyError(f"unknown benchmark domain {domain!r}; registered: {sorted(reg)}")
-    module = importlib.import_module(reg[domain])
-    if callable(getattr(module, "spec", None)):
+    module_name, _, function = reg[domain].partition(":")
+    module = importlib.import_module(module_name)
+    if function:
+        if not callable(getattr(module, function, None)):
+            raise ValueError(f"{module_name} has no function {function!r} (registry entry of {domain!r})")
+        spec = getattr(module, function)(suite)
+    elif callable(getattr(module, "spec", None)):
         spec = module.spec(suite)
     elif isinstance(getattr(module, "SPEC", None), BenchmarkSpec):
         spec = module.SPEC.for_suite(suite)

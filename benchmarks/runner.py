@@ -242,21 +242,38 @@ def _default_fit(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps
 
 
 def _train(
-    spec: BenchmarkSpec, method: Method, dm: Any, device: torch.device, cache_dir: Path | None, reuse: bool
+    spec: BenchmarkSpec,
+    method: Method,
+    dm: Any,
+    device: torch.device,
+    cache_dir: Path | None,
+    reuse: bool,
+    trained: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Build and train ``method`` (or, if ``reuse``, load it from the cache); returns the model and its record."""
+    """Build and train ``method`` (or, if ``reuse``, load it from the cache); returns the model and its record.
+
+    A method with ``weights_of`` loads the weights its source method trained in this run (``trained``: method name
+    -> (state dict, record)), else the source's cache entry, else trains them with the source's settings.
+    """
     import pytorch_lightning as pl
 
+    source = spec.trained_by(method)
     steps = spec.train_steps_of(method)
     fp = spec.train_fingerprint(method)
-    cache = cache_dir / f"{method.name}-{fp}.pt" if cache_dir is not None else None
+    cache = cache_dir / f"{source.name}-{fp}.pt" if cache_dir is not None else None
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     model = method.build(dm)
+    if trained is not None and source is not method and source.name in trained:
+        state, info = trained[source.name]
+        model.load_state_dict(state)
+        return model.to(device), dict(info, weights_of=source.name)
     if reuse and cache is not None and cache.exists():
         try:
             blob = torch.load(cache, map_location="cpu", weights_only=False)
             model.load_state_dict(blob["state_dict"])
             info = dict(blob["info"], train_cached=True)
+            if source is not method:
+                info["weights_of"] = source.name
             return model.to(device), info
         except Exception as e:  # a stale or truncated cache file: retrain
             log.warning("ignoring training cache %s (%s)", cache, e)
@@ -279,9 +296,13 @@ def _train(
         "train_peak_memory_mb": mem.peak_mb if steps > 0 else None,
         "train_cached": False,
     }
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if cache is not None:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         atomic_write(cache, lambda tmp: torch.save({"state_dict": state, "info": info}, tmp))
+    if trained is not None and any(m.weights_of == source.name for m in spec.methods):
+        trained[source.name] = (state, info)
+    if source is not method:
+        info = dict(info, weights_of=source.name)
     return model.to(device), info
 
 
@@ -541,13 +562,14 @@ def run_spec(
                     if spec.noise_floor:
                         floor.clear()
                         floor.update(_noise_floor(spec, dm, reference))
+                trained: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
                 for method in spec.methods:
                     todo = [c for c in pending if c.method == method.name]
                     if not todo:
                         continue
                     bar.set_postfix_str(f"training {method.name}")
                     try:
-                        model, info = _train(spec, method, dm, dev, cache_dir, reuse=not force)
+                        model, info = _train(spec, method, dm, dev, cache_dir, reuse=not force, trained=trained)
                     except Exception as e:
                         fail(todo, e, "training")
                         bar.update(len(todo))

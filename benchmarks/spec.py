@@ -151,6 +151,8 @@ class Method:
         solvers: Solvers overriding :attr:`BenchmarkSpec.solvers` (e.g. a one-step baseline: ``("euler",)``).
         nfe_grid: NFE grid overriding :attr:`BenchmarkSpec.nfe_grid`.
         callbacks: ``callbacks() -> list[pl.Callback]`` added to the default trainer (e.g. EMA).
+        weights_of: Name of an earlier method of the spec whose trained weights this one reuses (its ``build``
+            must make the same model): for rows that differ only in how they sample. It is not trained again.
 
     """
 
@@ -164,6 +166,7 @@ class Method:
     solvers: Sequence[str] | None = None
     nfe_grid: Sequence[int] | None = None
     callbacks: Callable[[], list[Any]] | None = None
+    weights_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,14 @@ class BenchmarkSpec:
             raise ValueError(f"{where}: needs at least one metric")
         if self.num_samples < 1:
             raise ValueError(f"{where}: num_samples must be >= 1, got {self.num_samples}")
-        for m in self.methods:
+        for i, m in enumerate(self.methods):
+            if m.weights_of is not None:
+                earlier = {e.name: e for e in self.methods[:i]}
+                if m.weights_of not in earlier or earlier[m.weights_of].weights_of is not None:
+                    raise ValueError(
+                        f"{where}: method {m.name!r} reuses the weights of {m.weights_of!r}, which must be an "
+                        "earlier method that trains its own weights"
+                    )
             for s in m.solvers if m.solvers is not None else self.solvers:
                 if s not in EVALS_PER_STEP and s not in ADAPTIVE_SOLVERS:
                     known = sorted(EVALS_PER_STEP) + sorted(ADAPTIVE_SOLVERS)
@@ -334,8 +344,13 @@ class BenchmarkSpec:
                 return m
         raise KeyError(f"BenchmarkSpec {self.name!r} has no method {name!r}")
 
+    def trained_by(self, method: Method) -> Method:
+        """The method whose training produces ``method``'s weights (itself, or its ``weights_of``)."""
+        return self.method(method.weights_of) if method.weights_of is not None else method
+
     def train_steps_of(self, method: Method) -> int:
-        """Optimiser steps of ``method`` (its override or the spec default)."""
+        """Optimiser steps of ``method`` (its override or the spec default; those of ``weights_of`` if set)."""
+        method = self.trained_by(method)
         return int(self.train_steps if method.train_steps is None else method.train_steps)
 
     def cells(self) -> list[Cell]:
@@ -356,6 +371,7 @@ class BenchmarkSpec:
 
     def train_fingerprint(self, method: Method) -> str:
         """Hash of everything that determines a method's trained weights (keys the training cache)."""
+        method = self.trained_by(method)
         return _fingerprint(
             {
                 "domain": self.name,
@@ -397,6 +413,7 @@ class BenchmarkSpec:
                     "baseline": bool(m.baseline),
                     "description": m.description,
                     "train_steps": self.train_steps_of(m),
+                    **({"weights_of": m.weights_of} if m.weights_of is not None else {}),
                 }
                 for m in self.methods
             ],

@@ -604,6 +604,12 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         translation_invariant: FlowMM's treatment of the origin: the coordinate loss is taken after removing the
             per-crystal mean of the residual ``v_F − u_F`` (``min_c ‖v_F − u_F − c‖²``), so a global drift, which
             only translates the crystal, is not penalised.
+        lattice_target: ``"x1"`` (default): the lattice head predicts the clean standardised lattice ``L̂_1`` and
+            the velocity is ``(L̂_1 − L_t)/(1 − t)``, loss ``‖L̂_1 − L_1‖²``; ``"velocity"``: the head regresses
+            ``L_1 − L_0`` directly. The CSPNet sees the lattice only through ``L_t L_tᵀ`` (rotation invariant), so
+            it cannot know the orientation of the Gaussian draw ``L_0`` and cannot predict ``L_1 − L_0``; it can
+            predict the canonically oriented ``L_1`` (every crystal is put in the orientation of
+            ``Lattice.from_parameters``). ``"velocity"`` is kept to measure that.
     """
 
     def __init__(
@@ -618,7 +624,10 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         sample_steps: int = 10,
         sample_solver: str = "euler",
         translation_invariant: bool = False,
+        lattice_target: str = "x1",
     ) -> None:
+        if lattice_target not in ("x1", "velocity"):
+            raise ValueError(f"lattice_target must be 'x1' or 'velocity', got {lattice_target!r}")
         super().__init__(
             net=net,
             path=GeodesicPath(FlatTorus(3)),
@@ -636,6 +645,7 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         self.num_types = num_types
         self.lattice_weight = lattice_weight
         self.translation_invariant = translation_invariant
+        self.lattice_target = lattice_target
         self.lattice_path = CondOTPath()
         self._init_stats(lattice_scale, None)
 
@@ -644,10 +654,18 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         cb = batch if isinstance(batch, CrystalBatch) else CrystalBatch.from_pyg(batch)
         return cb.frac, {"crystal": cb}, None
 
-    def _velocities(self, frac: Tensor, lat_std: Tensor, t: Tensor, cb: CrystalBatch) -> tuple[Tensor, Tensor]:
+    def _network(self, frac: Tensor, lat_std: Tensor, t: Tensor, cb: CrystalBatch) -> tuple[Tensor, Tensor]:
+        """``(v_F [N, 3], lattice output [B, 3, 3])``: ``L̂_1`` or the lattice velocity (``lattice_target``)."""
         types = nn.functional.one_hot(cb.types, self.num_types).to(frac.dtype)
-        v_f, v_l, _ = self.net(types, frac, lat_std, t, cb.num_atoms, None)
-        return v_f, v_l
+        v_f, out_l, _ = self.net(types, frac, lat_std, t, cb.num_atoms, None)
+        return v_f, out_l
+
+    def _velocities(self, frac: Tensor, lat_std: Tensor, t: Tensor, cb: CrystalBatch) -> tuple[Tensor, Tensor]:
+        """Velocities of ``F`` (torus tangent, ``[N, 3]``) and of the standardised lattice (``[B, 3, 3]``)."""
+        v_f, out_l = self._network(frac, lat_std, t, cb)
+        if self.lattice_target == "velocity":
+            return v_f, out_l
+        return v_f, (out_l - lat_std) / (1.0 - t).clamp_min(1e-3)[:, None, None]
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Flow-matching loss on the torus (coordinates) and in R⁹ (standardised lattice)."""
@@ -660,13 +678,14 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         l1 = (cb.lattice / self._scale()).reshape(b, 9)
         l0 = torch.randn(l1.shape, generator=generator, device=l1.device, dtype=l1.dtype)
         pl_ = self.lattice_path.sample(l0, l1, t)
-        v_f, v_l = self._velocities(ps.x_t, pl_.x_t.reshape(b, 3, 3), t, cb)
+        v_f, out_l = self._network(ps.x_t, pl_.x_t.reshape(b, 3, 3), t, cb)
         resid = v_f - ps.dx_t  # [N, 3]
         if self.translation_invariant:  # min over a per-crystal constant velocity: remove the residual's mean
             mean = torch.zeros(b, 3, dtype=resid.dtype, device=resid.device).index_add(0, cb.batch, resid)
             resid = resid - (mean / cb.num_atoms[:, None].to(resid.dtype))[cb.batch]
         l_coord = _per_graph_mean(resid.square().sum(-1), cb.batch, b).mean()
-        l_lat = (v_l.reshape(b, 9) - pl_.dx_t).square().sum(-1).mean()
+        target_l = l1 if self.lattice_target == "x1" else pl_.dx_t
+        l_lat = (out_l.reshape(b, 9) - target_l).square().sum(-1).mean()
         loss = l_coord + self.lattice_weight * l_lat
         return loss, {"loss": loss.detach(), "coord": l_coord.detach(), "lattice": l_lat.detach()}
 

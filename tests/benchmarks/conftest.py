@@ -176,5 +176,5 @@ def fakes() -> Any:
 
     return types.SimpleNamespace(
         make_spec=make_spec, Counters=Counters, MEAN=MEAN, ShiftFlow=ShiftFlow,
-        GaussianDataModule=GaussianDataModule, reference=reference,
+        GaussianDataModule=GaussianDataModule, reference=reference, closed_form_fit=closed_form_fit,
     )

@@ -273,3 +273,29 @@ def test_adaptive_solver_cell_reports_counted_nfe(fakes, tmp_path) -> None:
     assert cell["nfe"] == cell["nfe_counted"] == 5  # the fake adaptive solve makes 5 evaluations
     assert "| 5 (adaptive) |" in (tmp_path / "smoke" / "fake.md").read_text()
     assert (tmp_path / "smoke" / "plots" / "fake_vs_nfe.png").exists()
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_weights_of_reuses_trained_weights_without_training_again(fakes, tmp_path, cache) -> None:
+    import dataclasses
+
+    from flowsci.benchmarks.spec import Method
+
+    fits: list[str] = []
+
+    def counting_fit(model, dm, steps):
+        fits.append("fit")
+        fakes.closed_form_fit(model, dm, steps)
+
+    base = fakes.make_spec(nfe_grid=(1,), solvers=("euler",))
+    shift = dataclasses.replace(base.methods[0], fit=counting_fit)
+    again = Method("shift-again", build=shift.build, sample=shift.sample, weights_of="shift")
+    spec = dataclasses.replace(base, methods=[shift, again, base.methods[1]])
+    doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False, cache=cache)
+    cells = _cells(doc)
+    assert fits == ["fit"]  # trained once, for "shift"
+    assert cells["shift-again/euler/nfe1"]["metrics"] == cells["shift/euler/nfe1"]["metrics"]
+    assert cells["shift-again/euler/nfe1"]["train_steps"] == 10
+    assert {m["name"]: m.get("weights_of") for m in doc["spec"]["methods"]}["shift-again"] == "shift"
+    with pytest.raises(ValueError, match="earlier method"):
+        dataclasses.replace(base, methods=[again, shift]).validate()

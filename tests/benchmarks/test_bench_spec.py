@@ -98,3 +98,12 @@ def test_registry_loads_toy2d_lazily() -> None:
         load_spec("nope", "smoke")
     with pytest.raises(ValueError, match="neither SPEC"):
         load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.compare"})
+    with pytest.raises(ValueError, match="no function 'nope'"):
+        load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.toy2d:nope"})
+
+
+def test_registry_module_function_entries() -> None:
+    reg = {"toy_fn": "flowsci.benchmarks.toy2d:spec"}
+    assert available_domains(reg) == ["toy_fn"]
+    assert load_spec("toy_fn", "smoke", registry=reg).name == "toy2d"
+    assert DOMAINS["crystals_gen_c24"].endswith(":carbon24_spec")

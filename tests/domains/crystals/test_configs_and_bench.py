@@ -40,11 +40,17 @@ def test_benchmark_spec_and_metric(perov):
 
     s = spec("quick")
     assert s.nfe_grid == (5, 10, 20, 50, 100) and s.num_samples == 500
-    assert {m.name for m in s.methods} >= {"crysbfn", "crysbfn-s10", "fm-torus"}
+    assert {m.name for m in s.methods} == {
+        "crysbfn", "crysbfn-bayes", "crysbfn-time-only", "crysbfn-paper-loss", "fm-torus"
+    }
     assert [m.name for m in s.methods if m.baseline] == ["fm-torus"]
-    tuned, paper = (m.build(None) for m in s.methods if m.name in ("crysbfn-s10", "crysbfn-s10-paper-loss"))
-    assert (tuned.loss_weighting, tuned.translation_invariant) == ("uniform", True)
+    assert s.method("crysbfn-bayes").weights_of == "crysbfn" and s.train_steps_of(s.method("crysbfn-bayes")) == 6000
+    tuned, paper, fm = (s.method(n).build(None) for n in ("crysbfn", "crysbfn-paper-loss", "fm-torus"))
+    assert (tuned.loss_weighting, tuned.translation_invariant, tuned.train_steps) == ("uniform", True, [10])
     assert (paper.loss_weighting, paper.translation_invariant) == ("bfn", False)
+    assert fm.lattice_target == "x1"
+    full = {m.name for m in spec("full").methods}
+    assert {"crysbfn-multi-n", "fm-torus-frame", "fm-torus-velocity"} <= full
     assert all(r.to_json()["kind"] == "reported" for r in s.references)
     out = csp_metric(perov[:3], perov[:3])  # the ground truth predicts itself
     assert out["match_rate"] == 1.0 and out["rmse"] == pytest.approx(0.0, abs=1e-6) and out["valid"] == 1.0
@@ -59,25 +65,35 @@ def test_benchmark_smoke_run(tmp_path):
     torch.set_num_threads(1)
     doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
     cells = doc["cells"]
-    # crysbfn and fm-torus at NFE 2 and 5; five NFE-10 ablations
-    assert len(cells) == len(spec("smoke").cells()) == 9
+    # crysbfn, crysbfn-multi-n and fm-torus at NFE 2 and 5; five NFE-10 ablations
+    assert len(cells) == len(spec("smoke").cells()) == 11
     assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells]
     assert {c["nfe"] for c in cells} == {2, 5, 10}
     assert all(c["nfe_counted"] == c["nfe"] for c in cells)  # NFE = network calls (one batch of crystals)
 
 
-def test_generation_benchmark_smoke_run(tmp_path):
+@pytest.mark.parametrize("domain", ["crystals_gen", "crystals_gen_c24"])
+def test_generation_benchmark_smoke_run(tmp_path, domain):
+    from flowsci.benchmarks.registry import load_spec
     from flowsci.benchmarks.runner import run_spec
-    from flowsci.domains.crystals.benchmark_gen import spec
 
-    doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
+    torch.set_num_threads(1)
+    s = load_spec(domain, "smoke")
+    doc = run_spec(s, "smoke", out=tmp_path, progress=False, plots=False, cache=False)
     cells = {c["method"]: c for c in doc["cells"]}
     assert set(cells) == {"crysbfn-gen", "training-data"}
     assert all(c["status"] == "ok" for c in cells.values()), [c.get("error") for c in cells.values()]
     assert cells["crysbfn-gen"]["nfe"] == cells["crysbfn-gen"]["nfe_counted"] == 5
     assert 0.0 <= cells["crysbfn-gen"]["metrics"]["valid"] <= 1.0
-    assert cells["training-data"]["metrics"]["valid"] == 1.0  # real perovskites are valid
-    assert spec("quick").num_samples == 200
+    assert cells["training-data"]["metrics"]["struct_valid"] == 1.0  # real crystals are valid
+    quick = load_spec(domain, "quick")
+    assert quick.num_samples == (200 if domain == "crystals_gen" else 100)
+    model = quick.methods[0].build(None)
+    assert (model.task, model.train_steps, model.loss_weighting) == ("gen", [10], "uniform")
+    if domain == "crystals_gen_c24":  # Carbon-24 is all carbon
+        dm = s.datamodule()
+        dm.setup("fit")
+        assert {site.specie.symbol for st in dm.train_set.structures() for site in st} == {"C"}
 
 
 def test_generation_metric_on_data(perov):

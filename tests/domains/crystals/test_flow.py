@@ -132,6 +132,31 @@ def test_fm_loss_and_oracle_sampler(perov, monkeypatch):
         assert torch.all((out.frac >= 0) & (out.frac < 1))
 
 
+def test_fm_x1_lattice_target(perov, monkeypatch):
+    """x1 lattice head: an oracle L̂1 gives zero lattice loss, and Euler on (L̂1 − L_t)/(1 − t) lands on L1."""
+    batch = structures_to_batch(perov[:4])
+    cb = CrystalBatch.from_pyg(batch)
+    target_f, target_l = cb.frac, cb.lattice / 2.4
+    with pytest.raises(ValueError, match="lattice_target"):
+        CrystalFlowMatching(_net(cond_entropy=False), lattice_target="eps")
+    model = CrystalFlowMatching(_net(cond_entropy=False), lattice_scale=2.4, lattice_target="x1")
+
+    def oracle(frac, lat_std, t, crystal):  # exact torus velocity; the clean lattice itself
+        d = target_f - frac
+        d = d - torch.round(d)
+        return d / (1 - t[0].clamp(max=1 - 1e-6)), target_l.clone()
+
+    monkeypatch.setattr(model, "_network", oracle)
+    _, logs = model.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert float(logs["lattice"]) < 1e-10
+    out = model.sample_crystals(cb.types, cb.num_atoms, steps=3, seed=0, solver="euler")
+    torch.testing.assert_close(out.lattice, cb.lattice, atol=1e-4, rtol=1e-4)
+    velocity_model = CrystalFlowMatching(_net(cond_entropy=False), lattice_scale=2.4, lattice_target="velocity")
+    monkeypatch.setattr(velocity_model, "_network", oracle)  # the same output read as a velocity is wrong
+    _, logs = velocity_model.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert float(logs["lattice"]) > 0.1
+
+
 def test_public_api_and_checkpoint_round_trip(tmp_path):
     import pytorch_lightning as pl
 
