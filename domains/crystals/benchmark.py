@@ -39,7 +39,16 @@ import torch
 
 from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
 
-__all__ = ["spec", "build_crysbfn", "build_fm", "reference_structures", "sample_csp", "csp_metric", "REFERENCES"]
+__all__ = [
+    "spec",
+    "methods",
+    "build_crysbfn",
+    "build_fm",
+    "reference_structures",
+    "sample_csp",
+    "csp_metric",
+    "REFERENCES",
+]
 
 _SIZES: dict[str, dict[str, Any]] = {
     # seconds: a plumbing check
@@ -199,9 +208,13 @@ def perov5_datamodule(size: dict[str, Any]) -> Any:
     )
 
 
-def _methods(suite: str, size: dict[str, Any]) -> list[Method]:
-    cfg = size["config"]
-    methods = [
+def methods(suite: str, config: str | None = None) -> list[Method]:
+    """The rows of ``suite`` (the ``full`` suite adds three ablations), with CSPNet ``config`` (default: the
+    suite's). ``methods("full", "tiny")`` gives the ablations at the quick suite's network size.
+    """
+    size = _SIZES[suite]
+    cfg = config or size["config"]
+    rows = [
         Method(
             "crysbfn",
             build=lambda dm: build_crysbfn(cfg, (10,)),
@@ -236,7 +249,7 @@ def _methods(suite: str, size: dict[str, Any]) -> list[Method]:
     ]
     if suite != "quick":  # the quick suite keeps to ~13 min on 2 CPU cores
         grid = tuple(size["nfe_grid"])
-        methods += [
+        rows += [
             Method(
                 "crysbfn-multi-n",
                 build=lambda dm: build_crysbfn(cfg, grid),
@@ -255,7 +268,7 @@ def _methods(suite: str, size: dict[str, Any]) -> list[Method]:
                 description="ablation: fm-torus whose lattice head regresses L1 - L0 (unknowable to the network)",
             ),
         ]
-    return methods
+    return rows
 
 
 def spec(suite: str) -> BenchmarkSpec:
@@ -275,12 +288,12 @@ def spec(suite: str) -> BenchmarkSpec:
             f"on the 11,356-crystal train split), predict {size['num_samples']} test crystals (one sample each), "
             "StructureMatcher(0.5, 10, 0.3) match rate / RMSE with validity required. CrysBFN (periodic Bayesian "
             "flow, entropy conditioning, end_back sampler, translation-invariant uniformly weighted loss) vs torus "
-            "flow matching (Euler, mean-free coordinate loss), same CSPNet "
+            "flow matching (Euler, mean-free coordinate loss, clean-lattice head), same CSPNet "
             f"({size['config']}), AdamW 1e-3, batch {size['batch_size']}."
         ),
         datamodule=datamodule,
         reference_data=reference_structures,
-        methods=_methods(suite, size),
+        methods=methods(suite),
         metrics=[
             Metric(
                 "csp",
