@@ -22,6 +22,7 @@ Methods (same CSPNet, optimiser, batch and number of optimiser steps):
   straight-line lattice flow whose head predicts the clean lattice, Euler steps.
 
 The ``full`` suite adds ``crysbfn-multi-n`` (one model trained on the n-step losses of every n of the grid),
+``crysbfn-residual-lattice`` (lattice estimate = belief mean + head output, unstable at many steps),
 ``fm-torus-frame`` (FM with the coordinate loss in the data frame) and ``fm-torus-velocity`` (FM whose lattice head
 regresses ``L_1 − L_0``, which a rotation-invariant network cannot know).
 
@@ -112,6 +113,7 @@ def build_crysbfn(
     cond_entropy: bool = True,
     loss_weighting: str = "uniform",
     translation_invariant: bool = True,
+    lattice_prediction: str = "direct",
 ) -> Any:
     """CrysBFN for CSP: CSPNet(``config``), AdamW 1e-3, trained on step counts ``train_steps``.
 
@@ -128,6 +130,7 @@ def build_crysbfn(
         cond_entropy=cond_entropy,
         loss_weighting=loss_weighting,
         translation_invariant=translation_invariant,
+        lattice_prediction=lattice_prediction,
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
 
@@ -254,6 +257,11 @@ def methods(suite: str, config: str | None = None) -> list[Method]:
                 "crysbfn-multi-n",
                 build=lambda dm: build_crysbfn(cfg, grid),
                 description="one CrysBFN trained on the n-step losses of every n of the NFE grid",
+            ),
+            Method(
+                "crysbfn-residual-lattice",
+                build=lambda dm: build_crysbfn(cfg, (10,), lattice_prediction="residual"),
+                description="ablation: crysbfn whose lattice estimate is the belief mean + the head's output",
             ),
             Method(
                 "fm-torus-frame",

@@ -369,6 +369,12 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
             ``‖L − L̂‖²``, with one weight for every step, so the early steps that place the atoms on sites are
             trained as much as the late refinement ones; better at few steps on Perov-5). Types keep their
             n-step loss.
+        lattice_prediction: ``"direct"`` (default): the lattice estimate is the network's lattice output,
+            ``L̂ = W h̄``, in the canonical orientation every crystal is put in; ``"residual"``: ``L̂ = μ + W h̄``
+            with ``μ`` the lattice belief's mean. The network sees ``μ`` only through ``μ μᵀ`` and cannot know
+            its orientation, so the residual form must undo a belief it cannot see; with the end_back sampler
+            its errors feed back into the next belief, and at many steps some lattices run away (on Perov-5 at
+            NFE 100, 71 of 500 predicted cells were off by more than 1 Å, up to ~200 Å; README).
         translation_invariant: measure the coordinate error up to the best global translation of each crystal
             (per axis, ``min_c Σ_i (1 − cos 2π(f_i − f̂_i − c))``, closed form via the circular mean), as FlowMM
             removes the mean of its torus velocities. A crystal has no preferred origin: the network only sees
@@ -397,10 +403,13 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
         sampler: str = "end_back",
         loss_weighting: str = "bfn",
         translation_invariant: bool = False,
+        lattice_prediction: str = "direct",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if lattice_prediction not in ("direct", "residual"):
+            raise ValueError(f"lattice_prediction must be 'direct' or 'residual', got {lattice_prediction!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         if task not in TASKS:
@@ -420,6 +429,7 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
         self.sampler = sampler
         self.loss_weighting = loss_weighting
         self.translation_invariant = translation_invariant
+        self.lattice_prediction = lattice_prediction
         self.coord_flow = PeriodicBayesianFlow(beta1=coord_beta1, period=1.0)
         self.lattice_flow = GaussianBayesianFlow(sigma1=lattice_sigma1)
         self.type_flow = DiscreteBayesianFlow(num_classes=num_types, beta1=type_beta1)
@@ -446,11 +456,13 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
             num_atoms: ``[B]``.
 
         Returns:
-            ``(F̂ [N, 3], L̂ [B, 3, 3] standardised, type logits [N, K])`` with ``F̂ = m + Δ``, ``L̂ = μ + ΔL``.
+            ``(F̂ [N, 3], L̂ [B, 3, 3] standardised, type logits [N, K])`` with ``F̂ = m + Δ`` and ``L̂`` the
+            lattice output (``lattice_prediction="direct"``) or ``μ +`` it (``"residual"``).
         """
         cond = self.coord_flow.entropy_conditioning(coord_belief).to(lattice_mean.dtype) if self.cond_entropy else None
         d_coord, d_lat, logits = self.net(type_input, coord_belief.mean, lattice_mean, t, num_atoms, cond)
-        return coord_belief.mean + d_coord, lattice_mean + d_lat, logits
+        l_hat = d_lat if self.lattice_prediction == "direct" else lattice_mean + d_lat
+        return coord_belief.mean + d_coord, l_hat, logits
 
     def _type_input(self, types: Tensor | None, belief: Any) -> Tensor:
         if self.task == "csp":

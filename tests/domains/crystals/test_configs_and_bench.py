@@ -50,7 +50,7 @@ def test_benchmark_spec_and_metric(perov):
     assert (paper.loss_weighting, paper.translation_invariant) == ("bfn", False)
     assert fm.lattice_target == "x1"
     full = {m.name for m in spec("full").methods}
-    assert {"crysbfn-multi-n", "fm-torus-frame", "fm-torus-velocity"} <= full
+    assert {"crysbfn-multi-n", "crysbfn-residual-lattice", "fm-torus-frame", "fm-torus-velocity"} <= full
     assert all(r.to_json()["kind"] == "reported" for r in s.references)
     out = csp_metric(perov[:3], perov[:3])  # the ground truth predicts itself
     assert out["match_rate"] == 1.0 and out["rmse"] == pytest.approx(0.0, abs=1e-6) and out["valid"] == 1.0
@@ -65,8 +65,8 @@ def test_benchmark_smoke_run(tmp_path):
     torch.set_num_threads(1)
     doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
     cells = doc["cells"]
-    # crysbfn, crysbfn-multi-n and fm-torus at NFE 2 and 5; five NFE-10 ablations
-    assert len(cells) == len(spec("smoke").cells()) == 11
+    # crysbfn, crysbfn-multi-n, crysbfn-residual-lattice and fm-torus at NFE 2 and 5; five NFE-10 ablations
+    assert len(cells) == len(spec("smoke").cells()) == 13
     assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells]
     assert {c["nfe"] for c in cells} == {2, 5, 10}
     assert all(c["nfe_counted"] == c["nfe"] for c in cells)  # NFE = network calls (one batch of crystals)

@@ -67,6 +67,27 @@ def test_bfn_prediction_equivariance(perov):
     torch.testing.assert_close(l1, l0 @ q.T, rtol=1e-4, atol=1e-4)
 
 
+def test_bfn_lattice_prediction_direct_vs_residual(perov):
+    """direct: L̂ is the head's output (canonical, whatever the belief); residual: L̂ = μ + output."""
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:2]))
+    belief = CrysBFN(_net(), lattice_scale=2.4).coord_flow.sample_flow_at_step(
+        cb.frac, 3, 10, generator=torch.Generator().manual_seed(0)
+    )
+    types = torch.nn.functional.one_hot(cb.types, 100).float()
+    lat, t = cb.lattice / 2.4, torch.full((2,), 0.3)
+    out = {}
+    for mode in ("direct", "residual"):
+        model = CrysBFN(_net(lattice_head="invariant"), lattice_scale=2.4, lattice_prediction=mode)
+        out[mode] = model.predict(types, belief, lat, t, cb.num_atoms)[1]
+    torch.testing.assert_close(out["residual"], lat + out["direct"])
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(2)))
+    model = CrysBFN(_net(lattice_head="invariant"), lattice_scale=2.4, lattice_prediction="direct")
+    rotated = model.predict(types, belief, lat @ q.T, t, cb.num_atoms)[1]
+    torch.testing.assert_close(rotated, out["direct"], rtol=1e-4, atol=1e-5)  # invariant to the belief's orientation
+    with pytest.raises(ValueError, match="lattice_prediction"):
+        CrysBFN(_net(), lattice_prediction="eps")
+
+
 def test_bfn_sampler_with_oracle_recovers_truth(perov, monkeypatch):
     """With a network that always predicts the true crystal, end_back sampling returns it, with NFE = steps."""
     model = _bfn()
