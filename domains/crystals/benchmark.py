@@ -189,12 +189,15 @@ def _structures(solution: Any) -> list[Any]:
 
 
 def csp_metric(samples: list[Any], reference: list[Any]) -> dict[str, float]:
-    """Match rate / RMSE (valid predictions only, DiffCSP) and the fraction of valid predictions."""
-    from flowsci.domains.crystals.metrics import csp_metrics, validity
+    """Match rate / RMSE (valid predictions only, DiffCSP), the fraction of valid predictions, and the cell-size
+    error (median ``|s/s_true − 1|`` of ``s = (V/N)^{1/3}``, fraction off by > 10 %), which matching ignores.
+    """
+    from flowsci.domains.crystals.metrics import csp_metrics, lattice_scale_error, validity
 
-    res = csp_metrics(samples, reference[: len(samples)], require_valid=True, processes=2)
+    gts = reference[: len(samples)]
+    res = csp_metrics(samples, gts, require_valid=True, processes=2)
     valid = sum(all(validity(s)) for s in samples) / max(len(samples), 1)
-    return {"match_rate": res["match_rate"], "rmse": res["rmse"], "valid": valid}
+    return {"match_rate": res["match_rate"], "rmse": res["rmse"], "valid": valid, **lattice_scale_error(samples, gts)}
 
 
 def perov5_datamodule(size: dict[str, Any]) -> Any:
@@ -306,7 +309,13 @@ def spec(suite: str) -> BenchmarkSpec:
             Metric(
                 "csp",
                 csp_metric,
-                higher_is_better={"match_rate": True, "rmse": False, "valid": True},
+                higher_is_better={
+                    "match_rate": True,
+                    "rmse": False,
+                    "valid": True,
+                    "lattice_err": False,
+                    "lattice_off": False,
+                },
                 description="StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3); invalid predictions are misses",
             ),
         ],

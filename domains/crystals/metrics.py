@@ -49,6 +49,7 @@ __all__ = [
     "make_matcher",
     "csp_rms",
     "csp_metrics",
+    "lattice_scale_error",
     "structure_fingerprint",
     "composition_fingerprint",
     "fingerprints",
@@ -196,6 +197,25 @@ def csp_metrics(
 
 _CNN = None
 _MAGPIE = None
+
+
+def lattice_scale_error(
+    preds: Sequence[Structure], gts: Sequence[Structure], tolerance: float = 0.1
+) -> dict[str, float]:
+    """How far predicted cells are from the true cell size, which ``StructureMatcher`` (volumes rescaled) ignores.
+
+    The length scale of a cell is ``(V / N)^{1/3}`` (Å). Per prediction, ``e = |s_pred / s_true − 1|``.
+
+    Returns:
+        ``{"lattice_err": median e, "lattice_off": fraction with e > tolerance}`` (dimensionless).
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} predictions for {len(gts)} ground truths")
+    if not preds:
+        return {"lattice_err": float("nan"), "lattice_off": float("nan")}
+    scale = [((p.volume / len(p)) ** (1 / 3), (g.volume / len(g)) ** (1 / 3)) for p, g in zip(preds, gts, strict=True)]
+    err = np.array([abs(sp / sg - 1.0) for sp, sg in scale])
+    return {"lattice_err": float(np.median(err)), "lattice_off": float((err > tolerance).mean())}
 
 
 def structure_fingerprint(structure: Structure) -> np.ndarray | None:
@@ -417,14 +437,18 @@ def evaluate_csp(
     processes: int = 1,
     progress: bool = False,
 ) -> dict[str, float]:
-    """CSP report: match rate / RMSE with validity required (DiffCSP) and without (StructureMatcher only)."""
+    """CSP report: match rate / RMSE with validity required (DiffCSP) and without (StructureMatcher only), and
+    the cell-size error of the (first) prediction (:func:`lattice_scale_error`).
+    """
     strict = csp_metrics(preds, gts, require_valid=True, processes=processes, progress=progress)
     loose = csp_metrics(preds, gts, require_valid=False, processes=processes, progress=progress)
+    first = [p[0] if isinstance(p, (list, tuple)) else p for p in preds]
     return {
         "match_rate": strict["match_rate"],
         "rmse": strict["rmse"],
         "match_rate_any": loose["match_rate"],
         "rmse_any": loose["rmse"],
+        **lattice_scale_error(first, gts),
         "n": strict["n"],
     }
 

@@ -49,6 +49,20 @@ def test_csp_match_perturbed_and_mismatch(perov):
     assert res_k["match_rate"] == 1.0 and res_k["rmse"] == pytest.approx(rms, abs=1e-6)
 
 
+def test_lattice_scale_error_sees_what_matching_ignores(perov):
+    gt = perov[0]
+    scaled = gt.copy()
+    scaled.scale_lattice(gt.volume * 1.2**3)  # every length × 1.2: still "matches" (volumes are rescaled)
+    assert M.csp_rms(scaled, gt) is not None
+    out = M.lattice_scale_error([scaled, gt], [gt, gt])
+    assert out["lattice_err"] == pytest.approx(0.1)  # median of |1.2 − 1| and 0
+    assert out["lattice_off"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="predictions"):
+        M.lattice_scale_error([gt], [gt, gt])
+    report = M.evaluate_csp([scaled], [gt])
+    assert report["lattice_err"] == pytest.approx(0.2) and report["match_rate"] == 1.0
+
+
 def test_csp_invalid_prediction_is_miss(perov):
     gt = perov[0]
     squashed = Structure(gt.lattice, gt.species, gt.frac_coords * 0.0 + np.array([[0, 0, 0]] * 4 + [[0.05, 0, 0]]))
