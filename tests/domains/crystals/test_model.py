@@ -30,14 +30,6 @@ def _net(cond_entropy=True, lattice_head="equivariant"):
     ).double()
 
 
-def _random_rotation(seed):
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 def test_edges_fully_connected_within_crystal():
     e = fully_connected_edges(torch.tensor([2, 3, 1]))
     assert e.shape[1] == 2 * 1 + 3 * 2 + 0
@@ -48,14 +40,21 @@ def test_edges_fully_connected_within_crystal():
 
 @pytest.mark.parametrize("head", ["equivariant", "invariant"])
 def test_rotation_invariance_and_lattice_equivariance(head):
+    """With the core's assert_equivariant and e3nn's Haar-random rotations (several draws)."""
+    o3 = pytest.importorskip("e3nn.o3")
+    from flowsci.testing import assert_equivariant
+
     net = _net(lattice_head=head)
     types, frac, lat, t, n, cond = _random_batch([3, 5, 1])
-    c0, l0, y0 = net(types, frac, lat, t, n, cond)
-    rot = _random_rotation(1)
-    c1, l1, y1 = net(types, frac, lat @ rot.T, t, n, cond)  # rotate every lattice vector
-    torch.testing.assert_close(c1, c0)
-    torch.testing.assert_close(y1, y0)
-    torch.testing.assert_close(l1, l0 @ rot.T if head == "equivariant" else l0)
+    torch.manual_seed(1)
+    for rot in o3.rand_matrix(4).double():
+        rotate = lambda lattice, r=rot: lattice @ r.T  # noqa: E731  rotate every lattice vector
+        same = lambda x: x  # noqa: E731
+        for out, expected in ((0, same), (2, same), (1, rotate if head == "equivariant" else same)):
+            assert_equivariant(
+                lambda lattice, out=out: net(types, frac, lattice, t, n, cond)[out], [lat], [rotate], expected,
+                atol=1e-6,  # e3nn draws the rotations in float32
+            )
 
 
 def test_permutation_equivariance():
