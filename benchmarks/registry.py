@@ -22,6 +22,7 @@ DOMAINS: dict[str, str] = {
     "toy2d": "flowsci.benchmarks.toy2d",
     "proteins": "flowsci.domains.proteins.benchmark",
     "crystals": "flowsci.domains.crystals.benchmark",
+    "crystals_c24": "flowsci.domains.crystals.benchmark:carbon24_spec",
     "crystals_gen": "flowsci.domains.crystals.benchmark_gen",
     "crystals_gen_c24": "flowsci.domains.crystals.benchmark_gen:carbon24_spec",
 }

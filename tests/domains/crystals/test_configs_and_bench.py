@@ -102,3 +102,20 @@ def test_generation_metric_on_data(perov):
     out = generation_metric(perov[:6], perov[:6], coverage=False)
     assert out["struct_valid"] == 1.0 and out["comp_valid"] >= 5 / 6
     assert out["wdist_num_elems"] == 0.0 and out["wdist_density"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_carbon24_csp_benchmark_smoke_run(tmp_path):
+    from flowsci.benchmarks.registry import load_spec
+    from flowsci.benchmarks.runner import run_spec
+
+    torch.set_num_threads(1)
+    s = load_spec("crystals_c24", "smoke")
+    assert s.name == "crystals_c24" and [m.name for m in s.methods] == ["crysbfn", "crysbfn-bayes", "fm-torus"]
+    doc = run_spec(s, "smoke", out=tmp_path, progress=False, plots=False, cache=False)
+    assert all(c["status"] == "ok" for c in doc["cells"]), [c.get("error") for c in doc["cells"]]
+    assert {"match_rate", "rmse", "valid", "lattice_err", "lattice_off"} <= set(doc["cells"][0]["metrics"])
+    dm = s.datamodule()
+    dm.setup("test")
+    assert {site.specie.symbol for st in dm.test_set.structures() for site in st} == {"C"}
+    quick = load_spec("crystals_c24", "quick")
+    assert quick.train_steps == 3000 and quick.num_samples == 500
