@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.list:
         present = set(available_domains())
+        width = max(map(len, DOMAINS))
         for name, module in DOMAINS.items():
-            print(f"{name:<14} {module}{'' if name in present else '  (not installed)'}")
+            print(f"{name:<{width}}  {module}{'' if name in present else '  (not installed)'}")
         return 0
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
     unknown = [d for d in domains or [] if d not in DOMAINS]
