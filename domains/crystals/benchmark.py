@@ -47,6 +47,7 @@ __all__ = [
     "build_crysbfn",
     "build_fm",
     "reference_structures",
+    "bundled_datamodule",
     "sample_csp",
     "csp_metric",
     "REFERENCES",
@@ -228,7 +229,7 @@ def csp_metric(samples: list[Any], reference: list[Any]) -> dict[str, float]:
     return {"match_rate": res["match_rate"], "rmse": res["rmse"], "valid": valid, **lattice_scale_error(samples, gts)}
 
 
-def perov5_datamodule(size: dict[str, Any], dataset: str = "perov_5") -> Any:
+def bundled_datamodule(size: dict[str, Any], dataset: str = "perov_5") -> Any:
     """A bundled dataset (``perov_5`` or ``carbon_24``: train on its validation split, test on its test subset)
     sized by a suite's ``size`` entry.
     """
@@ -341,7 +342,7 @@ def _csp_spec(
     }[dataset]
 
     def datamodule() -> Any:
-        return perov5_datamodule(size, dataset)
+        return bundled_datamodule(size, dataset)
 
     grid = tuple(size["nfe_grid"])
     return BenchmarkSpec(

@@ -171,7 +171,7 @@ def carbon24_spec(suite: str) -> BenchmarkSpec:
 def _generation_spec(
     suite: str, dataset: str, sizes: dict[str, dict[str, Any]], references: tuple[ReferenceRow, ...]
 ) -> BenchmarkSpec:
-    from flowsci.domains.crystals.data import CrystalDataModule
+    from flowsci.domains.crystals.benchmark import bundled_datamodule, reference_structures
 
     if suite not in sizes:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(sizes)}")
@@ -179,18 +179,7 @@ def _generation_spec(
     pretty = {"perov_5": "Perov-5", "carbon_24": "Carbon-24"}[dataset]
 
     def datamodule() -> Any:
-        return CrystalDataModule(
-            train=f"{dataset}_val",
-            val=None,
-            test=f"{dataset}_test_subset",
-            batch_size=size["batch_size"],
-            max_train=size["max_train"],
-            max_test=size["num_samples"],
-        )
-
-    def reference(dm: Any, num: int, seed: int) -> list[Any]:
-        dm.setup("test")
-        return dm.test_set.structures()[:num]
+        return bundled_datamodule(size, dataset)
 
     up = {
         "struct_valid": True,
@@ -210,7 +199,7 @@ def _generation_spec(
             "(CDVAE metrics; COV cutoffs 0.2 / 4)."
         ),
         datamodule=datamodule,
-        reference_data=reference,
+        reference_data=reference_structures,
         methods=[
             Method(
                 "crysbfn-gen",
