@@ -2,7 +2,8 @@
 
 All methods share the tiny IPA trunk (:meth:`IPAFrameNet.tiny`, 0.19 M parameters), the bundled 177 real
 chains
-(48-residue random crops; a seeded 10 % chain split is held out), AdamW, gradient clipping and the training
+(48-residue random crops that keep their chain residue indices, so the 60–100-residue samples stay inside the
+index range seen in training; a seeded 10 % chain split is held out), AdamW, gradient clipping and the training
 budget; they differ only in what the issue compares:
 
 - ``qflow``: quaternion SLERP-exp path, Euler sampling with the "exp" rotation schedule (rate 10);
@@ -15,15 +16,20 @@ budget; they differ only in what the issue compares:
   (sampling still starts from the uniform prior: the released code's train/test mismatch);
 - ``frameflow-path`` (baseline): FrameFlow's matrix exp/log rotation path and targets, same everything else;
 - ``reqflow``: ``qflow`` + one rectification: (noise, sample) pairs from ``qflow`` at ``reflow_nfe`` Euler
-  steps (coil ≤ 0.9 filter), then fine-tuning from the ``qflow`` weights on the stored pairs. ``reflow_nfe``
-  is the teacher's best measured NFE at the suite's training budget (pairs from a worse teacher setting copy
-  its defects; see the README).
+  steps (coil ≤ 0.9 filter; none in ``smoke``), then fine-tuning from the ``qflow`` weights on the stored pairs
+  at lr 1e-4 (the paper's). ``reflow_nfe`` is the teacher's best measured NFE at the suite's training budget
+  (pairs from a worse teacher setting copy its defects; see the README).
 
 Each cell samples ``num_samples`` backbones with lengths cycling over 60/80/100 and scores them offline: CA–CA
 validity, clashes, bond angles, DSSP fractions, Rg, pairwise-TM diversity per length, novelty (max TM to 40
 training chains), and CA bend/dihedral W1 against the held-out chains. Designability (ProteinMPNN + ESMFold)
 is
 not measured. The float32 stability of the two rotation paths near π is :func:`path_stability`.
+
+Diagnostics behind the README's extra tables (each a function here and a subcommand of
+``python -m flowsci.domains.proteins.benchmark``): :func:`sampling_sweep` (NFE × prior seed × sampler),
+:func:`denoiser_vs_t` (teacher-forced x̂1 on held-out chains), :func:`training_curve` (one run scored at several
+step counts), and :func:`pretrain` (the shipped ``ReQFlow.pretrained()`` weights).
 """
 
 from __future__ import annotations
@@ -39,7 +45,21 @@ import torch
 
 from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric, SampleRequest
 
-__all__ = ["spec", "path_stability", "sample_lengths", "LENGTHS", "time_per_backbone", "teacher_best_nfe"]
+__all__ = [
+    "spec",
+    "path_stability",
+    "sample_lengths",
+    "LENGTHS",
+    "time_per_backbone",
+    "teacher_best_nfe",
+    "datamodule",
+    "build_model",
+    "sampling_sweep",
+    "denoiser_vs_t",
+    "training_curve",
+    "pretrain",
+    "real_reference",
+]
 
 LENGTHS: tuple[int, ...] = (60, 80, 100)
 
@@ -51,6 +71,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_pairs": 6,
         "reflow_nfe": 4,
         "reflow_steps": 5,
+        "reflow_lr": 1e-4,
+        "reflow_max_coil": None,  # a 20-step model makes coil only: no filter, the smoke suite tests plumbing
         "reqflow_max_nfe": 4,
         "igso3": True,
     },
@@ -61,6 +83,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_pairs": 48,
         "reflow_nfe": (10, 20, 50),
         "reflow_steps": 300,
+        "reflow_lr": 1e-4,
+        "reflow_max_coil": 0.9,
         "reqflow_max_nfe": 50,
         "igso3": False,
     },
@@ -71,6 +95,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_pairs": 1024,
         "reflow_nfe": (10, 20, 50, 100),
         "reflow_steps": 5000,
+        "reflow_lr": 1e-4,
+        "reflow_max_coil": 0.9,
         "reqflow_max_nfe": 500,
         "igso3": True,
     },
@@ -83,6 +109,23 @@ _NOVELTY_REFS = 40
 def sample_lengths(num: int) -> list[int]:
     """Lengths of a cell's samples: 60, 80, 100, 60, ... (``num`` of them)."""
     return [LENGTHS[i % len(LENGTHS)] for i in range(num)]
+
+
+def datamodule(res_idx_from: str = "chain") -> Any:
+    """The suite's data: 48-residue random crops of the bundled chains (seeded 10 % chain split held out).
+
+    Args:
+        res_idx_from: Residue indices of the crops: ``"chain"`` (their positions in the chain; the suite's) or
+            ``"crop"`` (0..47; the default before spec version 3).
+    """
+    from flowsci.domains.proteins.data import ProteinDataModule
+
+    return ProteinDataModule(crop_length=48, batch_size=8, max_coil=None, seed=0, res_idx_from=res_idx_from)
+
+
+def build_model(**kwargs: Any) -> Any:
+    """The suite's untrained QFlow (tiny trunk, AdamW); keywords as :func:`_build` (rot_path, rot_schedule, lr, ...)."""
+    return _build(**kwargs)
 
 
 def _build(
@@ -160,10 +203,19 @@ def teacher_best_nfe(
 
 
 def _fit_reqflow(
-    model: Any, dm: Any, steps: int, pairs: int, nfe: int | Sequence[int], reflow_steps: int
+    model: Any,
+    dm: Any,
+    steps: int,
+    pairs: int,
+    nfe: int | Sequence[int],
+    reflow_steps: int,
+    reflow_lr: float = 1e-4,
+    max_coil: float | None = 0.9,
 ) -> None:
     """Train (or reuse) ``qflow``, make ``pairs`` reflow pairs at ``nfe`` (a sequence: the teacher's best of
-    those, :func:`teacher_best_nfe`), then fine-tune for ``reflow_steps``.
+    those, :func:`teacher_best_nfe`), then fine-tune for ``reflow_steps`` with a fresh AdamW at ``reflow_lr``
+    (the paper's 1e-4; the base training's 5e-4 wrecks the tiny student: README). Pairs whose sample has a
+    DSSP coil fraction above ``max_coil`` are dropped (None: keep all).
     """
     from flowsci.domains.proteins.flow import make_reflow_pairs
     from flowsci.reflow import ReflowDataModule
@@ -175,9 +227,10 @@ def _fit_reqflow(
         nfe, probe = teacher_best_nfe(model, nfe)
         _log.info("reqflow: teacher CA-CA validity by NFE %s -> pairs at NFE %d", probe, nfe)
     coupling = make_reflow_pairs(
-        model, sample_lengths(pairs), steps=nfe, batch_size=12, seed=1234, max_coil=0.9
+        model, sample_lengths(pairs), steps=nfe, batch_size=12, seed=1234, max_coil=max_coil
     )
     model.train()
+    model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=reflow_lr)
     _trainer(reflow_steps).fit(model, datamodule=ReflowDataModule(coupling, batch_size=8))
     model.reflow_meta = {**coupling.meta, "teacher_probe": probe}
 
@@ -264,11 +317,14 @@ def _pair_nfe_text(nfe: int | Sequence[int]) -> str:
 
 def spec(suite: str = "quick") -> BenchmarkSpec:
     """The proteins benchmark sized for ``suite`` (``smoke``, ``quick`` or ``full``)."""
-    from flowsci.domains.proteins.data import ProteinDataModule
-
     sz = _SIZES[suite]
     reflow_fit = functools.partial(
-        _fit_reqflow, pairs=sz["reflow_pairs"], nfe=sz["reflow_nfe"], reflow_steps=sz["reflow_steps"]
+        _fit_reqflow,
+        pairs=sz["reflow_pairs"],
+        nfe=sz["reflow_nfe"],
+        reflow_steps=sz["reflow_steps"],
+        reflow_lr=sz["reflow_lr"],
+        max_coil=sz["reflow_max_coil"],
     )
     full_grid = tuple(sz["nfe_grid"])
     ends = (full_grid[0], full_grid[-1])  # sampler ablations: fewest and most steps only
@@ -299,7 +355,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             fit=reflow_fit,
             nfe_grid=tuple(n for n in full_grid if n <= sz["reqflow_max_nfe"]),
             description=f"qflow + 1 reflow ({sz['reflow_pairs']} pairs at {_pair_nfe_text(sz['reflow_nfe'])}, "
-            f"{sz['reflow_steps']} fine-tune steps)",
+            f"{sz['reflow_steps']} fine-tune steps at lr {sz['reflow_lr']:g})",
         ),
     ]
     if sz["igso3"]:
@@ -320,7 +376,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
     )
     return BenchmarkSpec(
         name="proteins",
-        datamodule=lambda: ProteinDataModule(crop_length=48, batch_size=8, max_coil=None, seed=0),
+        datamodule=datamodule,
         reference_data=_reference,
         methods=methods,
         metrics=[
@@ -356,7 +412,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
         packages=("gemmi", "tmtools", "pydssp"),
         nfe_counter="net",
-        version="2",
+        version="4",
         warmup_samples=1,
     )
 
@@ -407,3 +463,347 @@ def time_per_backbone(
         model.sample(lengths=[length] * num, steps=steps, seed=r, progress=False)
         best = min(best, (time.perf_counter() - t0) / num)
     return best
+
+
+# --------------------------------------------------------------------------- diagnostics (README's extra tables)
+
+_SWEEP_KEYS = (
+    "ca_ca_valid",
+    "ca_ca_mean",
+    "clash_free",
+    "clash_fraction",
+    "num_ca_ca_clashes",
+    "helix",
+    "strand",
+    "coil",
+    "rg_ratio_median",
+)
+
+
+def sampling_sweep(
+    model: Any,
+    nfes: Sequence[int] = (10, 20, 50, 100),
+    seeds: Sequence[int] = (0,),
+    num: int = 12,
+    final_steps: Sequence[str] = ("euler",),
+    rot_schedules: Sequence[str] = ("exp",),
+) -> list[dict[str, Any]]:
+    """Sample quality of one trained model over NFE × prior seed × sampler (the README's seed / sampler tables).
+
+    Each cell samples ``num`` backbones (lengths :func:`sample_lengths`) and scores them with
+    :func:`~flowsci.domains.proteins.metrics.evaluate` (no TM-based metrics, so it is fast).
+
+    Args:
+        model: A trained :class:`~flowsci.domains.proteins.flow.ReQFlow`.
+        nfes: Network evaluations per sample.
+        seeds: Prior seeds (one cell each).
+        num: Backbones per cell.
+        final_steps: ``"euler"`` and/or ``"x1"`` (the paper's sampler).
+        rot_schedules: ``"exp"`` and/or ``"linear"``.
+
+    Returns:
+        One row per cell: ``nfe, seed, final_step, rot_schedule, seconds`` and the per-chain means of
+        ``ca_ca_valid`` (±0.1 Å), ``ca_ca_mean`` (Å), ``clash_free``, ``clash_fraction``, ``num_ca_ca_clashes``
+        (pairs < 1 Å per chain), ``helix``, ``strand``, ``coil`` and the median ``rg_ratio_median``.
+    """
+    import time
+
+    from flowsci.domains.proteins.metrics import evaluate
+
+    model.eval()
+    rows = []
+    for final in final_steps:
+        for sched in rot_schedules:
+            for nfe in nfes:
+                for seed in seeds:
+                    t0 = time.perf_counter()
+                    sol = model.sample(
+                        lengths=sample_lengths(num),
+                        steps=int(nfe),
+                        seed=int(seed),
+                        final_step=final,
+                        rot_schedule=sched,
+                        progress=False,
+                    )
+                    dt = time.perf_counter() - t0
+                    s = evaluate(list(sol), diversity_per_length=False).summary
+                    row = {"nfe": int(nfe), "seed": int(seed), "final_step": final, "rot_schedule": sched}
+                    row.update({k: float(s[k]) for k in _SWEEP_KEYS})
+                    row["seconds"] = dt
+                    rows.append(row)
+    return rows
+
+
+def denoiser_vs_t(
+    model: Any,
+    backbones: Sequence[Any],
+    times: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0),
+    crop_length: int | None = 100,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Teacher-forced clean-frame prediction on real chains at fixed t (the README's denoiser-vs-t line).
+
+    For each t the chains are noised on the training path, x_t = interpolate(x0, x1, t) with a seeded prior
+    draw, and the network predicts x̂1 twice (the second call self-conditioned on the first, as in sampling).
+
+    Args:
+        model: A :class:`~flowsci.domains.proteins.flow.ReQFlow`.
+        backbones: Real chains (e.g. ``ProteinDataModule.val_backbones``).
+        times: Times to probe.
+        crop_length: Chains are cut to their first ``crop_length`` residues (None: whole chains).
+        seed: Seed of the prior draw.
+
+    Returns:
+        Rows ``{t, pred_ca_ca_mean, x_t_ca_ca_mean, data_ca_ca_mean, ca_error}`` with CA–CA means over
+        consecutive residues of x̂1, x_t and the data (Å) and the mean CA displacement |x̂1 − x1| (Å, no
+        superposition: the frames share the data's coordinate system).
+    """
+    from flowsci.domains.proteins.data import BackboneDataset, collate_backbones
+    from flowsci.domains.proteins.flow import ANG_PER_NM
+
+    model.eval()
+    chains = [b if crop_length is None or len(b) <= crop_length else _head(b, crop_length) for b in backbones]
+    ds = BackboneDataset(chains, crop_length=None)
+    batch = collate_backbones([ds[i] for i in range(len(ds))])
+    dtype = next(model.parameters()).dtype
+    batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.items()}
+    x1, cond, mask = model.unpack_batch(batch)
+    x0 = model.sample_prior(x1, cond, torch.Generator().manual_seed(seed))
+    mb = mask.bool()
+    bond = (mb[:, 1:] & mb[:, :-1])
+
+    def ca_ca(x: torch.Tensor) -> float:
+        ca = x[..., :3] * ANG_PER_NM
+        return float((ca[:, 1:] - ca[:, :-1]).norm(dim=-1)[bond].mean())
+
+    rows = []
+    with torch.no_grad():
+        for t in times:
+            tt = torch.full((x1.shape[0],), float(t), dtype=x1.dtype)
+            xt = torch.where(mb[..., None], model._interpolate(x0, x1, tt), x1)
+            sc = model._predict(xt, tt, mask.to(x1.dtype), cond["res_idx"], None)[..., :3]
+            pred = model._predict(xt, tt, mask.to(x1.dtype), cond["res_idx"], sc)
+            err = ((pred[..., :3] - x1[..., :3]) * ANG_PER_NM).norm(dim=-1)[mb].mean()
+            rows.append(
+                {
+                    "t": float(t),
+                    "pred_ca_ca_mean": ca_ca(pred),
+                    "x_t_ca_ca_mean": ca_ca(xt),
+                    "data_ca_ca_mean": ca_ca(x1),
+                    "ca_error": float(err),
+                }
+            )
+    return rows
+
+
+def real_reference(num: int = 12) -> dict[str, float]:
+    """The suite's metrics on real chains: the first ``num`` held-out chains of ≥ 100 residues, cut to the
+    sample lengths 60/80/100 (the README's "real held-out chains" row).
+    """
+    dm = datamodule()
+    dm.setup("fit")
+    ref = _reference(dm, num, 0)
+    val = [b for b in dm.val_backbones if len(b) >= max(LENGTHS)][:num]
+    cut = [_head(b, n) for b, n in zip(val, sample_lengths(len(val)), strict=True)]
+    return {"num": float(len(cut)), **_geometry(cut, ref), **_set_level(cut, ref)}
+
+
+def _head(bb: Any, n: int) -> Any:
+    from flowsci.domains.proteins.data import Backbone
+
+    return Backbone(bb.coords[:n], bb.seq[:n], bb.chain, bb.res_ids[:n], name=bb.name, meta=dict(bb.meta))
+
+
+def training_curve(
+    checkpoints: Sequence[int] = (800, 1200, 1600, 2000),
+    nfes: Sequence[int] = (10, 100),
+    num: int = 12,
+    seed: int = 0,
+    final_steps: Sequence[str] = ("euler",),
+    sample_seeds: Sequence[int] = (0,),
+    res_idx_from: str = "chain",
+) -> list[dict[str, Any]]:
+    """Train one quick-suite QFlow (:func:`build_model`, :func:`datamodule`) and score it at several step counts.
+
+    The weights are snapshotted after each step count in ``checkpoints`` during a single run of
+    ``max(checkpoints)`` steps, then each snapshot is scored with :func:`sampling_sweep`.
+
+    Args:
+        checkpoints: Optimizer steps at which to snapshot.
+        nfes: NFE of the scored cells.
+        num: Backbones per cell.
+        seed: ``pl.seed_everything`` seed of the training run.
+        final_steps: Samplers to score.
+        sample_seeds: Prior seeds of the scored cells.
+        res_idx_from: Residue indices of the training crops (``"chain"``, the suite's, or ``"crop"``: the
+            previous default, for the ablation in the README).
+
+    Returns:
+        :func:`sampling_sweep` rows with an added ``train_steps``.
+    """
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed)
+    wanted = sorted({int(c) for c in checkpoints})
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+
+    class _Snap(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            if trainer.global_step in wanted:
+                snaps[trainer.global_step] = copy.deepcopy(pl_module.state_dict())
+
+    model = build_model()
+    trainer = _trainer(wanted[-1])
+    trainer.callbacks.append(_Snap())
+    trainer.fit(model, datamodule=datamodule(res_idx_from))
+    rows = []
+    for step in wanted:
+        model.load_state_dict(snaps[step])
+        for row in sampling_sweep(model, nfes, sample_seeds, num, final_steps):
+            rows.append({"train_steps": step, **row})
+    return rows
+
+
+def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out: str | None = None) -> dict[str, Any]:
+    """Train the suite's ReQFlow (QFlow ``steps`` + one reflow, as the ``reqflow`` method) and save it small.
+
+    Seeds as the benchmark runner does (``seed_everything(0, workers=True)`` before building), trains the
+    ``qflow`` weights, makes the reflow pairs at the teacher's best NFE and fine-tunes, then writes
+    ``{"state_dict", "reqflow", "meta"}`` (readable by :meth:`ReQFlow.from_checkpoint`; float32, < 1 MB).
+
+    Args:
+        out: Output file (``.pt``).
+        steps: QFlow training steps (default: the suite's).
+        suite: Sizes of the reflow stage (``quick``: 48 pairs, 300 fine-tuning steps).
+        qflow_out: Also write the QFlow teacher (before reflow) here, in the same format.
+
+    Returns:
+        The ``meta`` dict written (steps, pair NFE and teacher probe, parameter count, seconds).
+    """
+    import time
+
+    import pytorch_lightning as pl
+
+    sz = _SIZES[suite]
+    steps = int(steps or sz["train_steps"])
+    t0 = time.perf_counter()
+    dm = datamodule()
+    pl.seed_everything(0, workers=True, verbose=False)  # as the runner: the qflow method first ...
+    teacher = build_model()
+    _fit_qflow(teacher, dm, steps)
+    if qflow_out:
+        _save_small(teacher.eval(), qflow_out, {"qflow_steps": steps, "reflow": None})
+    pl.seed_everything(0, workers=True, verbose=False)  # ... then reqflow from the qflow weights
+    model = build_model()
+    _fit_reqflow(
+        model,
+        dm,
+        steps,
+        sz["reflow_pairs"],
+        sz["reflow_nfe"],
+        sz["reflow_steps"],
+        sz["reflow_lr"],
+        sz["reflow_max_coil"],
+    )
+    model.eval()
+    meta = {
+        "qflow_steps": steps,
+        "suite": suite,
+        "reflow": {k: v for k, v in model.reflow_meta.items() if k != "teacher"},
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "seconds": time.perf_counter() - t0,
+        "command": f"python -m flowsci.domains.proteins.benchmark pretrain --out {out} --steps {steps}"
+        + (f" --qflow-out {qflow_out}" if qflow_out else ""),
+    }
+    _save_small(model, out, meta)
+    return meta
+
+
+def _save_small(model: Any, out: str, meta: dict[str, Any]) -> None:
+    """Weights + network config + flow options, readable by ``ReQFlow.from_checkpoint`` (atomic write)."""
+    from flowsci.io import atomic_write
+
+    blob = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "reqflow": {
+            "net_class": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+            "net_kwargs": model.net.config,
+            "options": model.options(),
+        },
+        "meta": meta,
+    }
+    atomic_write(out, lambda tmp: torch.save(blob, tmp))
+
+
+def _rows_markdown(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m flowsci.domains.proteins.benchmark {sweep,denoiser,curve,pretrain,real} ...``: diagnostics.
+
+    ``sweep --ckpt C [--nfe 10,100] [--seeds 0,1,2] [--final-steps euler,x1]``: :func:`sampling_sweep`;
+    ``denoiser --ckpt C [--times ...]``: :func:`denoiser_vs_t` on the 18 held-out chains of the quick suite;
+    ``curve [--checkpoints 800,1200,1600,2000] [--nfe 10,100] [--seeds 0] [--train-seed 0] [--res-idx chain]``:
+    :func:`training_curve`;
+    ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`.
+    Prints a Markdown table (pretrain: its metadata); ``--json PATH`` also writes the rows. Runs on one thread.
+    """
+    import argparse
+    import json
+
+    def ints(s: str) -> list[int]:
+        return [int(v) for v in s.split(",")]
+
+    p = argparse.ArgumentParser(prog="python -m flowsci.domains.proteins.benchmark")
+    p.add_argument("what", choices=("sweep", "denoiser", "curve", "pretrain", "real"))
+    p.add_argument("--out", help="pretrain: output .pt file")
+    p.add_argument("--qflow-out", help="pretrain: also write the QFlow teacher here")
+    p.add_argument("--steps", type=int, help="pretrain: QFlow training steps (default: the quick suite's)")
+    p.add_argument("--ckpt", help="ReQFlow checkpoint (sweep, denoiser)")
+    p.add_argument("--nfe", type=ints, default=[10, 100])
+    p.add_argument("--seeds", type=ints, default=[0])
+    p.add_argument("--num", type=int, default=12)
+    p.add_argument("--final-steps", default="euler")
+    p.add_argument("--times", default="0.1,0.3,0.5,0.7,0.9,0.99,1.0")
+    p.add_argument("--checkpoints", type=ints, default=[800, 1200, 1600, 2000])
+    p.add_argument("--train-seed", type=int, default=0, help="curve: seed of the training run")
+    p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    finals = a.final_steps.split(",")
+    if a.what == "pretrain":
+        if not a.out:
+            p.error("pretrain needs --out")
+        print(json.dumps(pretrain(a.out, a.steps, qflow_out=a.qflow_out), indent=1))
+        return
+    if a.what == "real":
+        rows = [real_reference(a.num)]
+    elif a.what == "curve":
+        rows = training_curve(a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx)
+    else:
+        if not a.ckpt:
+            p.error(f"{a.what} needs --ckpt")
+        from flowsci.domains.proteins.flow import ReQFlow
+
+        model = ReQFlow.from_checkpoint(a.ckpt)
+        if a.what == "sweep":
+            rows = sampling_sweep(model, a.nfe, a.seeds, a.num, finals)
+        else:
+            dm = datamodule()
+            dm.setup("fit")
+            rows = denoiser_vs_t(model, dm.val_backbones, [float(v) for v in a.times.split(",")])
+    print(_rows_markdown(rows))
+    if a.json:
+        from flowsci.io import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -513,11 +513,29 @@ class BackboneDataset(Dataset):
     """Backbones as frame dictionaries, with optional random crops.
 
     Each item: ``trans [L, 3]`` (Å, CA centroid removed), ``rotmats [L, 3, 3]``, ``quats [L, 4]``,
-    ``res_idx [L]`` (0-based positions in the crop), ``length``.
+    ``res_idx [L]``, ``length``.
+
+    Args:
+        backbones: The chains.
+        crop_length: Random contiguous crops of this many residues (None: whole chains).
+        seed: Seed of the crops.
+        res_idx_from: ``"chain"`` (default): the crop's positions in its full chain (crop start + 0..L−1), so a
+            model trained on short crops has seen the residue indices of longer samples (FrameFlow feeds chain
+            residue indices); ``"crop"``: 0..L−1 within the crop (the network then never sees indices ≥ the
+            crop length in training, and samples longer than the crop degrade; README).
     """
 
-    def __init__(self, backbones: Sequence[Backbone], crop_length: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        backbones: Sequence[Backbone],
+        crop_length: int | None = None,
+        seed: int = 0,
+        res_idx_from: str = "chain",
+    ) -> None:
+        if res_idx_from not in ("crop", "chain"):
+            raise ValueError(f"res_idx_from must be 'crop' or 'chain', got {res_idx_from!r}")
         self.backbones = list(backbones)
+        self.res_idx_from = res_idx_from
         self.crop_length = crop_length
         self.seed = seed
         self._draws = 0
@@ -531,12 +549,14 @@ class BackboneDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         bb = self.backbones[i]
+        start = 0
         if self.crop_length is not None:
             # a fresh, reproducible crop per draw; DataLoader workers get a new seed every epoch
             info = torch.utils.data.get_worker_info()
             self._draws += 1
             rng = np.random.default_rng([self.seed, i, self._draws, 0 if info is None else info.seed % 2**63])
             bb = crop_backbone(bb, self.crop_length, rng)
+            start = int(bb.meta.get("crop_start", 0)) if self.res_idx_from == "chain" else 0
         x = torch.from_numpy(bb.coords).double()
         rot, ca = frames_from_backbone(x[:, 0], x[:, 1], x[:, 2])
         ca = ca - ca.mean(0, keepdim=True)
@@ -544,7 +564,7 @@ class BackboneDataset(Dataset):
             "trans": ca.float(),
             "rotmats": rot.float(),
             "quats": matrix_to_quaternion(rot).float(),
-            "res_idx": torch.arange(len(bb)),
+            "res_idx": torch.arange(len(bb)) + start,
             "length": torch.tensor(len(bb)),
         }
 
@@ -658,6 +678,8 @@ class ProteinDataModule(pl.LightningDataModule):
         val_fraction: Fraction of chains held out for validation.
         seed: Seed of the split, crops and batch order.
         num_workers: DataLoader workers.
+        res_idx_from: Residue indices of crops: ``"chain"`` (positions in the full chain, default) or ``"crop"``
+            (0..L−1); see :class:`BackboneDataset`.
     """
 
     def __init__(
@@ -674,6 +696,7 @@ class ProteinDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        res_idx_from: str = "chain",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -739,7 +762,12 @@ class ProteinDataModule(pl.LightningDataModule):
         self.train_backbones = [chains[i] for i in sorted(perm[n_val:])]
 
     def _loader(self, bbs: list[Backbone], train: bool) -> DataLoader:
-        ds = BackboneDataset(bbs, self.hparams.crop_length, seed=self.hparams.seed + (0 if train else 1))
+        ds = BackboneDataset(
+            bbs,
+            self.hparams.crop_length,
+            seed=self.hparams.seed + (0 if train else 1),
+            res_idx_from=self.hparams.get("res_idx_from", "chain"),
+        )
         sampler = LengthBatchSampler(
             [ds.item_length(i) for i in range(len(ds))],
             self.hparams.batch_size,

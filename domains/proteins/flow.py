@@ -225,6 +225,12 @@ class ReQFlow(FlowMatching):
             last network call at t = 1 whose prediction is the sample. The effect of that call depends on the
             checkpoint (README: better CA–CA validity after 1600–2000 steps, much worse at NFE 10 after 2500),
             so the default stays the plain Euler sampler.
+        dist_cutoff: If set (Å), the pairwise-distance loss only counts atom pairs whose true distance is below
+            it (FrameDiff's proximity mask, 6 Å); None: all pairs (ReQFlow/FrameFlow).
+        clash_weight: Weight of a steric-clash penalty on the predicted CA trace (:meth:`_clash_loss`), added to
+            the auxiliary losses for t > ``clash_t``; 0 (default) = the paper's loss. Not part of ReQFlow.
+        clash_dist: Clash distance of that penalty (Å) for CA pairs with |i − j| ≥ 3.
+        clash_t: The clash penalty applies when t > ``clash_t`` (None: ``aux_t``).
     """
 
     def __init__(
@@ -251,6 +257,10 @@ class ReQFlow(FlowMatching):
         default_length: int = 100,
         pdb_residue: str = "GLY",
         final_step: str = "euler",
+        dist_cutoff: float | None = None,
+        clash_weight: float = 0.0,
+        clash_dist: float = 3.4,
+        clash_t: float | None = None,
     ) -> None:
         if train_rot_prior not in ("uniform", "igso3"):
             raise ValueError(f"train_rot_prior must be 'uniform' or 'igso3', got {train_rot_prior!r}")
@@ -287,6 +297,8 @@ class ReQFlow(FlowMatching):
         if final_step not in FINAL_STEPS:
             raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
         self.final_step = final_step
+        self.dist_cutoff = dist_cutoff
+        self.clash_weight, self.clash_dist, self.clash_t = clash_weight, clash_dist, clash_t
         if pdb_residue not in ("GLY", "ALA"):
             raise ValueError(f"pdb_residue must be 'GLY' or 'ALA', got {pdb_residue!r}")
         self.pdb_residue = pdb_residue
@@ -402,6 +414,7 @@ class ReQFlow(FlowMatching):
         n3 = 3 * mask_f.sum(-1).clamp_min(1)
         m3 = mask_f[..., None]
         trans_l = (((x1[..., :3] - pred[..., :3]) / s) ** 2 * m3).sum((-1, -2)) / n3
+        trans_clamped = trans_l > self.loss_clamp
         trans_l = self.trans_weight * trans_l.clamp(max=self.loss_clamp)
         w_t = self._rot_log(x_t[..., 3:], x1[..., 3:])
         w_hat = self._rot_log(x_t[..., 3:], pred[..., 3:])
@@ -410,13 +423,15 @@ class ReQFlow(FlowMatching):
         atoms_gt = self._atoms(x1)[..., :3, :] / s[..., None]  # [B, L, 3, 3] nm, N/CA/C
         atoms_pr = self._atoms(pred)[..., :3, :] / s[..., None]
         bb_l = (((atoms_gt - atoms_pr) ** 2).sum(-1) * m3).sum((-1, -2)) / n3
-        flat_gt = atoms_gt.reshape(b, -1, 3)
-        flat_pr = atoms_pr.reshape(b, -1, 3)
-        m_at = mask_f.repeat_interleave(3, dim=-1)
-        pair_m = m_at[:, :, None] * m_at[:, None, :]
-        d_gt, d_pr = torch.cdist(flat_gt, flat_gt), torch.cdist(flat_pr, flat_pr)
-        dist_l = (((d_gt - d_pr) ** 2) * pair_m).sum((-1, -2)) / (pair_m.sum((-1, -2)) + 1)
-        aux_l = self.aux_weight * ((bb_l + dist_l) * (t > self.aux_t).to(x1.dtype)).clamp(max=self.loss_clamp)
+        dist_l = self._pair_distance_loss(
+            atoms_gt.reshape(b, -1, 3), atoms_pr.reshape(b, -1, 3), mask_f.repeat_interleave(3, dim=-1), s
+        )
+        aux_raw = self.aux_weight * (bb_l + dist_l) * (t > self.aux_t).to(x1.dtype)
+        aux_l = aux_raw.clamp(max=self.loss_clamp)
+        if self.clash_weight > 0:  # clamped on its own, so a clash does not switch off the other terms
+            clash_t = self.aux_t if self.clash_t is None else self.clash_t
+            clash_l = self.clash_weight * self._clash_loss(pred[..., :3], mask_f, s) * (t > clash_t).to(x1.dtype)
+            aux_l = aux_l + clash_l.clamp(max=self.loss_clamp)
         total = trans_l + rot_l + aux_l
         loss = total.mean()
         logs = {
@@ -424,8 +439,43 @@ class ReQFlow(FlowMatching):
             "trans_loss": trans_l.mean().detach(),
             "rot_loss": rot_l.mean().detach(),
             "aux_loss": aux_l.mean().detach(),
+            "aux_clamped": (aux_raw > self.loss_clamp).to(x1.dtype).mean().detach(),
+            "trans_clamped": trans_clamped.to(x1.dtype).mean().detach(),
         }
         return loss, logs
+
+    def _pair_distance_loss(self, gt: Tensor, pr: Tensor, mask: Tensor, s: Tensor) -> Tensor:
+        """Pairwise-distance loss ``[B]`` of atoms ``gt, pr [B, A, 3]`` already scaled by 1/s(t) (nm).
+
+        Σ_ab m_ab (D_ab − D̂_ab)² / (Σ_ab m_ab + 1) with m_ab = mask_a · mask_b (all pairs, ReQFlow) times,
+        with ``dist_cutoff``, 1[s(t) · D_ab < cutoff] (pairs closer than the cutoff in the true structure).
+
+        Args:
+            gt: True atoms ``[B, A, 3]`` divided by s(t).
+            pr: Predicted atoms ``[B, A, 3]`` divided by s(t).
+            mask: Atom mask ``[B, A]``.
+            s: s(t) ``[B, 1, 1]``.
+        """
+        pair_m = mask[:, :, None] * mask[:, None, :]
+        d_gt, d_pr = torch.cdist(gt, gt), torch.cdist(pr, pr)
+        if self.dist_cutoff is not None:  # FrameDiff's proximity mask on the unscaled true distances
+            pair_m = pair_m * (d_gt * s < self.dist_cutoff / ANG_PER_NM).to(pair_m.dtype)
+        return (((d_gt - d_pr) ** 2) * pair_m).sum((-1, -2)) / (pair_m.sum((-1, -2)) + 1)
+
+    def _clash_loss(self, ca: Tensor, mask: Tensor, s: Tensor) -> Tensor:
+        """Steric-clash penalty ``[B]`` on predicted CA positions ``ca [B, L, 3]`` (nm).
+
+        (1/N) Σ_{i<j, j−i≥3} (max(0, c − |x̂_i − x̂_j|) / s(t))², with c = ``clash_dist`` Å (in nm), N the number
+        of residues and the same 1/s(t) scaling as the other auxiliary losses. It is zero on every real chain
+        when c is below the smallest non-adjacent CA–CA distance of real proteins (3.45 Å in the bundled data).
+        """
+        n = ca.shape[1]
+        d = torch.cdist(ca, ca)
+        idx = torch.arange(n, device=ca.device)
+        far = (idx[None, :] - idx[:, None]) >= 3  # i < j, |i - j| >= 3
+        pm = mask[:, :, None] * mask[:, None, :] * far.to(ca.dtype)
+        viol = ((self.clash_dist / ANG_PER_NM - d).clamp_min(0) / s) ** 2
+        return (viol * pm).sum((-1, -2)) / mask.sum(-1).clamp_min(1)
 
     @staticmethod
     def _atoms(x: Tensor) -> Tensor:
@@ -624,8 +674,32 @@ class ReQFlow(FlowMatching):
             "default_length",
             "pdb_residue",
             "final_step",
+            "dist_cutoff",
+            "clash_weight",
+            "clash_dist",
+            "clash_t",
         )
         return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def pretrained(cls, name: str = "reqflow_tiny") -> ReQFlow:
+        """A small trained model shipped in ``sample_data`` (samples offline, no training needed).
+
+        ``"reqflow_tiny"``: the quick suite's ReQFlow (tiny trunk, 1600 QFlow steps + one reflow on the 159
+        bundled training chains), written by ``python -m flowsci.domains.proteins.benchmark pretrain``; its
+        sample quality is the README's ``reqflow`` rows (not protein-like: see there).
+
+        Raises:
+            FileNotFoundError: no such shipped model.
+        """
+        path = Path(__file__).parent / "sample_data" / f"{name}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no shipped model {name!r} ({path}); write it with "
+                "`python -m flowsci.domains.proteins.benchmark pretrain --out <path>` and load it with "
+                "ReQFlow.from_checkpoint(<path>)"
+            )
+        return cls.from_checkpoint(path)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ReQFlow:

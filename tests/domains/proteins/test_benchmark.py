@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,75 @@ def test_teacher_best_nfe_scores_each_candidate_and_breaks_ties_by_fewest_steps(
     expected = evaluate(crops, diversity_per_length=False).summary["ca_ca_valid"]
     assert set(scores) == {2, 3, 4} and best == 2
     assert all(abs(v - expected) < 1e-3 for v in scores.values()) and expected > 0.8
+
+
+class _Identity(torch.nn.Module):
+    """Predicts x1-hat = x_t: exact at t = 1, and x_t's own geometry elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t, mask=None, res_idx=None, x_sc=None):
+        return x_t + 0 * self.w
+
+
+def test_denoiser_vs_t_is_exact_for_an_identity_denoiser_at_t1():
+    from flowsci.domains.proteins.data import bundled_backbones
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    chains = bundled_backbones()[:4]
+    rows = B.denoiser_vs_t(ReQFlow(net=_Identity()), chains, times=(0.5, 1.0), crop_length=50)
+    assert [r["t"] for r in rows] == [0.5, 1.0]
+    real = float(np.mean([np.linalg.norm(np.diff(c.ca[:50], axis=0), axis=-1).mean() for c in chains]))
+    for r in rows:  # the data's CA-CA is measured on the first 50 residues of each chain
+        assert abs(r["data_ca_ca_mean"] - 3.80) < 0.05 and abs(r["data_ca_ca_mean"] - real) < 0.05
+        assert abs(r["pred_ca_ca_mean"] - r["x_t_ca_ca_mean"]) < 1e-4  # identity: x1-hat is x_t
+    assert rows[1]["ca_error"] < 1e-4 and abs(rows[1]["pred_ca_ca_mean"] - rows[1]["data_ca_ca_mean"]) < 1e-4
+    assert rows[0]["ca_error"] > 1.0  # at t = 0.5 half of the 10 A prior remains
+
+
+def test_sampling_sweep_and_training_curve_cli_smoke(capsys, tmp_path):
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    rows = B.sampling_sweep(ReQFlow(net=_Identity()), nfes=(2, 3), seeds=(0, 1), num=3, final_steps=("euler", "x1"))
+    assert len(rows) == 8 and {(r["nfe"], r["seed"], r["final_step"]) for r in rows} == {
+        (n, s, f) for n in (2, 3) for s in (0, 1) for f in ("euler", "x1")
+    }
+    # an identity denoiser never moves the prior: the samples are the 10 A Gaussian cloud, not chains
+    assert all(r["ca_ca_valid"] < 0.1 and r["ca_ca_mean"] > 10.0 for r in rows)
+    out = tmp_path / "curve.json"
+    B.main(["curve", "--checkpoints", "2,3", "--nfe", "2", "--num", "3", "--json", str(out)])
+    import json
+
+    curve = json.loads(out.read_text())
+    assert [r["train_steps"] for r in curve] == [2, 3] and all(r["nfe"] == 2 for r in curve)
+    assert "| train_steps | nfe |" in capsys.readouterr().out
+
+
+def test_pretrain_writes_a_small_checkpoint_that_pretrained_style_loading_reads(tmp_path, monkeypatch):
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    monkeypatch.setitem(
+        B._SIZES,
+        "tiny-test",
+        dict(B._SIZES["smoke"], reflow_nfe=(2, 4), reflow_steps=2),
+    )
+    out = tmp_path / "m.pt"
+    meta = B.pretrain(str(out), suite="tiny-test", qflow_out=str(tmp_path / "q.pt"))
+    assert meta["qflow_steps"] == 20 and meta["reflow"]["steps"] in (2, 4) and meta["parameters"] > 1e5
+    assert set(meta["reflow"]["teacher_probe"]) == {2, 4}
+    assert out.stat().st_size < 2e6
+    model = ReQFlow.from_checkpoint(out)
+    sol = model.sample(lengths=[20, 30], steps=2, seed=0)
+    assert [len(b) for b in sol] == [20, 30] and np.isfinite(sol.x.numpy()).all()
+    teacher = ReQFlow.from_checkpoint(tmp_path / "q.pt")
+    pairs = zip(teacher.state_dict().values(), model.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the reflow fine-tuning changed the weights
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        ReQFlow.pretrained("no-such-model")
+
+
+def test_real_reference_row_scores_real_chains_as_real():
+    r = B.real_reference(num=3)
+    assert r["num"] == 3.0 and r["ca_ca_valid"] > 0.9 and r["clash_free"] == 1.0 and r["peptide_break_rate"] == 0.0

@@ -230,3 +230,27 @@ def test_random_crops_change_per_draw_and_are_reproducible(chains):
     assert all(torch.equal(u, v) for u, v in zip(xa, xb, strict=True))
     assert not all(torch.equal(xa[0], u) for u in xa[1:])
     assert all(u.shape == (20, 3) for u in xa)
+
+
+def test_chain_residue_indices_locate_the_crop_in_its_chain(chains):
+    from flowsci.domains.proteins.data import BackboneDataset
+
+    chain = [b for b in chains if len(b) > 200][0]
+    ca = torch.from_numpy(chain.ca).double()
+    ds = BackboneDataset([chain], crop_length=30, seed=1)  # default: chain residue indices
+    starts = set()
+    for _ in range(6):
+        item = ds[0]
+        idx = item["res_idx"]
+        assert torch.equal(idx, torch.arange(30) + idx[0])
+        starts.add(int(idx[0]))
+        # the indices point at the crop's residues: the chain's CA trace at those positions, centred, is the crop
+        ref = ca[idx] - ca[idx].mean(0)
+        assert torch.allclose(item["trans"].double(), ref, atol=1e-4)
+    assert len(starts) > 1 and max(starts) <= len(chain) - 30
+    crop = BackboneDataset([chain], crop_length=30, seed=1, res_idx_from="crop")[0]["res_idx"]
+    assert torch.equal(crop, torch.arange(30))
+    short = BackboneDataset([chain], crop_length=None, res_idx_from="chain")[0]["res_idx"]
+    assert torch.equal(short, torch.arange(len(chain)))
+    with pytest.raises(ValueError, match="res_idx_from"):
+        BackboneDataset([chain], res_idx_from="pdb")
