@@ -119,3 +119,21 @@ def test_carbon24_csp_benchmark_smoke_run(tmp_path):
     assert {site.specie.symbol for st in dm.test_set.structures() for site in st} == {"C"}
     quick = load_spec("crystals_c24", "quick")
     assert quick.train_steps == 3000 and quick.num_samples == 500
+
+
+def test_cli_fit_then_sample_writes_cifs_for_a_composition(tmp_path, monkeypatch):
+    """README's CLI path: `flowsci fit --config crystals/crysbfn_csp_tiny.yaml`, then `flowsci sample --set`."""
+    from pymatgen.core import Structure
+
+    from flowsci.cli import main
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "crystals/crysbfn_csp_tiny.yaml", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+          "--data.init_args.max_train=64", "--data.init_args.max_val=16"])
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["sample", "--ckpt", str(ckpt), "--num", "3", "--steps", "5", "--set", "composition=SrTiO3", "--out", "cifs"])
+    cifs = sorted((tmp_path / "cifs").glob("*.cif"))
+    assert len(cifs) == 3
+    assert {Structure.from_file(str(p)).composition.reduced_formula for p in cifs} == {"SrTiO3"}
