@@ -31,6 +31,8 @@ __all__ = [
     "apply_rigid",
     "invert_apply_rigid",
     "compose_rigid",
+    "ca_restraint_energy",
+    "relax_ca_trace",
 ]
 
 #: Idealised backbone geometry (Å and degrees), Engh & Huber (1991).
@@ -164,3 +166,41 @@ def backbone_from_frames(rot: Tensor, trans: Tensor, mask: Tensor | None = None)
     else:
         o = o_last
     return torch.stack([n, ca, c, o], dim=-2)
+
+
+def ca_restraint_energy(ca: Tensor, mask: Tensor, bond: float = 0.38, clash: float = 0.38) -> Tensor:
+    """Chain restraint on a CA trace: ``Σ_i (|x_{i+1} − x_i| − bond)² + Σ_{|i−j|≥2, i<j} relu(clash − |x_i − x_j|)²``.
+
+    Args:
+        ca: ``[B, L, 3]`` CA positions (same length unit as ``bond`` / ``clash``; nm by default: 3.8 Å).
+        mask: ``[B, L]`` residue mask.
+        bond: Target distance of consecutive CAs.
+        clash: Non-bonded CAs (sequence separation ≥ 2; real i, i+2 pairs are 5–7 Å apart) closer than this are
+            penalised.
+
+    Returns:
+        ``[B]`` energies.
+    """
+    m = mask.to(ca.dtype)
+    d_bond = (ca[:, 1:] - ca[:, :-1]).norm(dim=-1)
+    e_bond = ((d_bond - bond) ** 2 * m[:, 1:] * m[:, :-1]).sum(-1)
+    idx = torch.arange(ca.shape[1], device=ca.device)
+    far = ((idx[None, :] - idx[:, None]).abs() >= 2).to(ca.dtype)
+    pair = m[:, :, None] * m[:, None, :] * far
+    e_clash = (torch.relu(clash - torch.cdist(ca, ca)) ** 2 * pair).sum((-1, -2)) / 2
+    return e_bond + e_clash
+
+
+def relax_ca_trace(ca: Tensor, mask: Tensor, step: float = 0.2, iters: int = 20) -> Tensor:
+    """``iters`` gradient steps of size ``step`` on :func:`ca_restraint_energy` (nm), a sampling-time conditioner.
+
+    Returns:
+        ``[B, L, 3]`` relaxed positions (detached; padding unchanged).
+    """
+    x = ca.detach()
+    for _ in range(iters):
+        with torch.enable_grad():
+            x = x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(ca_restraint_energy(x, mask).sum(), x)
+        x = (x - step * grad * mask[..., None].to(x.dtype)).detach()
+    return x

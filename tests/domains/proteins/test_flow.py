@@ -388,3 +388,38 @@ def test_shipped_pretrained_model_samples_trained_backbones():
     summary = evaluate(list(s), diversity_per_length=False).summary
     # trained: most consecutive CA-CA within 0.25 A of 3.8 A (an untrained net gives ~0, real chains 1.0)
     assert summary["ca_ca_valid_0.25"] > 0.6 and 3.5 < summary["ca_ca_mean"] < 4.1
+
+
+def test_ca_restraint_energy_closed_form_and_relaxation():
+    from flowsci.domains.proteins.geometry import ca_restraint_energy, relax_ca_trace
+
+    # 4 CAs on a line, bonds 0.38 nm except the last (0.48); residues 0 and 3 are then 1.24 nm apart: no clash
+    ca = torch.tensor([[[0.0, 0, 0], [0.38, 0, 0], [0.76, 0, 0], [1.24, 0, 0]]], dtype=torch.float64)
+    mask = torch.ones(1, 4, dtype=torch.float64)
+    assert float(ca_restraint_energy(ca, mask)) == pytest.approx(0.1**2)
+    # fold residue 3 back onto residue 0 (0.30 nm apart, |i - j| = 3): one clash term (0.38 - 0.30)^2
+    folded = torch.tensor([[[0.0, 0, 0], [0.38, 0, 0], [0.38, 0.38, 0], [0.0, 0.30, 0]]], dtype=torch.float64)
+    bond3 = float((folded[0, 3] - folded[0, 2]).norm())
+    e = (bond3 - 0.38) ** 2 + (0.38 - 0.30) ** 2
+    assert float(ca_restraint_energy(folded, mask)) == pytest.approx(e)
+    half = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)  # padding residue 3 is ignored
+    assert float(ca_restraint_energy(folded, half)) == pytest.approx(0.0, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    chain = torch.randn(2, 30, 3, generator=g, dtype=torch.float64) * 0.5
+    m2 = torch.ones(2, 30, dtype=torch.float64)
+    relaxed = relax_ca_trace(chain, m2, step=0.2, iters=20)
+    assert (ca_restraint_energy(relaxed, m2) < 0.1 * ca_restraint_energy(chain, m2)).all()
+
+
+def test_sampling_restraint_is_off_by_default_and_lowers_the_energy():
+    from flowsci.domains.proteins.geometry import ca_restraint_energy
+
+    torch.manual_seed(0)
+    m = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
+    plain = m.sample(lengths=[16, 24], steps=3, seed=1)
+    zero = m.sample(lengths=[16, 24], steps=3, seed=1, restraint=0.0)
+    assert torch.equal(plain.x, zero.x)
+    held = m.sample(lengths=[16, 24], steps=3, seed=1, restraint=0.2)
+    mask = plain.extras["mask"]
+    assert (ca_restraint_energy(held.x[..., :3], mask) < ca_restraint_energy(plain.x[..., :3], mask)).all()
+    assert held.nfe == plain.nfe and held.extras["restraint"] == 0.2
