@@ -235,13 +235,14 @@ def _fit_reqflow(
     model.reflow_meta = {**coupling.meta, "teacher_probe": probe}
 
 
-def _sample(model: Any, request: SampleRequest) -> Any:
+def _sample(model: Any, request: SampleRequest, restraint: float = 0.0) -> Any:
     return model.sample(
         lengths=sample_lengths(request.num),
         steps=request.steps,
         solver=request.solver,
         seed=request.seed,
         progress=False,
+        restraint=restraint,
     )
 
 
@@ -356,6 +357,15 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             nfe_grid=tuple(n for n in full_grid if n <= sz["reqflow_max_nfe"]),
             description=f"qflow + 1 reflow ({sz['reflow_pairs']} pairs at {_pair_nfe_text(sz['reflow_nfe'])}, "
             f"{sz['reflow_steps']} fine-tune steps at lr {sz['reflow_lr']:g})",
+        ),
+        Method(
+            "reqflow-restraint",
+            build=lambda dm: _build(),
+            weights_of="reqflow",
+            nfe_grid=(min(full_grid),),
+            sample=functools.partial(_sample, restraint=0.2),
+            description="reqflow weights + the sampling-time CA restraint (0.2 x 20 steps; a conditioner, it "
+            "enforces the CA geometry the metrics score)",
         ),
     ]
     if sz["igso3"]:

@@ -22,7 +22,8 @@ def test_spec_for_every_suite():
         assert isinstance(s, BenchmarkSpec) and s.name == "proteins"
         names = [m.name for m in s.methods]
         igso3 = [] if suite == "quick" else ["qflow-igso3"]  # quick drops the third training run
-        assert names == ["qflow", "qflow-x1", "qflow-linear", "reqflow", *igso3, "frameflow-path"]
+        assert names == ["qflow", "qflow-x1", "qflow-linear", "reqflow", "reqflow-restraint", *igso3, "frameflow-path"]
+        assert s.method("reqflow-restraint").weights_of == "reqflow"
         assert [m.name for m in s.methods if m.baseline] == ["frameflow-path"]
         # the reflow teacher NFE (or the candidates it is chosen from) is measured for the teacher too
         pair_nfe = B._SIZES[suite]["reflow_nfe"]
@@ -30,7 +31,7 @@ def test_spec_for_every_suite():
     quick = B.spec("quick")
     cells = {m: [c.nfe for c in quick.cells() if c.method == m] for m in names}
     assert cells["qflow"] == cells["frameflow-path"] == [10, 20, 50, 100]
-    assert cells["reqflow"] == [10, 20, 50]
+    assert cells["reqflow"] == [10, 20, 50] and cells["reqflow-restraint"] == [10]
     assert cells["qflow-x1"] == cells["qflow-linear"] == [10, 100]
     x1 = quick.methods[1].build(None)
     assert x1.final_step == "x1" and quick.methods[0].build(None).final_step == "euler"
