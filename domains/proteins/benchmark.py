@@ -339,14 +339,14 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         Method(
             "qflow-x1",
             build=lambda dm: _build(final_step="x1"),
-            fit=_fit_shared,
+            weights_of="qflow",
             nfe_grid=ends,
             description="qflow weights, the paper's sampler: NFE - 1 Euler steps + a final x1-hat call at t = 1",
         ),
         Method(
             "qflow-linear",
             build=lambda dm: _build(rot_schedule="linear"),
-            fit=_fit_shared,
+            weights_of="qflow",
             nfe_grid=ends,
             description="qflow weights, linear rotation schedule",
         ),
