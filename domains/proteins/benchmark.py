@@ -51,6 +51,8 @@ __all__ = [
     "sample_lengths",
     "LENGTHS",
     "time_per_backbone",
+    "sampling_speed",
+    "reflow_checkpoint",
     "teacher_best_nfe",
     "datamodule",
     "build_model",
@@ -149,13 +151,13 @@ def _build(
     )
 
 
-def _trainer(max_steps: int) -> Any:
+def _trainer(max_steps: int, accelerator: str = "cpu") -> Any:
     import pytorch_lightning as pl
 
     return pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -217,22 +219,82 @@ def _fit_reqflow(
     (the paper's 1e-4; the base training's 5e-4 wrecks the tiny student: README). Pairs whose sample has a
     DSSP coil fraction above ``max_coil`` are dropped (None: keep all).
     """
-    from flowsci.domains.proteins.flow import make_reflow_pairs
-    from flowsci.reflow import ReflowDataModule
-
     _fit_shared(model, dm, steps)
     model.eval()
     probe: dict[int, float] = {}
     if not isinstance(nfe, int):
         nfe, probe = teacher_best_nfe(model, nfe)
         _log.info("reqflow: teacher CA-CA validity by NFE %s -> pairs at NFE %d", probe, nfe)
-    coupling = make_reflow_pairs(
-        model, sample_lengths(pairs), steps=nfe, batch_size=12, seed=1234, max_coil=max_coil
-    )
+    meta = _rectify(model, sample_lengths(pairs), nfe, reflow_steps, reflow_lr, max_coil)
+    model.reflow_meta = {**meta, "teacher_probe": probe}
+
+
+def _rectify(
+    model: Any,
+    lengths: Sequence[int],
+    nfe: int,
+    reflow_steps: int,
+    reflow_lr: float,
+    max_coil: float | None,
+    accelerator: str = "cpu",
+    pair_batch: int = 12,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """One reflow round in place: pairs from ``model`` at ``nfe`` (one per length; coil filter ``max_coil``),
+    then ``reflow_steps`` of fine-tuning with a fresh AdamW at ``reflow_lr``. Returns the pairs' metadata.
+    """
+    from flowsci.domains.proteins.flow import make_reflow_pairs
+    from flowsci.reflow import ReflowDataModule
+
+    model.eval()
+    coupling = make_reflow_pairs(model, lengths, steps=nfe, batch_size=pair_batch, seed=1234, max_coil=max_coil)
     model.train()
     model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=reflow_lr)
-    _trainer(reflow_steps).fit(model, datamodule=ReflowDataModule(coupling, batch_size=8))
-    model.reflow_meta = {**coupling.meta, "teacher_probe": probe}
+    _trainer(reflow_steps, accelerator).fit(model, datamodule=ReflowDataModule(coupling, batch_size=batch_size))
+    return dict(coupling.meta)
+
+
+def reflow_checkpoint(
+    ckpt: str,
+    out: str,
+    pairs: int = 48,
+    nfe: int = 100,
+    steps: int = 300,
+    lr: float = 1e-4,
+    lengths: Sequence[int] = LENGTHS,
+    max_coil: float | None = 0.9,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Turn a trained QFlow checkpoint (``flowsci fit``, any size) into ReQFlow and save it small.
+
+    Generates ``pairs`` (prior draw, sample) pairs at ``nfe`` Euler steps with lengths cycling through
+    ``lengths``, fine-tunes ``steps`` optimizer steps at ``lr`` (batches of ``batch_size`` pairs) on ``device``
+    (``"cpu"`` or ``"cuda"``), and writes the result as :func:`pretrain` does (readable by
+    :meth:`ReQFlow.from_checkpoint`).
+
+    Returns:
+        The ``meta`` dict written (pair counts, steps, seconds).
+    """
+    import time
+
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    t0 = time.perf_counter()
+    model = ReQFlow.from_checkpoint(ckpt).to(device)
+    accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
+    todo = [int(lengths[i % len(lengths)]) for i in range(pairs)]
+    meta = _rectify(model, todo, nfe, steps, lr, max_coil, accelerator, pair_batch=64, batch_size=batch_size)
+    meta = {
+        "teacher": str(ckpt),
+        "pairs": meta,
+        "reflow_steps": steps,
+        "reflow_lr": lr,
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "seconds": time.perf_counter() - t0,
+    }
+    _save_small(model.cpu().eval(), out, meta)
+    return meta
 
 
 def _sample(model: Any, request: SampleRequest, restraint: float = 0.0) -> Any:
@@ -418,8 +480,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         sample=_sample,
         postprocess=_postprocess,
         primary_metric="ca_ca_valid",
-        description=__doc__.split("\n\n")[0]
-        + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
+        description=__doc__.split("\n\n")[0] + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
         packages=("gemmi", "tmtools", "pydssp"),
         nfe_counter="net",
         version="4",
@@ -460,19 +521,51 @@ def path_stability(n: int = 20000, seed: int = 0) -> dict[str, float]:
     return out
 
 
-def time_per_backbone(
-    model: Any, length: int = 100, num: int = 8, steps: int = 10, repeats: int = 3
-) -> float:
-    """Best-of-``repeats`` seconds per backbone for ``num`` backbones of ``length`` at ``steps`` NFE."""
+def time_per_backbone(model: Any, length: int = 100, num: int = 8, steps: int = 10, repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds per backbone for ``num`` backbones of ``length`` at ``steps`` NFE, on the
+    model's device (CUDA work is synchronised before the clock stops; the first call is a warm-up).
+    """
     import time
 
     model.eval()
+    cuda = model.device.type == "cuda"
     best = float("inf")
-    for r in range(repeats):
+    for r in range(repeats + int(cuda)):
         t0 = time.perf_counter()
         model.sample(lengths=[length] * num, steps=steps, seed=r, progress=False)
-        best = min(best, (time.perf_counter() - t0) / num)
+        if cuda:
+            torch.cuda.synchronize(model.device)
+        if r or not cuda:
+            best = min(best, (time.perf_counter() - t0) / num)
     return best
+
+
+def sampling_speed(
+    model: Any,
+    lengths: Sequence[int] = (50, 100, 150, 200, 250),
+    batch_sizes: Sequence[int] = (1, 8),
+    steps: int = 10,
+    repeats: int = 3,
+) -> list[dict[str, Any]]:
+    """Wall-clock sampling cost per backbone over length × batch size at a fixed NFE (the field's speed table).
+
+    Returns:
+        Rows ``length, batch, nfe, s_per_backbone, ms_per_nfe`` (ms per network evaluation per backbone).
+    """
+    rows = []
+    for n in lengths:
+        for b in batch_sizes:
+            sec = time_per_backbone(model, int(n), int(b), int(steps), repeats)
+            rows.append(
+                {
+                    "length": int(n),
+                    "batch": int(b),
+                    "nfe": int(steps),
+                    "s_per_backbone": sec,
+                    "ms_per_nfe": 1000 * sec / steps,
+                }
+            )
+    return rows
 
 
 # --------------------------------------------------------------------------- diagnostics (README's extra tables)
@@ -497,6 +590,7 @@ def sampling_sweep(
     num: int = 12,
     final_steps: Sequence[str] = ("euler",),
     rot_schedules: Sequence[str] = ("exp",),
+    restraint: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Sample quality of one trained model over NFE × prior seed × sampler (the README's seed / sampler tables).
 
@@ -510,6 +604,7 @@ def sampling_sweep(
         num: Backbones per cell.
         final_steps: ``"euler"`` and/or ``"x1"`` (the paper's sampler).
         rot_schedules: ``"exp"`` and/or ``"linear"``.
+        restraint: Sampling-time CA restraint weight (:meth:`ReQFlow.sample`; 0 = plain sampler).
 
     Returns:
         One row per cell: ``nfe, seed, final_step, rot_schedule, seconds`` and the per-chain means of
@@ -534,6 +629,7 @@ def sampling_sweep(
                         final_step=final,
                         rot_schedule=sched,
                         progress=False,
+                        restraint=restraint,
                     )
                     dt = time.perf_counter() - t0
                     s = evaluate(list(sol), diversity_per_length=False).summary
@@ -580,7 +676,7 @@ def denoiser_vs_t(
     x1, cond, mask = model.unpack_batch(batch)
     x0 = model.sample_prior(x1, cond, torch.Generator().manual_seed(seed))
     mb = mask.bool()
-    bond = (mb[:, 1:] & mb[:, :-1])
+    bond = mb[:, 1:] & mb[:, :-1]
 
     def ca_ca(x: torch.Tensor) -> float:
         ca = x[..., :3] * ANG_PER_NM
@@ -632,6 +728,7 @@ def training_curve(
     final_steps: Sequence[str] = ("euler",),
     sample_seeds: Sequence[int] = (0,),
     res_idx_from: str = "chain",
+    train_rot_prior: str = "uniform",
 ) -> list[dict[str, Any]]:
     """Train one quick-suite QFlow (:func:`build_model`, :func:`datamodule`) and score it at several step counts.
 
@@ -647,6 +744,8 @@ def training_curve(
         sample_seeds: Prior seeds of the scored cells.
         res_idx_from: Residue indices of the training crops (``"chain"``, the suite's, or ``"crop"``: the
             previous default, for the ablation in the README).
+        train_rot_prior: Rotation prior of training (``"uniform"``, the suite's, or ``"igso3"``: the paper's
+            IGSO(3)(1.5) around the data; sampling stays uniform).
 
     Returns:
         :func:`sampling_sweep` rows with an added ``train_steps``.
@@ -662,7 +761,7 @@ def training_curve(
             if trainer.global_step in wanted:
                 snaps[trainer.global_step] = copy.deepcopy(pl_module.state_dict())
 
-    model = build_model()
+    model = build_model(train_rot_prior=train_rot_prior)
     trainer = _trainer(wanted[-1])
     trainer.callbacks.append(_Snap())
     trainer.fit(model, datamodule=datamodule(res_idx_from))
@@ -756,12 +855,18 @@ def _rows_markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m flowsci.domains.proteins.benchmark {sweep,denoiser,curve,pretrain,real} ...``: diagnostics.
 
-    ``sweep --ckpt C [--nfe 10,100] [--seeds 0,1,2] [--final-steps euler,x1]``: :func:`sampling_sweep`;
+    ``sweep --ckpt C [--nfe 10,100] [--seeds 0,1,2] [--final-steps euler,x1] [--restraint 0.2]``:
+    :func:`sampling_sweep`;
     ``denoiser --ckpt C [--times ...]``: :func:`denoiser_vs_t` on the 18 held-out chains of the quick suite;
-    ``curve [--checkpoints 800,1200,1600,2000] [--nfe 10,100] [--seeds 0] [--train-seed 0] [--res-idx chain]``:
+    ``curve [--checkpoints 800,1200,1600,2000] [--nfe 10,100] [--seeds 0] [--train-seed 0] [--res-idx chain]
+    [--train-rot-prior uniform]``:
     :func:`training_curve`;
-    ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`.
-    Prints a Markdown table (pretrain: its metadata); ``--json PATH`` also writes the rows. Runs on one thread.
+    ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`;
+    ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
+    ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 100] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
+    :func:`reflow_checkpoint`. ``--device cuda`` runs sweep, speed and reflow on a GPU.
+    Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also writes the rows. On the CPU
+    it runs on one thread.
     """
     import argparse
     import json
@@ -770,10 +875,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         return [int(v) for v in s.split(",")]
 
     p = argparse.ArgumentParser(prog="python -m flowsci.domains.proteins.benchmark")
-    p.add_argument("what", choices=("sweep", "denoiser", "curve", "pretrain", "real"))
+    p.add_argument("what", choices=("sweep", "denoiser", "curve", "pretrain", "real", "speed", "reflow"))
     p.add_argument("--out", help="pretrain: output .pt file")
     p.add_argument("--qflow-out", help="pretrain: also write the QFlow teacher here")
-    p.add_argument("--steps", type=int, help="pretrain: QFlow training steps (default: the quick suite's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="pretrain: QFlow training steps (default: the quick suite's); reflow: fine-tuning steps (default 300)",
+    )
+    p.add_argument("--pairs", type=int, default=48, help="reflow: pairs generated")
+    p.add_argument("--max-coil", type=float, default=0.9, help="reflow: drop pairs whose sample is more coil")
+    p.add_argument("--lengths", type=ints, default=None, help="speed / reflow: backbone lengths")
+    p.add_argument("--batches", type=ints, default=[1, 8], help="speed: batch sizes")
+    p.add_argument("--device", default="cpu", help="sweep / speed / reflow: cpu or cuda")
     p.add_argument("--ckpt", help="ReQFlow checkpoint (sweep, denoiser)")
     p.add_argument("--nfe", type=ints, default=[10, 100])
     p.add_argument("--seeds", type=ints, default=[0])
@@ -783,27 +897,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--checkpoints", type=ints, default=[800, 1200, 1600, 2000])
     p.add_argument("--train-seed", type=int, default=0, help="curve: seed of the training run")
     p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
+    p.add_argument("--train-rot-prior", default="uniform", choices=("uniform", "igso3"), help="curve: training prior")
+    p.add_argument("--restraint", type=float, default=0.0, help="sweep: sampling-time CA restraint weight")
     p.add_argument("--json", help="also write the rows to this JSON file")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    if a.device == "cpu":
+        torch.set_num_threads(1)
     finals = a.final_steps.split(",")
+    if a.what in ("pretrain", "reflow") and not a.out:
+        p.error(f"{a.what} needs --out")
     if a.what == "pretrain":
-        if not a.out:
-            p.error("pretrain needs --out")
         print(json.dumps(pretrain(a.out, a.steps, qflow_out=a.qflow_out), indent=1))
+        return
+    if a.what == "reflow":
+        if not a.ckpt:
+            p.error("reflow needs --ckpt")
+        meta = reflow_checkpoint(
+            a.ckpt,
+            a.out,
+            a.pairs,
+            a.nfe[-1],
+            a.steps or 300,
+            lengths=a.lengths or LENGTHS,
+            max_coil=a.max_coil,
+            device=a.device,
+        )
+        print(json.dumps(meta, indent=1))
         return
     if a.what == "real":
         rows = [real_reference(a.num)]
     elif a.what == "curve":
-        rows = training_curve(a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx)
+        rows = training_curve(a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx, a.train_rot_prior)
     else:
         if not a.ckpt:
             p.error(f"{a.what} needs --ckpt")
         from flowsci.domains.proteins.flow import ReQFlow
 
-        model = ReQFlow.from_checkpoint(a.ckpt)
+        model = ReQFlow.from_checkpoint(a.ckpt).to(a.device)
         if a.what == "sweep":
-            rows = sampling_sweep(model, a.nfe, a.seeds, a.num, finals)
+            rows = sampling_sweep(model, a.nfe, a.seeds, a.num, finals, restraint=a.restraint)
+        elif a.what == "speed":
+            rows = sampling_speed(model, a.lengths or (50, 100, 150, 200, 250), a.batches, a.nfe[0])
         else:
             dm = datamodule()
             dm.setup("fit")

@@ -110,16 +110,12 @@ class Backbone:
     def __post_init__(self) -> None:
         self.coords = np.asarray(self.coords, dtype=np.float32)
         if self.coords.ndim != 3 or self.coords.shape[1:] != (4, 3):
-            raise ValueError(
-                f"Backbone {self.name!r}: coords must be [L, 4, 3] (N, CA, C, O), got {self.coords.shape}"
-            )
+            raise ValueError(f"Backbone {self.name!r}: coords must be [L, 4, 3] (N, CA, C, O), got {self.coords.shape}")
         if not self.seq:  # no sequence: a generated backbone, written as poly-GLY/ALA
             self.seq = "G" * len(self.coords)
             self.meta.setdefault("generated", True)
         if len(self.seq) != len(self.coords):
-            raise ValueError(
-                f"Backbone {self.name!r}: sequence length {len(self.seq)} != {len(self.coords)} residues"
-            )
+            raise ValueError(f"Backbone {self.name!r}: sequence length {len(self.seq)} != {len(self.coords)} residues")
         if self.res_ids is None:
             self.res_ids = np.arange(1, len(self.coords) + 1)
         self.res_ids = np.asarray(self.res_ids, dtype=np.int64)
@@ -188,9 +184,7 @@ def _check_pdb_text(text: str, path: Path) -> None:
         if rec not in ("ATOM  ", "HETATM"):
             continue
         if len(line.rstrip()) < 54:
-            raise StructureFormatError(
-                f"{path}:{lineno}: {rec.strip()} record too short for x/y/z columns 31-54"
-            )
+            raise StructureFormatError(f"{path}:{lineno}: {rec.strip()} record too short for x/y/z columns 31-54")
         for lo, hi, axis in ((30, 38, "x"), (38, 46, "y"), (46, 54, "z")):
             field_ = line[lo:hi]
             try:
@@ -344,24 +338,18 @@ def _pdb_lines(bb: Backbone, residue: str, serial0: int = 1) -> list[str]:
         for a, name in enumerate(BACKBONE_ATOMS):
             x, y, z = (float(v) for v in bb.coords[i, a])
             if max(abs(x), abs(y), abs(z)) >= 1e4:
-                raise ValueError(
-                    f"Backbone {bb.name!r}: coordinate {x:.1f},{y:.1f},{z:.1f} does not fit PDB columns"
-                )
+                raise ValueError(f"Backbone {bb.name!r}: coordinate {x:.1f},{y:.1f},{z:.1f} does not fit PDB columns")
             resid = int(bb.res_ids[i]) % 10000
             lines.append(
                 f"ATOM  {serial % 100000:5d} {name:^4s}{' '}{resn:>3s} {bb.chain[:1]:1s}{resid:4d}"
                 f"    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{0.0:6.2f}          {name[0]:>2s}"
             )
             serial += 1
-    lines.append(
-        f"TER   {serial % 100000:5d}      {resn:>3s} {bb.chain[:1]:1s}{int(bb.res_ids[-1]) % 10000:4d}"
-    )
+    lines.append(f"TER   {serial % 100000:5d}      {resn:>3s} {bb.chain[:1]:1s}{int(bb.res_ids[-1]) % 10000:4d}")
     return lines
 
 
-def write_pdb(
-    backbones: Backbone | Sequence[Backbone], path: str | os.PathLike, residue: str = "GLY"
-) -> Path:
+def write_pdb(backbones: Backbone | Sequence[Backbone], path: str | os.PathLike, residue: str = "GLY") -> Path:
     """Write one backbone, or several as a multi-model PDB (e.g. a sampling trajectory); atomic.
 
     Args:
@@ -591,9 +579,13 @@ def collate_backbones(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 class LengthBatchSampler(Sampler[list[int]]):
     """Length-aware batches: indices sorted by length are cut into batches of similar length.
 
-    A batch holds at most ``batch_size`` chains and at most ``max_residues`` padded residues
-    (``batch_len × longest``). Batch order is shuffled each epoch (seeded by ``seed + epoch``). Under DDP each
-    rank takes every ``world_size``-th batch (ranks read from ``torch.distributed`` when initialised).
+    A batch holds at most ``batch_size`` chains, at most ``max_residues`` padded residues
+    (``batch_len × longest``) and at most ``max_res_squared`` padded residue pairs (``batch_len × longest²``, the
+    memory of the pair features; FrameFlow/ReQFlow's ``max_num_res_squared``). Batch order is shuffled each
+    epoch (seeded by ``seed + epoch``). Under DDP each rank takes every ``world_size``-th batch (ranks read from
+    ``torch.distributed`` when initialised); the list is first padded by repeating its first batches so every
+    rank runs the same number of steps (as ``DistributedSampler`` pads), else DDP would wait forever on the rank
+    with one batch more.
 
     Args:
         lengths: Per-item lengths (after cropping).
@@ -601,7 +593,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         max_residues: Optional cap on ``batch × max length``.
         shuffle: Shuffle batches (and ties within a length) each epoch.
         seed: Base seed.
-        drop_last: Drop an incomplete trailing batch per rank.
+        max_res_squared: Optional cap on ``batch × max length²``.
     """
 
     def __init__(
@@ -611,14 +603,14 @@ class LengthBatchSampler(Sampler[list[int]]):
         max_residues: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
-        drop_last: bool = False,
+        max_res_squared: int | None = None,
     ) -> None:
         self.lengths = np.asarray(lengths)
+        self.max_res_squared = max_res_squared
         self.batch_size = batch_size
         self.max_residues = max_residues
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_last = drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -632,6 +624,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         for i in order:
             longest = max([self.lengths[j] for j in cur] + [self.lengths[i]])
             too_many = self.max_residues is not None and (len(cur) + 1) * longest > self.max_residues
+            too_many |= self.max_res_squared is not None and (len(cur) + 1) * longest**2 > self.max_res_squared
             if cur and (len(cur) >= self.batch_size or too_many):
                 batches.append(cur)
                 cur = []
@@ -643,9 +636,7 @@ class LengthBatchSampler(Sampler[list[int]]):
             batches = [batches[p] for p in perm]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             ws, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-            batches = batches[rank::ws]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches = batches[:-1]
+            batches = (batches * ws)[: -(-len(batches) // ws) * ws][rank::ws]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -675,6 +666,8 @@ class ProteinDataModule(pl.LightningDataModule):
         crop_length: Random contiguous crops of this many residues for training (None: whole chains).
         batch_size: Chains per batch.
         max_residues: Optional cap on padded residues per batch.
+        max_res_squared: Optional cap on padded residue pairs per batch (``batch × longest²``; FrameFlow and
+            ReQFlow use 5e5 on SCOPe, 1e6 on the PDB).
         val_fraction: Fraction of chains held out for validation.
         seed: Seed of the split, crops and batch order.
         num_workers: DataLoader workers.
@@ -697,6 +690,7 @@ class ProteinDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         res_idx_from: str = "chain",
+        max_res_squared: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -727,9 +721,7 @@ class ProteinDataModule(pl.LightningDataModule):
         return kept
 
     def _read_dir_cached(self, root: Path) -> list[Backbone]:
-        files = sorted(
-            f for f in root.rglob("*") if f.is_file() and f.name.lower().endswith(STRUCTURE_SUFFIXES)
-        )
+        files = sorted(f for f in root.rglob("*") if f.is_file() and f.name.lower().endswith(STRUCTURE_SUFFIXES))
         if not files:
             raise FileNotFoundError(f"ProteinDataModule: no PDB/mmCIF files under {root}")
         import hashlib
@@ -774,10 +766,9 @@ class ProteinDataModule(pl.LightningDataModule):
             self.hparams.max_residues,
             shuffle=train,
             seed=self.hparams.seed,
+            max_res_squared=self.hparams.get("max_res_squared"),
         )
-        return DataLoader(
-            ds, batch_sampler=sampler, collate_fn=collate_backbones, num_workers=self.hparams.num_workers
-        )
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_backbones, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_backbones, True)

@@ -158,3 +158,44 @@ def test_pretrain_writes_a_small_checkpoint_that_pretrained_style_loading_reads(
 def test_real_reference_row_scores_real_chains_as_real():
     r = B.real_reference(num=3)
     assert r["num"] == 3.0 and r["ca_ca_valid"] > 0.9 and r["clash_free"] == 1.0 and r["peptide_break_rate"] == 0.0
+
+
+def test_reflow_checkpoint_and_speed_cli_turn_a_saved_qflow_into_a_loadable_reqflow(tmp_path, capsys):
+    from flowsci.domains.proteins.flow import ReQFlow
+    from flowsci.domains.proteins.model import IPAFrameNet
+
+    torch.manual_seed(0)
+    teacher = ReQFlow(net=IPAFrameNet.tiny())
+    B._save_small(teacher, str(tmp_path / "q.pt"), {"test": True})
+    out = tmp_path / "r.pt"
+    B.main(
+        [
+            "reflow",
+            "--ckpt",
+            str(tmp_path / "q.pt"),
+            "--out",
+            str(out),
+            "--pairs",
+            "4",
+            "--nfe",
+            "2",
+            "--steps",
+            "2",
+            "--lengths",
+            "12,16",
+            "--max-coil",
+            "1.0",
+        ]
+    )
+    blob = torch.load(out, weights_only=False)
+    assert blob["meta"]["pairs"]["generated"] == 4 and blob["meta"]["pairs"]["kept"] == 4
+    assert blob["meta"]["reflow_steps"] == 2 and blob["meta"]["pairs"]["nfe_per_sample"] == 2
+    student = ReQFlow.from_checkpoint(out)
+    pairs = zip(teacher.state_dict().values(), student.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the fine-tuning moved the weights
+    rows = B.sampling_speed(student, lengths=(10, 20), batch_sizes=(1, 2), steps=2, repeats=1)
+    assert [(r["length"], r["batch"]) for r in rows] == [(10, 1), (10, 2), (20, 1), (20, 2)]
+    assert all(r["s_per_backbone"] > 0 and r["ms_per_nfe"] == pytest.approx(500 * r["s_per_backbone"]) for r in rows)
+    capsys.readouterr()
+    B.main(["speed", "--ckpt", str(out), "--lengths", "10", "--batches", "1", "--nfe", "2"])
+    assert "| length | batch | nfe | s_per_backbone | ms_per_nfe |" in capsys.readouterr().out

@@ -16,6 +16,7 @@ torch.set_num_threads(1)
     "config,extra",
     [
         ("proteins/qflow_tiny.yaml", []),
+        ("proteins/qflow_small.yaml", ["--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]),
         (
             "proteins/reqflow_paper.yaml",
             # the paper trunk with one block and tiny batches, so one step fits in a CPU test
@@ -59,11 +60,58 @@ def test_cli_fit_then_sample_writes_pdbs(tmp_path, monkeypatch):
     from flowsci.domains.proteins.data import read_backbones
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "proteins/qflow_tiny.yaml", "--trainer.max_steps=2", "--trainer.enable_progress_bar=false",
-          "--trainer.enable_model_summary=false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "proteins/qflow_tiny.yaml",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     main(["sample", "--ckpt", str(ckpt), "--steps", "3", "--set", "lengths=[20,30]", "--out", "samples"])
     pdbs = sorted((tmp_path / "samples").glob("*.pdb"))
     assert len(pdbs) == 2
     # a 2-step model is far from protein-like: keep broken chains whole
     assert sorted(len(bb) for p in pdbs for bb in read_backbones(p, split_breaks=False)) == [20, 30]
+
+
+def test_tiny_config_trains_under_ddp_on_two_cpu_processes(tmp_path):
+    """The README's multi-device path: the same config under `--trainer.strategy ddp --trainer.devices 2`.
+
+    Two gloo processes cross an epoch boundary and a validation loop (the length batch sampler shards batches
+    itself; unequal shards would hang here), then rank 0 writes the checkpoint.
+    """
+    import os
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowsci.cli",
+        "fit",
+        "--config",
+        "proteins/qflow_tiny.yaml",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        "12",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.batch_size",
+        "16",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "runs/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 12 and ckpt["epoch"] >= 1

@@ -73,12 +73,8 @@ def test_idealised_atoms_close_to_real_and_have_ideal_geometry(chains):
         err_c.append(e[:, 2].mean())
         err_o.append(e[:-1, 3].mean())
         n, c_, c, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-        assert torch.allclose(
-            (n - c_).norm(dim=-1), torch.full((len(bb),), IDEAL["N_CA"], dtype=torch.float64)
-        )
-        assert torch.allclose(
-            (c - c_).norm(dim=-1), torch.full((len(bb),), IDEAL["CA_C"], dtype=torch.float64)
-        )
+        assert torch.allclose((n - c_).norm(dim=-1), torch.full((len(bb),), IDEAL["N_CA"], dtype=torch.float64))
+        assert torch.allclose((c - c_).norm(dim=-1), torch.full((len(bb),), IDEAL["CA_C"], dtype=torch.float64))
         assert torch.allclose((o - c).norm(dim=-1), torch.full((len(bb),), IDEAL["C_O"], dtype=torch.float64))
         assert torch.allclose(_angle(n, c_, c), torch.full((len(bb),), IDEAL["N_CA_C"], dtype=torch.float64))
         assert torch.allclose(_angle(c_, c, o), torch.full((len(bb),), IDEAL["CA_C_O"], dtype=torch.float64))
@@ -195,6 +191,32 @@ def test_length_batch_sampler_groups_lengths():
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     assert spread < 0.15 * np.ptp(lengths)
     assert [sorted(b) for b in batches] != [sorted(b) for b in list(s)]  # reshuffled next epoch
+
+
+def test_length_batch_sampler_pair_cap_matches_frameflow_rule():
+    # FrameFlow/ReQFlow: a batch of length-L chains holds at most max_num_res_squared / L² chains
+    lengths = np.array([250] * 20 + [50] * 300)
+    s = LengthBatchSampler(lengths, batch_size=128, max_res_squared=500_000, shuffle=False)
+    sizes: dict[int, list[int]] = {}
+    for b in s:
+        sizes.setdefault(int(lengths[b].max()), []).append(len(b))
+    assert sizes == {250: [8, 8, 4], 50: [128, 128, 44]}  # 8 × 250² = 5e5; 200 × 50² would fit but the chain cap is 128
+
+
+def test_length_batch_sampler_ranks_get_equal_batch_counts(monkeypatch):
+    # DDP hangs when one rank has a batch more: shards are padded to equal counts, covering every batch
+    lengths = np.random.default_rng(3).integers(20, 200, size=37)
+    full = LengthBatchSampler(lengths, batch_size=4, seed=2)._batches()
+    assert len(full) % 3 != 0
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    shards = []
+    for rank in range(3):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
+        shards.append(LengthBatchSampler(lengths, batch_size=4, seed=2)._batches())
+    assert len({len(sh) for sh in shards}) == 1 and len(shards[0]) == -(-len(full) // 3)
+    seen = sorted(i for sh in shards for b in sh for i in b)
+    assert set(seen) == set(range(37)) and len(seen) <= 37 + 2 * 4  # all items, at most 2 padded batches
 
 
 def test_datamodule_bundled_batches_and_directory_cache(chains, tmp_path):
