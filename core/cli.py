@@ -115,6 +115,7 @@ def _sample(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     p.add_argument("--solver", default=None, help="euler | midpoint | heun | rk4 | dopri5")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where to sample: cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("--out", default="samples", help="output folder")
     p.add_argument(
         "--set",
@@ -137,13 +138,19 @@ def _sample(argv: list[str]) -> None:
         help="classifier-free guidance weight (needs a model trained with cond_dropout)",
     )
     a = p.parse_args(argv)
-    module = load_module(a.ckpt)
+    import torch
+
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {a.device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {a.device}: torch sees no CUDA device on this machine (use --device cpu)")
+    module = load_module(a.ckpt).to(device)
     module.eval()
     extra = _parse_set(a.set)
     if a.cond:
-        import torch
-
-        extra["cond"] = {k: torch.as_tensor(v) for k, v in _parse_set(a.cond).items()}
+        extra["cond"] = {k: torch.as_tensor(v, device=device) for k, v in _parse_set(a.cond).items()}
         bad = {k: len(v) for k, v in extra["cond"].items() if v.dim() == 0 or len(v) != a.num}
         if bad:
             raise ValueError(f"--cond values need one entry per sample (--num {a.num}); got lengths {bad}")

@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from flowsci.cli import main, resolve_config
@@ -17,7 +18,7 @@ FAST = [
 ]
 
 
-def test_fit_then_sample_writes_native_files(tmp_path, monkeypatch):
+def test_fit_then_sample_writes_native_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "toy2d/ot.yaml", *FAST])
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
@@ -25,10 +26,17 @@ def test_fit_then_sample_writes_native_files(tmp_path, monkeypatch):
     assert cfg["model"]["init_args"]["coupling"]["class_path"] == "flowsci.couplings.MinibatchOTCoupling"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    main(["sample", "--ckpt", str(ckpt), "--num", "100", "--steps", "4", "--solver", "midpoint", "--out", "s"])
+    main(["sample", "--ckpt", str(ckpt), "--num", "100", "--steps", "4", "--solver", "midpoint", "--out", "s",
+          "--device", "cpu"])
     data = np.load(tmp_path / "s" / "samples.npz")
     assert data["x"].shape == (100, 2) and int(data["nfe"]) == 8
     assert (tmp_path / "s" / "samples.png").is_file()
+    for device, why in (("gpu", "not a torch device"), ("cuda:0", "no CUDA device")):
+        if device == "cuda:0" and torch.cuda.is_available():
+            continue
+        with pytest.raises(SystemExit) as exc:
+            main(["sample", "--ckpt", str(ckpt), "--num", "2", "--device", device, "--out", "never"])
+        assert exc.value.code == 2 and why in capsys.readouterr().err and not (tmp_path / "never").exists()
     # resume from the checkpoint with a dotted override (LightningCLI conventions)
     main(["fit", "--config", "toy2d/ot.yaml", *FAST, "--trainer.max_steps=40", f"--ckpt_path={ckpt}"])
 
