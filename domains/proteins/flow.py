@@ -93,9 +93,9 @@ def frame_manifold() -> Product:
 
 def _skew(v: Tensor) -> Tensor:
     z = torch.zeros_like(v[..., 0])
-    return torch.stack(
-        [z, -v[..., 2], v[..., 1], v[..., 2], z, -v[..., 0], -v[..., 1], v[..., 0], z], -1
-    ).reshape(*v.shape[:-1], 3, 3)
+    return torch.stack([z, -v[..., 2], v[..., 1], v[..., 2], z, -v[..., 0], -v[..., 1], v[..., 0], z], -1).reshape(
+        *v.shape[:-1], 3, 3
+    )
 
 
 def _matrix_log_rotvec(r: Tensor) -> Tensor:
@@ -104,16 +104,12 @@ def _matrix_log_rotvec(r: Tensor) -> Tensor:
     from an
     antisymmetric part that vanishes, so precision is lost — kept to reproduce the baseline.
     """
-    vee = torch.stack(
-        [r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1
-    )
+    vee = torch.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
     cos = (r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2] - 1) / 2
     theta = torch.atan2(vee.norm(dim=-1) / 2, cos)
     sin = torch.sin(theta)
     small = theta < 1e-3
-    factor = torch.where(
-        small, 0.5 + theta**2 / 12, theta / (2 * torch.where(small, torch.ones_like(sin), sin))
-    )
+    factor = torch.where(small, 0.5 + theta**2 / 12, theta / (2 * torch.where(small, torch.ones_like(sin), sin)))
     return factor[..., None] * vee
 
 
@@ -169,18 +165,14 @@ class BackboneSamples(Solution):
         return [bb.to_pdb(out_dir, residue=residue) for bb in self.backbones]
 
 
-def _frames_to_backbones(
-    x: Tensor, mask: Tensor, seed: int | None, prefix: str, meta: dict
-) -> list[Backbone]:
+def _frames_to_backbones(x: Tensor, mask: Tensor, seed: int | None, prefix: str, meta: dict) -> list[Backbone]:
     out = []
     for i in range(x.shape[0]):
         n = int(mask[i].sum())
         xi = x[i, :n].detach().double().cpu()
         trans = (xi[:, :3] - xi[:, :3].mean(0)) * ANG_PER_NM
         atoms = backbone_from_frames(quaternion_to_matrix(xi[:, 3:]), trans)
-        out.append(
-            Backbone(atoms.float().numpy(), name=f"{prefix}_len{n}_{i:03d}", seed=seed, meta=dict(meta))
-        )
+        out.append(Backbone(atoms.float().numpy(), name=f"{prefix}_len{n}_{i:03d}", seed=seed, meta=dict(meta)))
     return out
 
 
@@ -324,9 +316,7 @@ class ReQFlow(FlowMatching):
             cond["x0"] = batch["x0"]
         return x1, cond, mask
 
-    def sample_prior(
-        self, n: int | Tensor, cond: dict[str, Any], generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample_prior(self, n: int | Tensor, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         """Prior frames ``[B, L, 7]``: centred N(0, I) nm translations and Haar rotations (padding zeroed /
         identity). The mask comes from ``cond["mask"]`` (else ``n`` chains of ``default_length``, as the core
         reflow utilities call it); a tensor ``n`` gives the dtype.
@@ -341,9 +331,7 @@ class ReQFlow(FlowMatching):
         eps = torch.randn((b, length, 3), generator=generator, device=dev, dtype=dtype)
         trans = remove_com(eps, mask.bool())
         quat = self.so3.random_base((b, length), generator=generator, device=dev, dtype=dtype)
-        quat = torch.where(
-            mask.bool()[..., None], quat, self.so3.origin((b, length), device=dev, dtype=dtype)
-        )
+        quat = torch.where(mask.bool()[..., None], quat, self.so3.origin((b, length), device=dev, dtype=dtype))
         return torch.cat([trans, quat], dim=-1)
 
     def _training_prior(self, x1: Tensor, cond: dict[str, Any], generator: torch.Generator | None) -> Tensor:
@@ -352,9 +340,7 @@ class ReQFlow(FlowMatching):
         x0 = self.sample_prior(x1, cond, generator)
         mask = cond["mask"].bool()
         if self.train_rot_prior == "igso3":
-            noise = sample_igso3(
-                mask.shape, self.igso3_sigma, generator=generator, device=x1.device, dtype=x1.dtype
-            )
+            noise = sample_igso3(mask.shape, self.igso3_sigma, generator=generator, device=x1.device, dtype=x1.dtype)
             q0 = quaternion_multiply(x1[..., 3:], noise)  # R1 · R_noise
             x0 = torch.cat([x0[..., :3], torch.where(mask[..., None], q0, x0[..., 3:])], -1)
         x0 = self._couple_translations(x0, x1, mask)
@@ -391,9 +377,7 @@ class ReQFlow(FlowMatching):
             return self.so3.log(q_t, q)
         return _matrix_log_rotvec(quaternion_to_matrix(q_t).transpose(-1, -2) @ quaternion_to_matrix(q))
 
-    def compute_loss(
-        self, batch: Any, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """ReQFlow's loss (module docstring); returns the batch mean and its parts for logging."""
         x1, cond, mask = self.unpack_batch(batch)
         mask_f = mask.to(x1.dtype)
@@ -640,15 +624,17 @@ class ReQFlow(FlowMatching):
             seed=seed,
             extras={"mask": mask, "x0": x0, "lengths": lengths, **meta},
         )
-        out.backbones = _frames_to_backbones(
-            sol.x, mask, seed, f"reqflow_s{seed if seed is not None else 'x'}", meta
-        )
+        out.backbones = _frames_to_backbones(sol.x, mask, seed, f"reqflow_s{seed if seed is not None else 'x'}", meta)
         return out
 
     def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
-        """One PDB per backbone (N, CA, C, O; poly-GLY) and, with a trajectory, one multi-model PDB per
-        backbone (``*_traj.pdb``).
+        """One PDB per backbone (N, CA, C, O; poly-GLY), with a trajectory one multi-model PDB per backbone
+        (``*_traj.pdb``), and ``samples.png``: the samples against the 177 bundled real chains
+        (:func:`~flowsci.domains.proteins.metrics.plot_samples`).
         """
+        from flowsci.domains.proteins.data import bundled_backbones
+        from flowsci.domains.proteins.metrics import plot_samples
+
         out = Path(out_dir)
         if not isinstance(solution, BackboneSamples):
             raise TypeError("ReQFlow.write_samples expects the BackboneSamples returned by ReQFlow.sample")
@@ -660,9 +646,14 @@ class ReQFlow(FlowMatching):
                     _frames_to_backbones(x[i : i + 1], mask[i : i + 1], solution.seed, bb.name, {})[0]
                     for x in solution.trajectory
                 ]
-                written.append(
-                    write_pdb(models, out / f"{Path(written[i]).stem}_traj.pdb", residue=self.pdb_residue)
-                )
+                written.append(write_pdb(models, out / f"{Path(written[i]).stem}_traj.pdb", residue=self.pdb_residue))
+        n = len(solution.backbones)
+        title = f"{n} samples, NFE {solution.nfe}, seed {solution.seed}"
+        written.append(
+            plot_samples(
+                solution.backbones, bundled_backbones(), out / "samples.png", title, ("generated", "real (bundled)")
+            )
+        )
         return written
 
     # ------------------------------------------------------------------ checkpoints
@@ -738,9 +729,7 @@ class ReQFlow(FlowMatching):
         ckpt = torch.load(p, map_location=map_location, weights_only=False)
         info = ckpt.get("reqflow")
         if info is None or info.get("net_kwargs") is None:
-            raise ValueError(
-                f"{p}: not a ReQFlow checkpoint (no 'reqflow' entry with the network configuration)"
-            )
+            raise ValueError(f"{p}: not a ReQFlow checkpoint (no 'reqflow' entry with the network configuration)")
         mod, _, name = info["net_class"].rpartition(".")
         net_cls = getattr(importlib.import_module(mod), name)
         model = cls(net=net_cls(**info["net_kwargs"]), **info["options"])
@@ -810,9 +799,7 @@ def make_reflow_pairs(
             x1s.append(pad1)
             masks.append(m)
     if not x0s:
-        raise RuntimeError(
-            "make_reflow_pairs: no generated backbone passed the filters; relax max_coil/max_rg_factor"
-        )
+        raise RuntimeError("make_reflow_pairs: no generated backbone passed the filters; relax max_coil/max_rg_factor")
     mask = torch.stack(masks)
     return ReflowPairs(
         torch.stack(x0s),

@@ -73,7 +73,7 @@ def test_cli_fit_then_sample_writes_pdbs(tmp_path, monkeypatch):
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     main(["sample", "--ckpt", str(ckpt), "--steps", "3", "--set", "lengths=[20,30]", "--out", "samples"])
     pdbs = sorted((tmp_path / "samples").glob("*.pdb"))
-    assert len(pdbs) == 2
+    assert len(pdbs) == 2 and (tmp_path / "samples" / "samples.png").is_file()
     # a 2-step model is far from protein-like: keep broken chains whole
     assert sorted(len(bb) for p in pdbs for bb in read_backbones(p, split_breaks=False)) == [20, 30]
 

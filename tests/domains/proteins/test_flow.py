@@ -176,7 +176,8 @@ def test_sampling_shapes_masks_and_pdb_files(tmp_path):
     assert (s.x[0, 12:, :3] == s.extras["x0"][0, 12:, :3]).all()  # padding untouched
     files = m.write_samples(s, tmp_path)
     names = sorted(f.name for f in files)
-    assert len(files) == 4 and sum(n.endswith("_traj.pdb") for n in names) == 2
+    assert len(files) == 5 and sum(n.endswith("_traj.pdb") for n in names) == 2 and "samples.png" in names
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     traj_txt = next(f for f in files if f.name.endswith("_traj.pdb")).read_text()
     assert traj_txt.count("ENDMDL") == 4  # initial state + 3 steps
     # same seed -> same backbones

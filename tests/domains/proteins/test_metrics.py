@@ -150,3 +150,34 @@ def test_filters(chains):
     assert kept and all(60 <= len(b) <= 200 for b in kept)
     assert all(M.secondary_structure(b.coords)["coil"] <= 0.5 for b in kept)
     assert len(kept) < 30
+
+
+def test_nearest_nonlocal_ca_closed_form_and_planted_clash():
+    line = np.stack([np.arange(10) * 3.8, np.zeros(10), np.zeros(10)], -1)
+    d = M.nearest_nonlocal_ca(line)
+    assert np.allclose(d, 3 * 3.8)  # on a straight chain the nearest allowed partner is 3 residues away
+    folded = line.copy()
+    folded[9] = folded[2] + np.array([0.0, 1.5, 0.0])  # residue 9 lands 1.5 A from residue 2
+    d = M.nearest_nonlocal_ca(folded)
+    assert d[9] == pytest.approx(1.5) and d[2] == pytest.approx(1.5)
+    assert M.clash_metrics(folded)["clash_free"] == 0.0  # the same pair is a clash by the metric's definition
+
+
+def test_ca_angle_features_of_an_ideal_helix():
+    # ideal alpha helix CA trace: radius 2.3 A, rise 1.5 A, 100 degrees per residue
+    k = np.arange(20)
+    ca = np.stack([2.3 * np.cos(np.radians(100 * k)), 2.3 * np.sin(np.radians(100 * k)), 1.5 * k], -1)
+    bend, dih = M.ca_angle_features([ca])
+    assert bend.shape == (18,) and dih.shape == (17,)
+    assert np.allclose(bend, bend[0]) and 85 < bend[0] < 95  # CA bend of a helix ~ 91 degrees
+    assert np.allclose(dih, dih[0]) and 45 < dih[0] < 55  # right-handed: CA dihedral ~ +50 degrees (IUPAC)
+    _, mirrored = M.ca_angle_features([ca * np.array([1.0, 1.0, -1.0])])
+    assert np.allclose(mirrored, -dih)  # a mirror image flips the sign
+
+
+def test_plot_samples_writes_a_png_and_rejects_an_empty_set(tmp_path, chains):
+    out = M.plot_samples(chains[:3], chains[3:6], tmp_path / "fig" / "s.png", title="real vs real")
+    assert out == tmp_path / "fig" / "s.png" and out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    assert not [p for p in out.parent.iterdir() if p != out]  # no temp file left behind
+    with pytest.raises(ValueError, match="'reference' set is empty"):
+        M.plot_samples(chains[:2], [], tmp_path / "e.png")
