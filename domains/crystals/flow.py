@@ -318,8 +318,15 @@ class CrystalGenerativeMixin:
         return Solution(x=x, nfe=n, times=torch.linspace(0, 1, n + 1), seed=seed, extras={"structures": structures})
 
     def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
-        """Write the structures of :meth:`sample` as CIF files (atomic writes)."""
-        return self.write_cifs(solution.extras["structures"], out_dir)
+        """Write the structures of :meth:`sample` as CIF files and their property distributions as
+        ``structures.png`` (:func:`~flowsci.domains.crystals.metrics.plot_structures`; atomic writes).
+        """
+        from flowsci.domains.crystals.metrics import plot_structures
+
+        structures = solution.extras["structures"]
+        written = self.write_cifs(structures, out_dir)
+        title = f"{len(structures)} crystals, {solution.nfe} steps, seed {solution.seed}"
+        return [*written, plot_structures(structures, path=Path(out_dir) / "structures.png", title=title)]
 
     def write_cifs(self, structures: Sequence[Any], out_dir: str | os.PathLike, prefix: str = "sample") -> list[Path]:
         """Write structures as CIF files (atomic writes)."""

@@ -59,6 +59,8 @@ __all__ = [
     "evaluate_csp",
     "evaluate_generation",
     "evaluate",
+    "min_interatomic_distance",
+    "plot_structures",
 ]
 
 #: (structure cutoff δ_s, composition cutoff δ_c) per dataset (CDVAE ``COV_Cutoffs``).
@@ -80,15 +82,22 @@ def structural_validity(structure: Structure, cutoff: float = 0.5, min_volume: f
     """
     try:
         vol = float(structure.volume)
-        if not np.isfinite(vol) or vol < min_volume:
-            return False
-        if len(structure) == 1:
-            return True
-        d = np.array(structure.distance_matrix, dtype=float)
     except Exception:  # singular lattices etc.
         return False
-    d = d + np.eye(len(d)) * (cutoff + 10.0)
-    return bool(np.isfinite(d).all() and d.min() >= cutoff)
+    if not np.isfinite(vol) or vol < min_volume:
+        return False
+    return bool(min_interatomic_distance(structure) >= cutoff)  # nan (undefined) compares False
+
+
+def min_interatomic_distance(structure: Structure) -> float:
+    """Shortest minimum-image distance between two sites (Å); inf for one-site cells, nan if undefined."""
+    if len(structure) < 2:
+        return float("inf")
+    try:
+        d = np.array(structure.distance_matrix, dtype=float)
+    except Exception:  # singular lattices etc.
+        return float("nan")
+    return float((d + np.diag(np.full(len(d), np.inf))).min())
 
 
 def compositional_validity(
@@ -429,6 +438,78 @@ def _fit(m: Any, a: Structure, b: Structure) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- reports
+
+
+def _or_nan(fn: Any, structure: Structure) -> float:
+    try:  # a generated cell can be degenerate (zero volume): it is left out of the panel, not an error
+        return float(fn(structure))
+    except (ZeroDivisionError, ValueError, np.linalg.LinAlgError):
+        return float("nan")
+
+
+def plot_structures(
+    structures: Sequence[Structure],
+    reference: Sequence[Structure] | None = None,
+    path: str | os.PathLike = "structures.png",
+    title: str | None = None,
+    labels: tuple[str, str] = ("generated", "reference"),
+) -> Path:
+    """One PNG comparing generated crystals with reference crystals on six panels: density (g/cm³), volume per
+    atom (Å³), lattice lengths (Å), lattice angles (degrees), shortest interatomic distance (Å; structural
+    validity needs > 0.5 Å) and the number of distinct elements.
+
+    Args:
+        structures: pymatgen Structures.
+        reference: Reference Structures (e.g. the test split); None draws the structures alone.
+        path: Output PNG (atomic write).
+        title: Figure title.
+        labels: Legend names of the two sets.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: a set is empty.
+    """
+    from flowsci.plots import Panel, save_panels
+
+    sets = (
+        {labels[0]: list(structures)}
+        if reference is None
+        else {labels[0]: list(structures), labels[1]: list(reference)}
+    )
+    for k, v in sets.items():
+        if not v:
+            raise ValueError(f"plot_structures: the {k!r} set is empty")
+
+    def per(fn: Any) -> dict[str, np.ndarray]:
+        return {k: np.array([_or_nan(fn, s) for s in v], dtype=float) for k, v in sets.items()}
+
+    nmax = 6
+    counts = per(lambda s: min(len(s.composition.elements), nmax))
+    panels = [
+        Panel("density", per(lambda s: s.density), xlabel="g/cm³"),
+        Panel("volume per atom", per(lambda s: s.volume / len(s)), xlabel="Å³"),
+        Panel(
+            "lattice lengths a, b, c",
+            {k: np.concatenate([s.lattice.abc for s in v]) for k, v in sets.items()},
+            xlabel="Å",
+        ),
+        Panel(
+            "lattice angles α, β, γ",
+            {k: np.concatenate([s.lattice.angles for s in v]) for k, v in sets.items()},
+            xlabel="degrees",
+        ),
+        Panel("shortest interatomic distance", per(min_interatomic_distance), xlabel="Å (valid > 0.5)"),
+        Panel(
+            "distinct elements",
+            {k: np.array([(c == n).mean() for n in range(1, nmax + 1)]) for k, c in counts.items()},
+            kind="bar",
+            categories=[str(n) for n in range(1, nmax)] + [f"{nmax}+"],
+            ylabel="fraction of crystals",
+        ),
+    ]
+    return save_panels(panels, path, title=title)
 
 
 def evaluate_csp(

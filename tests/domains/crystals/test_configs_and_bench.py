@@ -135,5 +135,5 @@ def test_cli_fit_then_sample_writes_cifs_for_a_composition(tmp_path, monkeypatch
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     main(["sample", "--ckpt", str(ckpt), "--num", "3", "--steps", "5", "--set", "composition=SrTiO3", "--out", "cifs"])
     cifs = sorted((tmp_path / "cifs").glob("*.cif"))
-    assert len(cifs) == 3
+    assert len(cifs) == 3 and (tmp_path / "cifs" / "structures.png").is_file()
     assert {Structure.from_file(str(p)).composition.reduced_formula for p in cifs} == {"SrTiO3"}

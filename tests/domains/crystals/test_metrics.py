@@ -104,3 +104,21 @@ def test_property_wasserstein_and_evaluate(perov):
     assert list(table.columns[:3]) == ["struct_valid", "comp_valid", "valid"] and len(table) == 1
     u = M.uniqueness_novelty(perov[:3] + perov[:1], train=perov[:1])
     assert u["uniqueness"] == pytest.approx(3 / 4) and u["novelty"] == pytest.approx(2 / 4)
+
+
+def test_min_interatomic_distance_uses_periodic_images():
+    wrap = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0.98, 0, 0], [0.02, 0, 0]])
+    assert M.min_interatomic_distance(wrap) == pytest.approx(0.16)  # through the cell boundary, not 3.84 Å
+    nacl = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert M.min_interatomic_distance(nacl) == pytest.approx(2 * np.sqrt(3))
+    assert M.min_interatomic_distance(Structure(Lattice.cubic(3.0), ["C"], [[0, 0, 0]])) == np.inf
+
+
+def test_plot_structures_writes_a_png_and_rejects_an_empty_set(perov, tmp_path):
+    flat = Structure(Lattice([[1, 0, 0], [1, 0, 0], [0, 0, 1]]), ["C", "C"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert np.isnan(M.min_interatomic_distance(flat))  # zero-volume cell: undefined, and invalid
+    out = M.plot_structures([flat, *perov[:5]], perov[5:12], tmp_path / "s.png", title="real vs real")
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
+    with pytest.raises(ValueError, match="'generated' set is empty"):
+        M.plot_structures([], perov[:2], tmp_path / "e.png")
