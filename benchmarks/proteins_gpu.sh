@@ -33,7 +33,8 @@ small() {
   steps_of "$ck"
   $diag sweep --ckpt "$ck" --device ${DEVICE:-cuda} --nfe 10,100 --seeds 0,1,2 --final-steps euler,x1 \
     --json "$out/sweep_small_qflow.json"
-  local rf="$diag reflow --ckpt $ck --out $out/reqflow_small.pt --pairs 192 --nfe 100 --steps 600 --lengths 60,80,100,120"
+  local rf="$diag reflow --ckpt $ck --out $out/reqflow_small.pt --pairs 192 --nfe 10,20,50,100 --steps 600 \
+    --lengths 60,80,100,120"  # pairs at the teacher's best NFE (the README's run, at commit 1ee02c3, fixed NFE 100)
   $rf --device "${DEVICE:-cuda}" || $rf --device "${DEVICE:-cuda}" --max-coil 1.0  # no sample passed the coil filter
   $diag sweep --ckpt "$out/reqflow_small.pt" --device ${DEVICE:-cuda} --nfe 10,20 --seeds 0,1,2 \
     --json "$out/sweep_small_reqflow.json"

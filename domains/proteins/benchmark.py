@@ -260,7 +260,7 @@ def reflow_checkpoint(
     ckpt: str,
     out: str,
     pairs: int = 48,
-    nfe: int = 100,
+    nfe: int | Sequence[int] = 100,
     steps: int = 300,
     lr: float = 1e-4,
     lengths: Sequence[int] = LENGTHS,
@@ -271,14 +271,15 @@ def reflow_checkpoint(
 ) -> dict[str, Any]:
     """Turn a trained QFlow checkpoint (``flowsci fit``, any size) into ReQFlow and save it small.
 
-    Generates ``pairs`` (prior draw, sample) pairs at ``nfe`` Euler steps with lengths cycling through
-    ``lengths`` (prior seed ``seed``), fine-tunes ``steps`` optimizer steps at ``lr`` (batches of ``batch_size``
-    pairs) on ``device``
-    (``"cpu"`` or ``"cuda"``), and writes the result as :func:`pretrain` does (readable by
+    Generates ``pairs`` (prior draw, sample) pairs at ``nfe`` Euler steps (a sequence: the teacher's best of
+    those by :func:`teacher_best_nfe`, as the quick suite does) with lengths cycling through ``lengths`` (prior
+    seed ``seed``), fine-tunes ``steps`` optimizer steps at ``lr`` (batches of ``batch_size`` pairs) on
+    ``device`` (``"cpu"`` or ``"cuda"``), and writes the result as :func:`pretrain` does (readable by
     :meth:`ReQFlow.from_checkpoint`).
 
     Returns:
-        The ``meta`` dict written (pair counts, steps, seconds).
+        The ``meta`` dict written (pair counts, ``teacher_probe`` {NFE: CA–CA validity} when ``nfe`` is a
+        sequence, steps, seconds).
     """
     import time
 
@@ -287,11 +288,15 @@ def reflow_checkpoint(
     t0 = time.perf_counter()
     model = ReQFlow.from_checkpoint(ckpt).to(device)
     accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
+    probe: dict[int, float] = {}
+    if not isinstance(nfe, int):
+        nfe, probe = teacher_best_nfe(model.eval(), nfe)
     todo = [int(lengths[i % len(lengths)]) for i in range(pairs)]
     meta = _rectify(model, todo, nfe, steps, lr, max_coil, accelerator, pair_batch=64, batch_size=batch_size, seed=seed)
     meta = {
         "teacher": str(ckpt),
         "pairs": meta,
+        "teacher_probe": probe,
         "reflow_steps": steps,
         "reflow_lr": lr,
         "parameters": sum(p.numel() for p in model.net.parameters()),
@@ -867,9 +872,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     :func:`training_curve`;
     ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`;
     ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
-    ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 100] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
-    :func:`reflow_checkpoint`. ``--device cuda`` runs sweep, speed and reflow on a GPU.
-    Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also writes the rows. On the CPU
+    ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
+    :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
+    speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also
+    writes the rows. On the CPU
     it runs on one thread.
     """
     import argparse
@@ -921,7 +927,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             a.ckpt,
             a.out,
             a.pairs,
-            a.nfe[-1],
+            a.nfe[0] if len(a.nfe) == 1 else a.nfe,
             a.steps or 300,
             lengths=a.lengths or LENGTHS,
             max_coil=a.max_coil,

@@ -178,7 +178,7 @@ def test_reflow_checkpoint_and_speed_cli_turn_a_saved_qflow_into_a_loadable_reqf
             "--pairs",
             "4",
             "--nfe",
-            "2",
+            "2,3",
             "--steps",
             "2",
             "--lengths",
@@ -189,7 +189,9 @@ def test_reflow_checkpoint_and_speed_cli_turn_a_saved_qflow_into_a_loadable_reqf
     )
     blob = torch.load(out, weights_only=False)
     assert blob["meta"]["pairs"]["generated"] == 4 and blob["meta"]["pairs"]["kept"] == 4
-    assert blob["meta"]["reflow_steps"] == 2 and blob["meta"]["pairs"]["nfe_per_sample"] == 2
+    assert set(blob["meta"]["teacher_probe"]) == {2, 3}  # several NFE: pairs at the teacher's best of them
+    best = max(blob["meta"]["teacher_probe"].items(), key=lambda kv: (kv[1], -kv[0]))[0]
+    assert blob["meta"]["reflow_steps"] == 2 and blob["meta"]["pairs"]["nfe_per_sample"] == best
     student = ReQFlow.from_checkpoint(out)
     pairs = zip(teacher.state_dict().values(), student.state_dict().values(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)  # the fine-tuning moved the weights
