@@ -9,6 +9,7 @@ linking every domain's leaderboard.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     cols = _columns(doc)
     primary = _primary(doc, cols)
     ok = [c for c in doc["cells"] if c["status"] == "ok"]
-    key = _sort_key(doc, primary)
     if ok and primary:
-        best: dict[str, Mapping[str, Any]] = {}
-        for c in sorted(ok, key=key):
-            best.setdefault(c["method"], c)
         lines += [
             f"### Leaderboard (best cell per method by `{primary}`{_arrow(doc, primary)})",
             "",
@@ -131,7 +128,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             + " | train time | sampling / sample |",
             "|---|---|---|---|" + "---|" * len(cols) + "---|---|",
         ]
-        for i, c in enumerate(sorted(best.values(), key=key), 1):
+        for i, c in enumerate(best_cells(doc), 1):
             name = c["method"] + (" *(baseline)*" if c["baseline"] else "")
             lines.append(
                 f"| {i} | {name} | {c['solver']} | {_nfe(c)} | "
@@ -259,6 +256,23 @@ def write_plots(doc: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return written
 
 
+def sample_plot_path(out_dir: str | Path, domain: str, cell_id: str) -> Path:
+    """Where a cell's sample figure goes: ``<out>/<suite>/plots/samples/<domain>/<cell id, '/' as '_'>.png``."""
+    return Path(out_dir) / "plots" / "samples" / domain / (re.sub(r"[^A-Za-z0-9.=-]+", "_", cell_id) + ".png")
+
+
+def best_cells(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The leaderboard: each method's best finished cell by the primary metric, best first."""
+    primary = _primary(doc, _columns(doc))
+    if not primary:
+        return []
+    key = _sort_key(doc, primary)
+    best: dict[str, Mapping[str, Any]] = {}
+    for c in sorted((c for c in doc["cells"] if c["status"] == "ok"), key=key):
+        best.setdefault(c["method"], c)
+    return sorted(best.values(), key=key)
+
+
 def write_domain_report(doc: Mapping[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write ``<out_dir>/<domain>.md`` and (if ``plots``) its PNG plots under ``<out_dir>/plots/``."""
     out_dir = Path(out_dir)
@@ -268,6 +282,12 @@ def write_domain_report(doc: Mapping[str, Any], out_dir: str | Path, plots: bool
         pngs = write_plots(doc, out_dir / "plots")
         if pngs:
             text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in pngs) + "\n"
+        figures = [(c, sample_plot_path(out_dir, doc["domain"], c["id"])) for c in best_cells(doc)]
+        figures = [(c, p) for c, p in figures if p.is_file()]
+        if figures:
+            text += "\n### Samples against the reference (best cell per method)\n\n" + "\n".join(
+                f"![{c['id']}]({p.relative_to(out_dir).as_posix()})" for c, p in figures
+            ) + "\n"
     else:
         pngs = []
     atomic_write_text(md, text)

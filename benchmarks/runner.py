@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
 from flowsci.benchmarks.spec import BenchmarkSpec, Cell, Method, SampleRequest
 from flowsci.io import atomic_write, atomic_write_text
@@ -358,6 +359,7 @@ def _measure(
     device: torch.device,
     train_info: Mapping[str, Any],
     columns: dict[str, dict[str, Any]],
+    plot_dir: Path | None = None,
 ) -> dict[str, Any]:
     rec = _empty_record(spec, cell, method.baseline)
     rec.update({k: train_info.get(k) for k in ("train_time_s", "train_steps", "train_steps_per_s",
@@ -403,6 +405,12 @@ def _measure(
         rec["status"] = "ok"
     except Exception as e:
         rec["error"], rec["traceback"] = _error_text(e, phase)
+    else:
+        if plot_dir is not None and spec.sample_plot is not None:
+            try:
+                spec.sample_plot(samples, reference, sample_plot_path(plot_dir, spec.name, cell.id), cell.id)
+            except Exception as e:  # a figure must not cost the measured cell
+                log.warning("%s/%s: sample plot failed: %s", spec.name, cell.id, e)
     rec["finished_at"] = _now()
     return rec
 
@@ -577,7 +585,9 @@ def run_spec(
                     _warmup(spec, method, todo[0], model, dm, reference)
                     for cell in todo:
                         bar.set_postfix_str(cell.id)
-                        records[cell.id] = _measure(spec, method, cell, model, dm, reference, dev, info, columns)
+                        records[cell.id] = _measure(
+                            spec, method, cell, model, dm, reference, dev, info, columns, out_dir if plots else None
+                        )
                         flush()
                         bar.update(1)
                     del model

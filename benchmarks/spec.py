@@ -30,6 +30,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flowsci.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS
@@ -258,6 +259,9 @@ class BenchmarkSpec:
         noise_floor: Also score a second held-out draw, ``reference_data(dm, num, seed + 1)``, against the
             reference with every metric: the value a perfect sampler would get at this sample size. Only for
             specs whose reference is itself a valid input of the metrics.
+        sample_plot: Optional ``sample_plot(samples, reference, path, title)`` that draws one cell's samples
+            against the reference (e.g. distributions of the field's features); the runner writes it to
+            :func:`~flowsci.benchmarks.report.sample_plot_path` and the report shows the best cell per method.
 
     """
 
@@ -283,6 +287,7 @@ class BenchmarkSpec:
     version: str = "1"
     warmup_samples: int = 16
     noise_floor: bool = False
+    sample_plot: Callable[[Any, Any, Path, str], Any] | None = None
 
     def __post_init__(self) -> None:
         """Check the spec once, with errors that name the domain and the problem."""

@@ -217,6 +217,13 @@ def _structures(solution: Any) -> list[Any]:
     return solution.extras["structures"]
 
 
+def plot_cell(samples: list[Any], reference: list[Any], path: Any, title: str) -> Any:
+    """One benchmark cell's crystals against the test crystals (:func:`..metrics.plot_structures`)."""
+    from flowsci.domains.crystals.metrics import plot_structures
+
+    return plot_structures(samples, reference, path, title, ("generated", "test"))
+
+
 def csp_metric(samples: list[Any], reference: list[Any]) -> dict[str, float]:
     """Match rate / RMSE (valid predictions only, DiffCSP), the fraction of valid predictions, and the cell-size
     error (median ``|s/s_true − 1|`` of ``s = (V/N)^{1/3}``, fraction off by > 10 %), which matching ignores.
@@ -378,6 +385,7 @@ def _csp_spec(
         train_steps=size["train_steps"],
         sample=sample_csp,
         postprocess=_structures,
+        sample_plot=plot_cell,
         primary_metric="match_rate",
         references=references,
         packages=("pymatgen", "smact", "torch_geometric"),

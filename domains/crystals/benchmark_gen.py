@@ -171,7 +171,7 @@ def carbon24_spec(suite: str) -> BenchmarkSpec:
 def _generation_spec(
     suite: str, dataset: str, sizes: dict[str, dict[str, Any]], references: tuple[ReferenceRow, ...]
 ) -> BenchmarkSpec:
-    from flowsci.domains.crystals.benchmark import bundled_datamodule, reference_structures
+    from flowsci.domains.crystals.benchmark import bundled_datamodule, plot_cell, reference_structures
 
     if suite not in sizes:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(sizes)}")
@@ -230,6 +230,7 @@ def _generation_spec(
         train_steps=size["train_steps"],
         sample=sample_gen,
         postprocess=lambda sol: sol.extras["structures"],
+        sample_plot=plot_cell,
         primary_metric="valid",
         references=references,
         packages=("pymatgen", "smact", "matminer", "torch_geometric"),

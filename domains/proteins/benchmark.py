@@ -321,6 +321,12 @@ def _postprocess(solution: Any) -> list:
     return list(solution)
 
 
+def _plot_cell(samples: list, reference: dict[str, list], path: Any, title: str) -> Any:
+    from flowsci.domains.proteins.metrics import plot_samples
+
+    return plot_samples(samples, reference["val"], path, title, ("generated", "held-out"))
+
+
 def _reference(dm: Any, num: int, seed: int) -> dict[str, list]:
     dm.setup("fit")
     rng = np.random.default_rng(seed)
@@ -488,6 +494,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         trainer_kwargs={"gradient_clip_val": 1.0},
         sample=_sample,
         postprocess=_postprocess,
+        sample_plot=_plot_cell,
         primary_metric="ca_ca_valid",
         description=__doc__.split("\n\n")[0] + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
         packages=("gemmi", "tmtools", "pydssp"),

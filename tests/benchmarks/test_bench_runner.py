@@ -299,3 +299,35 @@ def test_weights_of_reuses_trained_weights_without_training_again(fakes, tmp_pat
     assert {m["name"]: m.get("weights_of") for m in doc["spec"]["methods"]}["shift-again"] == "shift"
     with pytest.raises(ValueError, match="earlier method"):
         dataclasses.replace(base, methods=[again, shift]).validate()
+
+
+def test_sample_plots_are_written_per_cell_and_shown_for_the_best_cells(fakes, tmp_path) -> None:
+    import numpy as np
+
+    from flowsci.benchmarks.report import best_cells, sample_plot_path
+    from flowsci.plots import Panel, save_panels
+
+    seen = []
+
+    def plot(samples, reference, path, title):
+        seen.append(title)
+        if title.startswith("untrained/midpoint"):
+            raise RuntimeError("injected plot failure")  # must not cost the measured cell
+        x = np.asarray(samples)
+        return save_panels([Panel(title, {"samples": x[:, 0], "reference": np.asarray(reference)[:, 0]})], path)
+
+    doc = run_spec(fakes.make_spec(sample_plot=plot), "smoke", tmp_path, progress=False, plots=True)
+    out = tmp_path / "smoke"
+    assert sorted(seen) == sorted(c["id"] for c in doc["cells"]) and all(c["status"] == "ok" for c in doc["cells"])
+    shift = sample_plot_path(out, "fake", "shift/euler/nfe1")
+    assert shift == out / "plots" / "samples" / "fake" / "shift_euler_nfe1.png" and shift.is_file()
+    failed = [t for t in seen if t.startswith("untrained/midpoint")]
+    assert failed and not any(sample_plot_path(out, "fake", t).exists() for t in failed)
+    md = (out / "fake.md").read_text()
+    assert "### Samples against the reference (best cell per method)" in md
+    for c in best_cells(doc):
+        link = sample_plot_path(out, "fake", c["id"]).relative_to(out).as_posix()
+        assert (f"]({link})" in md) == sample_plot_path(out, "fake", c["id"]).is_file()
+    # no figures without plots
+    run_spec(fakes.make_spec(sample_plot=plot), "smoke", tmp_path / "np", progress=False, plots=False)
+    assert not (tmp_path / "np" / "smoke" / "plots").exists()
