@@ -136,6 +136,7 @@ def _build(
     lr: float = 5e-4,
     train_rot_prior: str = "uniform",
     final_step: str = "euler",
+    aux_t: float = 0.5,
 ) -> Any:
     from flowsci.domains.proteins.flow import ReQFlow
     from flowsci.domains.proteins.model import IPAFrameNet
@@ -148,6 +149,7 @@ def _build(
         train_rot_prior=train_rot_prior,
         sample_steps=10,
         final_step=final_step,
+        aux_t=aux_t,
     )
 
 
@@ -745,6 +747,7 @@ def training_curve(
     sample_seeds: Sequence[int] = (0,),
     res_idx_from: str = "chain",
     train_rot_prior: str = "uniform",
+    aux_t: float = 0.5,
 ) -> list[dict[str, Any]]:
     """Train one quick-suite QFlow (:func:`build_model`, :func:`datamodule`) and score it at several step counts.
 
@@ -762,6 +765,7 @@ def training_curve(
             previous default, for the ablation in the README).
         train_rot_prior: Rotation prior of training (``"uniform"``, the suite's, or ``"igso3"``: the paper's
             IGSO(3)(1.5) around the data; sampling stays uniform).
+        aux_t: The auxiliary (backbone-atom, pair-distance) losses apply when t > ``aux_t`` (suite: 0.5).
 
     Returns:
         :func:`sampling_sweep` rows with an added ``train_steps``.
@@ -777,7 +781,7 @@ def training_curve(
             if trainer.global_step in wanted:
                 snaps[trainer.global_step] = copy.deepcopy(pl_module.state_dict())
 
-    model = build_model(train_rot_prior=train_rot_prior)
+    model = build_model(train_rot_prior=train_rot_prior, aux_t=aux_t)
     trainer = _trainer(wanted[-1])
     trainer.callbacks.append(_Snap())
     trainer.fit(model, datamodule=datamodule(res_idx_from))
@@ -875,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     :func:`sampling_sweep`;
     ``denoiser --ckpt C [--times ...]``: :func:`denoiser_vs_t` on the 18 held-out chains of the quick suite;
     ``curve [--checkpoints 800,1200,1600,2000] [--nfe 10,100] [--seeds 0] [--train-seed 0] [--res-idx chain]
-    [--train-rot-prior uniform]``:
+    [--train-rot-prior uniform] [--aux-t 0.5]``:
     :func:`training_curve`;
     ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`;
     ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
@@ -916,6 +920,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--train-seed", type=int, default=0, help="curve: seed of the training run")
     p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
     p.add_argument("--train-rot-prior", default="uniform", choices=("uniform", "igso3"), help="curve: training prior")
+    p.add_argument("--aux-t", type=float, default=0.5, help="curve: auxiliary losses when t > this")
     p.add_argument("--restraint", type=float, default=0.0, help="sweep: sampling-time CA restraint weight")
     p.add_argument("--json", help="also write the rows to this JSON file")
     a = p.parse_args(argv)
@@ -946,7 +951,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.what == "real":
         rows = [real_reference(a.num)]
     elif a.what == "curve":
-        rows = training_curve(a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx, a.train_rot_prior)
+        rows = training_curve(
+            a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx, a.train_rot_prior, a.aux_t
+        )
     else:
         if not a.ckpt:
             p.error(f"{a.what} needs --ckpt")
