@@ -131,7 +131,7 @@ REFERENCES_C24: tuple[ReferenceRow, ...] = (
 #: Carbon-24: 6–24 atoms per cell (fully connected graphs ≈ 5× the edges of Perov-5).
 _C24_SIZES: dict[str, dict[str, Any]] = {
     "smoke": {**_SIZES["smoke"], "batch_size": 16, "max_train": 64, "num_samples": 8},
-    "quick": {**_SIZES["quick"], "train_steps": 3000, "batch_size": 64, "nfe_grid": (5, 10, 20)},
+    "quick": {**_SIZES["quick"], "train_steps": 6000, "batch_size": 64, "nfe_grid": (5, 10, 20)},
     "full": _SIZES["full"],
 }
 

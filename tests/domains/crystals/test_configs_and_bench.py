@@ -118,7 +118,7 @@ def test_carbon24_csp_benchmark_smoke_run(tmp_path):
     dm.setup("test")
     assert {site.specie.symbol for st in dm.test_set.structures() for site in st} == {"C"}
     quick = load_spec("crystals_c24", "quick")
-    assert quick.train_steps == 3000 and quick.num_samples == 500
+    assert quick.train_steps == 6000 and quick.num_samples == 500
 
 
 def test_cli_fit_then_sample_writes_cifs_for_a_composition(tmp_path, monkeypatch):
