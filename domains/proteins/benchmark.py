@@ -292,7 +292,7 @@ def reflow_checkpoint(
     accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
     probe: dict[int, float] = {}
     if not isinstance(nfe, int):
-        nfe, probe = teacher_best_nfe(model.eval(), nfe)
+        nfe, probe = teacher_best_nfe(model, nfe)  # from_checkpoint returns the model in eval mode
     todo = [int(lengths[i % len(lengths)]) for i in range(pairs)]
     meta = _rectify(model, todo, nfe, steps, lr, max_coil, accelerator, pair_batch=64, batch_size=batch_size, seed=seed)
     meta = {
