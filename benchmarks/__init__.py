@@ -1,18 +1,7 @@
 """flowsci benchmarks: one runner, one leaderboard for every domain (``flowsci bench``).
 
-A domain registers a :class:`BenchmarkSpec` (see :mod:`flowsci.benchmarks.spec`) in
-``flowsci.domains.<field>.benchmark`` and a line in :data:`flowsci.benchmarks.registry.DOMAINS`;
-:func:`flowsci.benchmarks.runner.run_benchmarks` does the rest. General sample-quality metrics live in
-:mod:`flowsci.metrics`.
+A domain declares its benchmark with the core's :class:`flowsci.benchspec.BenchmarkSpec` (in
+``flowsci.domains.<field>.benchmark``) and registers it through its :class:`flowsci.contract.Domain` entry point;
+:func:`flowsci.benchmarks.runner.run_benchmarks` does the rest. The runner, reports and comparisons live here,
+above the domains.
 """
-
-from flowsci.benchmarks.spec import BenchmarkSpec, Cell, Method, Metric, ReferenceRow, SampleRequest
-
-__all__ = [
-    "BenchmarkSpec",
-    "Cell",
-    "Method",
-    "Metric",
-    "ReferenceRow",
-    "SampleRequest",
-]

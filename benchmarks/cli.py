@@ -27,15 +27,25 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="flowsci bench",
         description="Run flowsci benchmark suites (see also: flowsci bench compare A.json B.json).",
     )
-    p.add_argument("--suite", choices=["smoke", "quick", "full"], default="smoke",
-                   help="smoke: seconds per domain (CI); quick: <= ~15 min per domain on 2 CPU cores; full: paper "
-                        "scale (default: smoke)")
-    p.add_argument("--domains", default=None,
-                   help="comma-separated domains (default: every registered domain that is installed)")
+    p.add_argument(
+        "--suite",
+        choices=["smoke", "quick", "full"],
+        default="smoke",
+        help="smoke: seconds per domain (CI); quick: <= ~15 min per domain on 2 CPU cores; full: paper "
+        "scale (default: smoke)",
+    )
+    p.add_argument(
+        "--domains", default=None, help="comma-separated domains (default: every registered domain that is installed)"
+    )
     p.add_argument("--out", default="results", help="results root; files go to <out>/<suite>/ (default: results)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", dest="force", action="store_false", default=False,
-                      help="keep finished cells and run the rest (default)")
+    mode.add_argument(
+        "--resume",
+        dest="force",
+        action="store_false",
+        default=False,
+        help="keep finished cells and run the rest (default)",
+    )
     mode.add_argument("--force", dest="force", action="store_true", help="rerun every cell and retrain")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -46,8 +56,9 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowsci bench compare",
-                                description="Compare two results files (B against A), regressions first.")
+    p = argparse.ArgumentParser(
+        prog="flowsci bench compare", description="Compare two results files (B against A), regressions first."
+    )
     p.add_argument("a", help="old results file (A.json)")
     p.add_argument("b", help="new results file (B.json)")
     p.add_argument("--rtol", type=float, default=0.05, help="relative tolerance of metrics and NFE (0.05)")
@@ -72,8 +83,10 @@ def _compare(argv: Sequence[str]) -> int:
     if (a["suite"], a["domain"]) != (b["suite"], b["domain"]):
         header["warning"] = f"comparing {a['suite']}/{a['domain']} with {b['suite']}/{b['domain']}"
     if a["environment"]["device"] != b["environment"]["device"]:
-        header["note"] = (f"different devices ({a['environment']['device']} vs {b['environment']['device']}): "
-                          "timings are not comparable")
+        header["note"] = (
+            f"different devices ({a['environment']['device']} vs {b['environment']['device']}): "
+            "timings are not comparable"
+        )
     changes = compare_results(a, b, rtol=args.rtol, time_rtol=args.time_rtol, atol=args.atol)
     print(format_changes(changes, args.a, args.b, show_unchanged=args.show_unchanged, header=header), end="")
     if args.fail_on_regression and any(c.kind == "regression" for c in changes):
@@ -103,8 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowsci.benchmarks.runner import run_benchmarks
 
     try:
-        docs = run_benchmarks(args.suite, domains, args.out, force=args.force, device=args.device,
-                              threads=args.threads, progress=args.progress, plots=args.plots)
+        docs = run_benchmarks(
+            args.suite,
+            domains,
+            args.out,
+            force=args.force,
+            device=args.device,
+            threads=args.threads,
+            progress=args.progress,
+            plots=args.plots,
+        )
     except ValueError as e:  # e.g. an unreadable results file on --resume
         print(f"flowsci bench: {e}", file=sys.stderr)
         return 2
@@ -112,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, doc in docs.items():
         ok = sum(c["status"] == "ok" for c in doc["cells"])
         extra = f" — {doc['error']}" if doc.get("error") else ""
-        print(f"{args.suite}/{name}: {doc['status']} ({ok}/{len(doc['cells'])} cells ok) -> "
-              f"{out_dir / (name + '.json')}{extra}")
+        print(
+            f"{args.suite}/{name}: {doc['status']} ({ok}/{len(doc['cells'])} cells ok) -> "
+            f"{out_dir / (name + '.json')}{extra}"
+        )
     print(f"leaderboard: {out_dir / 'README.md'}")
     return 0 if docs and all(d["status"] == "ok" for d in docs.values()) else 1
 

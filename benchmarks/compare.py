@@ -91,8 +91,10 @@ def compare_results(
             continue
         if y["status"] != "ok":
             continue
-        values = [(k, x["metrics"].get(k), y["metrics"].get(k), dirs.get(k, False), rtol, cid)
-                  for k in sorted(set(x["metrics"]) | set(y["metrics"]))]
+        values = [
+            (k, x["metrics"].get(k), y["metrics"].get(k), dirs.get(k, False), rtol, cid)
+            for k in sorted(set(x["metrics"]) | set(y["metrics"]))
+        ]
         for k, hib in COST_COLUMNS.items():
             if k in TRAIN_COLUMNS:
                 if x["method"] in trained:
@@ -127,7 +129,10 @@ def _v(x: Any) -> str:
 
 
 def format_changes(
-    changes: list[Change], a_name: str = "A", b_name: str = "B", show_unchanged: bool = False,
+    changes: list[Change],
+    a_name: str = "A",
+    b_name: str = "B",
+    show_unchanged: bool = False,
     header: Mapping[str, Any] | None = None,
 ) -> str:
     """Format changes as text, regressions first (unchanged ones only counted unless ``show_unchanged``)."""
@@ -135,10 +140,17 @@ def format_changes(
     if header:
         lines += [f"  {k}: {v}" for k, v in header.items()]
     counts = {k: sum(c.kind == k for c in changes) for k in _ORDER}
-    lines.append("  " + ", ".join(f"{n} {k}{'s' if n != 1 and k in ('regression', 'improvement') else ''}"
-                                  for k, n in counts.items()))
-    titles = {"regression": "REGRESSIONS", "improvement": "Improvements", "removed": "Removed cells",
-              "added": "Added cells", "unchanged": "Unchanged"}
+    lines.append(
+        "  "
+        + ", ".join(f"{n} {k}{'s' if n != 1 and k in ('regression', 'improvement') else ''}" for k, n in counts.items())
+    )
+    titles = {
+        "regression": "REGRESSIONS",
+        "improvement": "Improvements",
+        "removed": "Removed cells",
+        "added": "Added cells",
+        "unchanged": "Unchanged",
+    }
     for kind, title in titles.items():
         group = [c for c in changes if c.kind == kind]
         if not group or (kind == "unchanged" and not show_unchanged):

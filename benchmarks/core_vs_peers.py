@@ -89,8 +89,9 @@ class _Counted(nn.Module):
 class _ManualLoop:
     """A training loop stepping through the shared batches; ``run(n)`` does ``n`` steps and times them."""
 
-    def __init__(self, result: PeerResult, net: nn.Module, loss_fn: Callable[[Tensor], Tensor],
-                 batches: Tensor) -> None:
+    def __init__(
+        self, result: PeerResult, net: nn.Module, loss_fn: Callable[[Tensor], Tensor], batches: Tensor
+    ) -> None:
         self.result, self.net, self.loss_fn, self.batches = result, net, loss_fn, batches
         self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
@@ -151,8 +152,13 @@ def _flowsci_model(net: nn.Module, ot: bool) -> Any:
     from flowsci.module import FlowMatching
     from flowsci.paths import CondOTPath
 
-    return FlowMatching(net=net, path=CondOTPath(), coupling=MinibatchOTCoupling() if ot else IndependentCoupling(),
-                        optimizer=partial(torch.optim.Adam, lr=1e-3), data_shape=[2])
+    return FlowMatching(
+        net=net,
+        path=CondOTPath(),
+        coupling=MinibatchOTCoupling() if ot else IndependentCoupling(),
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        data_shape=[2],
+    )
 
 
 def _flowsci_loop(net: nn.Module, batches: Tensor, ot: bool) -> _ManualLoop:
@@ -162,8 +168,9 @@ def _flowsci_loop(net: nn.Module, batches: Tensor, ot: bool) -> _ManualLoop:
         return model.compute_loss(x1)[0]
 
     name = "flowsci FM + OT coupling" if ot else "flowsci FM"
-    loop = _ManualLoop(PeerResult(name, "flowsci (compute_loss loop)", "minibatch OT" if ot else "independent"),
-                       net, loss_fn, batches)
+    loop = _ManualLoop(
+        PeerResult(name, "flowsci (compute_loss loop)", "minibatch OT" if ot else "independent"), net, loss_fn, batches
+    )
     loop.model = model  # type: ignore[attr-defined]
     return loop
 
@@ -181,8 +188,14 @@ def _sample(lib: str, counted: _Counted, x0: Tensor, nfe: int | None) -> Tensor:
                 return self.model(x, t)
 
         solver = ODESolver(velocity_model=_W(counted))
-        return solver.sample(x_init=x0, step_size=None if nfe is None else 1.0 / nfe, method=method,
-                             atol=1e-5, rtol=1e-5, time_grid=torch.tensor([0.0, 1.0]))
+        return solver.sample(
+            x_init=x0,
+            step_size=None if nfe is None else 1.0 / nfe,
+            method=method,
+            atol=1e-5,
+            rtol=1e-5,
+            time_grid=torch.tensor([0.0, 1.0]),
+        )
     if lib == "torchcfm":
         from torchdiffeq import odeint
 
@@ -215,8 +228,9 @@ def _evaluate(r: PeerResult, net: nn.Module, x0: Tensor, ref: Tensor, repeats: i
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _lightning_with_interleave(net: nn.Module, batches: Tensor, chunk: int, others: Callable[[], None],
-                               result: PeerResult) -> None:
+def _lightning_with_interleave(
+    net: nn.Module, batches: Tensor, chunk: int, others: Callable[[], None], result: PeerResult
+) -> None:
     """Train flowsci through ``pl.Trainer``; every ``chunk`` steps the manual loops run (clock paused)."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
@@ -228,8 +242,9 @@ def _lightning_with_interleave(net: nn.Module, batches: Tensor, chunk: int, othe
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             self.start = time.perf_counter()
 
-        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                               batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             if trainer.global_step % chunk == 0:
                 t0 = time.perf_counter()
                 others()
@@ -242,9 +257,19 @@ def _lightning_with_interleave(net: nn.Module, batches: Tensor, chunk: int, othe
     # the same pre-drawn batches as the manual loops, one [batch, 2] tensor per step (no per-sample collate)
     loader = DataLoader(TensorDataset(batches), batch_size=None, shuffle=False)
     cb = Interleave()
-    trainer = pl.Trainer(max_steps=batches.shape[0], max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[cb], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=batches.shape[0],
+        max_epochs=-1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, train_dataloaders=loader)
     result.steps = int(trainer.global_step)
     result.train_time_s = cb.end - cb.start - cb.paused
@@ -256,9 +281,17 @@ ROWS = ("flow_matching", "torchcfm", "torchcfm-ot", "flowsci", "flowsci-ot", "fl
 """Row keys accepted by ``--only``."""
 
 
-def run(steps: int = 5000, batch: int = 256, eval_points: int = 4000, seed: int = 0, chunk: int = 250,
-        lightning: bool = True, repeats: int = 3, log: Callable[[str], None] = print,
-        only: Sequence[str] | None = None) -> list[PeerResult]:
+def run(
+    steps: int = 5000,
+    batch: int = 256,
+    eval_points: int = 4000,
+    seed: int = 0,
+    chunk: int = 250,
+    lightning: bool = True,
+    repeats: int = 3,
+    log: Callable[[str], None] = print,
+    only: Sequence[str] | None = None,
+) -> list[PeerResult]:
     """Train and evaluate every available library on the shared task; returns one result per row.
 
     ``only`` restricts the rows to a subset of :data:`ROWS`.
@@ -340,8 +373,7 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 def format_tables(results: Sequence[PeerResult], steps: int, batch: int, eval_points: int, threads: int) -> str:
     """Markdown tables: throughput/timing, sliced W2 per NFE, MMD² per NFE, and the target verdicts."""
-    peers = [r for r in results if r.library not in ("data",) and not r.library.startswith("flowsci")
-             and r.steps_per_s]
+    peers = [r for r in results if r.library not in ("data",) and not r.library.startswith("flowsci") and r.steps_per_s]
     fastest = max((r.steps_per_s for r in peers), default=None)
     lines = [
         f"Task N(0, I) → moons; MLP 3×256 SiLU, Adam 1e-3, batch {batch}, {steps} steps, {threads} torch "
@@ -360,13 +392,17 @@ def format_tables(results: Sequence[PeerResult], steps: int, batch: int, eval_po
             f"{_f(r.final_loss)} |"
         )
     for metric, title in (("sliced_w2", "sliced W2 ↓"), ("mmd2", "MMD² ↓")):
-        lines += ["", f"| {title} | " + " | ".join(f"NFE {n}" for n in NFES) + " | dopri5 |",
-                  "|---|" + "---|" * (len(NFES) + 1)]
+        lines += [
+            "",
+            f"| {title} | " + " | ".join(f"NFE {n}" for n in NFES) + " | dopri5 |",
+            "|---|" + "---|" * (len(NFES) + 1),
+        ]
         for r in results:
             vals = getattr(r, metric)
             fmt = ".3f" if metric == "sliced_w2" else ".5f"
-            lines.append(f"| {r.name} | " + " | ".join(_f(vals.get(k), fmt) for k in (*map(str, NFES), "dopri5"))
-                         + " |")
+            lines.append(
+                f"| {r.name} | " + " | ".join(_f(vals.get(k), fmt) for k in (*map(str, NFES), "dopri5")) + " |"
+            )
     errors = [r for r in results if r.error]
     if errors:
         lines += [""] + [f"- {r.name}: {r.error}" for r in errors]
@@ -389,18 +425,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
-    results = run(args.steps, args.batch, args.eval_points, args.seed, args.chunk, args.lightning, args.repeats,
-                  log=lambda s: print(s, file=sys.stderr), only=only)
+    results = run(
+        args.steps,
+        args.batch,
+        args.eval_points,
+        args.seed,
+        args.chunk,
+        args.lightning,
+        args.repeats,
+        log=lambda s: print(s, file=sys.stderr),
+        only=only,
+    )
     print(format_tables(results, args.steps, args.batch, args.eval_points, args.threads), end="")
     if args.json:
         from pathlib import Path
 
         from flowsci.benchmarks.runner import write_json_atomic
 
-        write_json_atomic(Path(args.json), {
-            "args": vars(args),
-            "results": [dict(r.__dict__, steps_per_s=r.steps_per_s) for r in results],
-        })
+        write_json_atomic(
+            Path(args.json),
+            {
+                "args": vars(args),
+                "results": [dict(r.__dict__, steps_per_s=r.steps_per_s) for r in results],
+            },
+        )
     return 0 if not any(r.error for r in results) else 1
 
 

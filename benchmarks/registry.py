@@ -1,6 +1,6 @@
 """Registry of benchmark domains: name -> module path, imported lazily.
 
-A registered module defines either ``SPEC`` (a :class:`~flowsci.benchmarks.spec.BenchmarkSpec`, sized per suite
+A registered module defines either ``SPEC`` (a :class:`~flowsci.benchspec.BenchmarkSpec`, sized per suite
 through its ``suite_overrides``) or ``spec(suite: str) -> BenchmarkSpec``. Modules are imported only when their
 domain is benchmarked, so ``flowsci bench --domains toy2d`` never imports pymatgen or scanpy.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from flowsci.benchmarks.spec import SUITES, BenchmarkSpec
+from flowsci.benchspec import SUITES, BenchmarkSpec
 
 __all__ = ["DOMAINS", "available_domains", "load_spec", "register"]
 

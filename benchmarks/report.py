@@ -19,8 +19,6 @@ from flowsci.io import atomic_write, atomic_write_text
 __all__ = ["format_time", "render_markdown", "write_domain_report", "write_index", "write_plots"]
 
 
-
-
 def format_time(seconds: float | None) -> str:
     """Human-readable duration (``"12.3 µs"``, ``"4.56 ms"``, ``"1.23 s"``, ``"2.5 min"``)."""
     if seconds is None:
@@ -124,7 +122,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         lines += [
             f"### Leaderboard (best cell per method by `{primary}`{_arrow(doc, primary)})",
             "",
-            "| rank | method | solver | NFE | " + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
+            "| rank | method | solver | NFE | "
+            + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
             + " | train time | sampling / sample |",
             "|---|---|---|---|" + "---|" * len(cols) + "---|---|",
         ]
@@ -139,7 +138,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     lines += [
         "### All cells",
         "",
-        "| method | solver | NFE | " + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
+        "| method | solver | NFE | "
+        + " | ".join(f"{c}{_arrow(doc, c)}" for c in cols)
         + " | train steps/s | train time | sampling / sample | peak mem MB (Δ) | status |",
         "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|",
     ]
@@ -153,14 +153,19 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         )
     lines.append("")
     if doc.get("noise_floor"):
-        lines += ["Noise floor (a second held-out draw of the same size scored against the reference; a perfect "
-                  "sampler lands here): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in doc["noise_floor"].items()),
-                  ""]
+        lines += [
+            "Noise floor (a second held-out draw of the same size scored against the reference; a perfect "
+            "sampler lands here): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in doc["noise_floor"].items()),
+            "",
+        ]
     mem = next((c["memory_method"] for c in doc["cells"] if c.get("memory_method")), None)
     if mem:
-        lines += [f"Peak memory is measured around the sampler call of each cell: {mem}; (+Δ) is the increase "
-                  "over the value at the call's start. Sampling time is wall-clock of the sampler call divided by the "
-                  "number of samples; train time is the wall-clock of the whole training of the method.", ""]
+        lines += [
+            f"Peak memory is measured around the sampler call of each cell: {mem}; (+Δ) is the increase "
+            "over the value at the call's start. Sampling time is wall-clock of the sampler call divided by the "
+            "number of samples; train time is the wall-clock of the whole training of the method.",
+            "",
+        ]
     failed = [c for c in doc["cells"] if c["status"] != "ok"]
     if failed:
         lines += ["### Failed cells", ""]
@@ -168,9 +173,14 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         lines.append("")
     methods = {m["name"]: m for m in spec.get("methods", [])}
     if methods:
-        lines += ["Methods: " + "; ".join(
-            f"**{n}**{' (baseline)' if m['baseline'] else ''}: {m['description'] or '–'}" for n, m in methods.items()
-        ), ""]
+        lines += [
+            "Methods: "
+            + "; ".join(
+                f"**{n}**{' (baseline)' if m['baseline'] else ''}: {m['description'] or '–'}"
+                for n, m in methods.items()
+            ),
+            "",
+        ]
     metrics = [m for m in spec.get("metrics", []) if m.get("description")]
     if metrics:
         lines += ["Metrics: " + "; ".join(f"**{m['name']}**: {m['description']}" for m in metrics), ""]
@@ -187,7 +197,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         for r in doc["reference"]:
             nfe = _fmt(r.get("nfe")) + (f" ({r['solver']})" if r.get("solver") else "")
             lines.append(
-                f"| {r['method']} | {nfe} | " + " | ".join(_fmt(r["metrics"].get(k)) for k in rcols)
+                f"| {r['method']} | {nfe} | "
+                + " | ".join(_fmt(r["metrics"].get(k)) for k in rcols)
                 + f" | {r['source']} | {r['scale']} | {r.get('note', '')} |"
             )
         lines.append("")
@@ -226,7 +237,8 @@ def write_plots(doc: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         for ax, col in zip(axes[0], cols, strict=True):
             for (method, solver), cells in sorted(series.items()):
                 pts = sorted(
-                    (xkey(c), c["metrics"].get(col)) for c in cells
+                    (xkey(c), c["metrics"].get(col))
+                    for c in cells
                     if xkey(c) is not None and c["metrics"].get(col) is not None and xkey(c) > 0
                 )
                 if not pts:
@@ -285,9 +297,11 @@ def write_domain_report(doc: Mapping[str, Any], out_dir: str | Path, plots: bool
         figures = [(c, sample_plot_path(out_dir, doc["domain"], c["id"])) for c in best_cells(doc)]
         figures = [(c, p) for c, p in figures if p.is_file()]
         if figures:
-            text += "\n### Samples against the reference (best cell per method)\n\n" + "\n".join(
-                f"![{c['id']}]({p.relative_to(out_dir).as_posix()})" for c, p in figures
-            ) + "\n"
+            text += (
+                "\n### Samples against the reference (best cell per method)\n\n"
+                + "\n".join(f"![{c['id']}]({p.relative_to(out_dir).as_posix()})" for c, p in figures)
+                + "\n"
+            )
     else:
         pngs = []
     atomic_write_text(md, text)
@@ -310,8 +324,14 @@ def write_index(out_dir: str | Path) -> Path:
             rows.append(f"| {path.stem} | unreadable ({e}) | – | – |")
     suite = out_dir.name
     text = "\n".join(
-        [f"# flowsci bench — suite `{suite}`", "", "| domain | status | cells ok | updated |", "|---|---|---|---|",
-         *rows, ""]
+        [
+            f"# flowsci bench — suite `{suite}`",
+            "",
+            "| domain | status | cells ok | updated |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
     )
     path = out_dir / "README.md"
     atomic_write_text(path, text)

@@ -1,6 +1,6 @@
 """The benchmark runner: train, sample and score every (domain, method, solver, NFE) cell.
 
-The runner is domain-agnostic: everything it knows comes from a :class:`~flowsci.benchmarks.spec.BenchmarkSpec`.
+The runner is domain-agnostic: everything it knows comes from a :class:`~flowsci.benchspec.BenchmarkSpec`.
 For each domain it
 
 1. builds the data module and the held-out reference (once),
@@ -40,7 +40,7 @@ import torch
 
 from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
-from flowsci.benchmarks.spec import BenchmarkSpec, Cell, Method, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest
 from flowsci.io import atomic_write, atomic_write_text
 from flowsci.module import QUIET_TRAINER
 
@@ -362,8 +362,9 @@ def _measure(
     plot_dir: Path | None = None,
 ) -> dict[str, Any]:
     rec = _empty_record(spec, cell, method.baseline)
-    rec.update({k: train_info.get(k) for k in ("train_time_s", "train_steps", "train_steps_per_s",
-                                               "train_peak_memory_mb")})
+    rec.update(
+        {k: train_info.get(k) for k in ("train_time_s", "train_steps", "train_steps_per_s", "train_peak_memory_mb")}
+    )
     rec["train_cached"] = bool(train_info.get("train_cached", False))
     request = SampleRequest(dm, reference, spec.num_samples, cell.solver, cell.steps, cell.nfe, spec.seed)
     sampler = method.sample or spec.sample
@@ -398,8 +399,7 @@ def _measure(
             items = value.items() if isinstance(value, Mapping) else [(metric.name, value)]
             for key, v in items:
                 metrics[key] = _finite_or_none(v)
-                columns.setdefault(key, {"higher_is_better": metric.direction(key),
-                                         "description": metric.description})
+                columns.setdefault(key, {"higher_is_better": metric.direction(key), "description": metric.description})
         rec["metric_time_s"] = time.perf_counter() - t0
         rec["metrics"] = metrics
         rec["status"] = "ok"
@@ -455,8 +455,13 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _document(
-    suite: str, domain: str, spec: BenchmarkSpec | None, device: torch.device, records: list[dict[str, Any]],
-    columns: Mapping[str, Any], error: str | None = None,
+    suite: str,
+    domain: str,
+    spec: BenchmarkSpec | None,
+    device: torch.device,
+    records: list[dict[str, Any]],
+    columns: Mapping[str, Any],
+    error: str | None = None,
 ) -> dict[str, Any]:
     if error is not None:
         status = "error"
@@ -523,8 +528,9 @@ def run_spec(
             old = {c["id"]: c for c in prev["cells"]}
             columns.update(prev.get("columns", {}))
         else:  # timings from another machine or thread count must not be mixed with this run's
-            log.warning("%s was measured on %s with %d threads: rerunning every cell", path, env["device"],
-                        env["torch_threads"])
+            log.warning(
+                "%s was measured on %s with %d threads: rerunning every cell", path, env["device"], env["torch_threads"]
+            )
     cells = spec.cells()
     records: dict[str, dict[str, Any]] = {}
     for cell in cells:

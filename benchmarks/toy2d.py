@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric
+from flowsci.benchspec import BenchmarkSpec, Method, Metric
 from flowsci.metrics import mmd2_rbf, sliced_wasserstein2, wasserstein2_exact
 
 __all__ = ["REFERENCE_SEED_OFFSET", "build_flow_matching", "reference_moons", "spec"]
@@ -27,13 +27,31 @@ REFERENCE_SEED_OFFSET = 10_000
 
 _SIZES: dict[str, dict[str, Any]] = {
     # ~10 s on one core: 2 methods x (euler 2,8 + midpoint 2,8) = 8 cells
-    "smoke": {"train_steps": 60, "num_samples": 500, "solvers": ("euler", "midpoint"), "nfe_grid": (2, 8),
-              "num_train": 4096, "ema": False},
+    "smoke": {
+        "train_steps": 60,
+        "num_samples": 500,
+        "solvers": ("euler", "midpoint"),
+        "nfe_grid": (2, 8),
+        "num_train": 4096,
+        "ema": False,
+    },
     # ~5 min on one core: 2 methods x 16 cells
-    "quick": {"train_steps": 3000, "num_samples": 4000, "solvers": ("euler", "midpoint", "rk4", "dopri5"),
-              "nfe_grid": (1, 2, 4, 8, 16, 32), "num_train": 20_000, "ema": True},
-    "full": {"train_steps": 20_000, "num_samples": 10_000, "solvers": ("euler", "midpoint", "rk4", "dopri5"),
-             "nfe_grid": (1, 2, 4, 8, 16, 32, 64, 128), "num_train": 100_000, "ema": True},
+    "quick": {
+        "train_steps": 3000,
+        "num_samples": 4000,
+        "solvers": ("euler", "midpoint", "rk4", "dopri5"),
+        "nfe_grid": (1, 2, 4, 8, 16, 32),
+        "num_train": 20_000,
+        "ema": True,
+    },
+    "full": {
+        "train_steps": 20_000,
+        "num_samples": 10_000,
+        "solvers": ("euler", "midpoint", "rk4", "dopri5"),
+        "nfe_grid": (1, 2, 4, 8, 16, 32, 64, 128),
+        "num_train": 100_000,
+        "ema": True,
+    },
 }
 _METRIC_POINTS = 2000  # MMD and exact W2 are computed on the first 2000 points (O(n^2) / O(n^3))
 
@@ -110,10 +128,19 @@ def spec(suite: str) -> BenchmarkSpec:
         datamodule=datamodule,
         reference_data=reference_moons,
         methods=[
-            Method("fm-ot", build=lambda dm: build_flow_matching("ot"), callbacks=callbacks,
-                   description="CondOT path + minibatch OT coupling (OT-CFM)"),
-            Method("fm-indep", build=lambda dm: build_flow_matching("independent"), baseline=True,
-                   callbacks=callbacks, description="CondOT path + independent coupling (rectified flow / I-CFM)"),
+            Method(
+                "fm-ot",
+                build=lambda dm: build_flow_matching("ot"),
+                callbacks=callbacks,
+                description="CondOT path + minibatch OT coupling (OT-CFM)",
+            ),
+            Method(
+                "fm-indep",
+                build=lambda dm: build_flow_matching("independent"),
+                baseline=True,
+                callbacks=callbacks,
+                description="CondOT path + independent coupling (rectified flow / I-CFM)",
+            ),
         ],
         metrics=[
             Metric("sliced_w2", _sliced_w2, description="sliced W2, 512 projections, all samples"),

@@ -35,9 +35,7 @@ def _quantiles(sorted_proj: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return sorted_proj[:, idx]
 
 
-def sliced_wasserstein2(
-    x: torch.Tensor, y: torch.Tensor, num_projections: int = 512, seed: int = 0
-) -> float:
+def sliced_wasserstein2(x: torch.Tensor, y: torch.Tensor, num_projections: int = 512, seed: int = 0) -> float:
     r"""Sliced Wasserstein-2 distance between the empirical measures of ``x`` and ``y``.
 
     .. math::

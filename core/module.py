@@ -7,19 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from flowsci.contract import GenerativeModule, check_sample_args
 from flowsci.couplings import Coupling, IndependentCoupling
+from flowsci.errors import NonFiniteError
 from flowsci.guidance import ConditionDropout, Guidance
 from flowsci.io import atomic_write
 from flowsci.paths import AffinePath, CondOTPath, ProbPath, expand_t
-from flowsci.solvers import Solution, solve_ode
+from flowsci.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS, Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["FlowMatching", "LossSteps", "PREDICTIONS", "LOSS_WEIGHTINGS", "QUIET_TRAINER"]
+__all__ = ["FlowMatching", "PREDICTIONS", "LOSS_WEIGHTINGS", "QUIET_TRAINER"]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 LOSS_WEIGHTINGS = ("none", "inverse_clipped")
@@ -36,42 +37,7 @@ progress bars or validation."""
 _OBJECT_ARGS = ["net", "path", "time_sampler", "coupling", "cond_dropout", "optimizer", "lr_scheduler"]
 
 
-class LossSteps:
-    """Lightning train/validation/test steps for any module with ``compute_loss`` and ``num_examples``.
-
-    ``compute_loss(batch, generator=None) -> (loss, logs)`` gives the scalar loss and the values to log;
-    validation and test draw their noise from generators seeded by the batch index, so the numbers are
-    comparable across epochs. Shared by :class:`FlowMatching` and modules that are not flow-matching models
-    (e.g. Bayesian flow networks).
-    """
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """One optimisation step's loss."""
-        loss, logs = self.compute_loss(batch)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=self.num_examples(batch))
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Validation loss with noise seeded by the batch index."""
-        return self._seeded_loss("val", batch, 10_000 + batch_idx)
-
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Test loss, as validation."""
-        return self._seeded_loss("test", batch, 20_000 + batch_idx)
-
-    def _seeded_loss(self, stage: str, batch: Any, seed: int) -> Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        loss, logs = self.compute_loss(batch, generator=gen)
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in logs.items()},
-            prog_bar=stage == "val",
-            sync_dist=True,
-            batch_size=self.num_examples(batch),
-        )
-        return loss
-
-
-class FlowMatching(LossSteps, pl.LightningModule):
+class FlowMatching(GenerativeModule):
     """Conditional flow matching (Lipman et al., 2023; Liu et al., 2023) on Lightning.
 
     Training minimises
@@ -253,6 +219,7 @@ class FlowMatching(LossSteps, pl.LightningModule):
             A :class:`~flowsci.solvers.Solution` with ``x`` of shape ``[num, *data_shape]`` and its NFE.
 
         """
+        check_sample_args(num, steps, solver, solvers=[*FIXED_STEP_METHODS, *ADAPTIVE_METHODS])
         cond = dict(cond or {})
         generator = None
         if seed is not None:
@@ -263,7 +230,7 @@ class FlowMatching(LossSteps, pl.LightningModule):
             velocity,
             x0,
             method=solver or self.sample_solver,
-            steps=steps or self.sample_steps,
+            steps=steps if steps is not None else self.sample_steps,
             time_grid=time_grid,
             manifold=self._manifold(),
             return_trajectory=return_trajectory,
@@ -273,6 +240,10 @@ class FlowMatching(LossSteps, pl.LightningModule):
         if guidance is not None:
             sol.nfe *= guidance.network_evals
         sol.seed = seed
+        if not bool(torch.isfinite(sol.x).all()):
+            raise NonFiniteError(
+                f"{type(self).__name__}: sampling produced non-finite values (NFE {sol.nfe}); nothing written"
+            )
         return sol
 
     # ----------------------------------------------------------------- Lightning plumbing
@@ -283,15 +254,9 @@ class FlowMatching(LossSteps, pl.LightningModule):
             self.data_shape = list(x1.shape[1:])
         return self.sample(x1.shape[0], cond=cond, seed=batch_idx)
 
-    def configure_optimizers(self) -> Any:
-        """Optimizer (and scheduler) from the factories given at construction."""
-        opt = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": self.lr_scheduler_factory(opt)}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the data shape so a loaded model can sample without data."""
+        """Store the data shape so a loaded model can sample without data (and the loader's record)."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["flowsci_data_shape"] = self.data_shape
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

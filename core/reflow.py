@@ -115,7 +115,7 @@ class ReflowPairs:
         missing = {"x0", "x1"} - set(arrays)
         if missing:
             raise ValueError(f"{path}: reflow-pairs archive lacks {sorted(missing)} (keys: {sorted(arrays)})")
-        cond = {k[len(_COND_PREFIX):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(_COND_PREFIX)}
+        cond = {k[len(_COND_PREFIX) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(_COND_PREFIX)}
         meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
         return cls(torch.from_numpy(arrays["x0"]), torch.from_numpy(arrays["x1"]), cond, meta)
 
@@ -429,7 +429,11 @@ def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from flowsci.distill import distill
 
         distilled = distill(
-            student, pairs, steps=args.distill_nfe, premetric=args.premetric, max_steps=args.distill_steps,
+            student,
+            pairs,
+            steps=args.distill_nfe,
+            premetric=args.premetric,
+            max_steps=args.distill_steps,
             batch_size=args.batch_size,
         )
         metrics["straightness_distilled"] = module_straightness(distilled, args.eval_num, seed=args.seed + 1)

@@ -69,9 +69,7 @@ def check_steps(step: Tensor | int, n_steps: int, *, low: int, high: int) -> Non
     if s.is_floating_point():
         raise ValueError(f"step indices must be integers, got dtype {s.dtype}")
     if s.numel() and (int(s.min()) < low or int(s.max()) > high):
-        raise ValueError(
-            f"step indices must lie in [{low}, {high}], got range [{int(s.min())}, {int(s.max())}]"
-        )
+        raise ValueError(f"step indices must lie in [{low}, {high}], got range [{int(s.min())}, {int(s.max())}]")
 
 
 class BayesianFlow(ABC, Generic[BeliefT]):

@@ -111,17 +111,13 @@ class GaussianBayesianFlow(BayesianFlow[GaussianBelief]):
         precision = belief.precision + alpha
         return GaussianBelief((belief.precision * belief.mean + alpha * y) / precision, precision)
 
-    def sender_sample(
-        self, x: Tensor, alpha: Tensor | float, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sender_sample(self, x: Tensor, alpha: Tensor | float, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``y ~ p_S(y | x; α) = N(x, α^{-1} I)``; ``alpha`` broadcastable to ``[*E, 1]``."""
         alpha = as_element_tensor(alpha, x)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x + noise * alpha.rsqrt()
 
-    def sample_flow(
-        self, x: Tensor, t: Tensor | float, *, generator: torch.Generator | None = None
-    ) -> GaussianBelief:
+    def sample_flow(self, x: Tensor, t: Tensor | float, *, generator: torch.Generator | None = None) -> GaussianBelief:
         """Draw ``μ ~ p_F(μ | x; t) = N(γ x, γ(1-γ) I)``; ``ρ = 1 + β(t)`` (Graves et al., Sec. 4.4).
 
         Args:

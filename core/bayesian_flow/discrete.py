@@ -113,9 +113,7 @@ class DiscreteBayesianFlow(BayesianFlow[CategoricalBelief]):
         log_probs = belief.probs.clamp_min(torch.finfo(belief.probs.dtype).tiny).log()
         return CategoricalBelief(torch.softmax(y + log_probs, dim=-1))
 
-    def _gaussian_logits(
-        self, expected_one_hot: Tensor, accuracy: Tensor, generator: torch.Generator | None
-    ) -> Tensor:
+    def _gaussian_logits(self, expected_one_hot: Tensor, accuracy: Tensor, generator: torch.Generator | None) -> Tensor:
         """Draw ``y ~ N(a (K e - 1), a K I)`` for accuracies ``a`` broadcastable to ``[*E, 1]``."""
         k = self.num_classes
         noise = torch.randn(

@@ -87,9 +87,7 @@ def von_mises_log_prob(angle: Tensor, loc: Tensor, kappa: Tensor) -> Tensor:
     return kappa * (torch.cos(angle - loc) - 1.0) - math.log(_TWO_PI) - torch.log(torch.special.i0e(kappa))
 
 
-def sample_von_mises(
-    loc: Tensor, concentration: Tensor, *, generator: torch.Generator | None = None
-) -> Tensor:
+def sample_von_mises(loc: Tensor, concentration: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """Draw angles from ``vM(loc, κ)`` with the Best & Fisher (1979) rejection sampler, in float64.
 
     Vectorised; works from ``κ = 0`` (uniform) to ``κ ≫ 10^3``.  Seeded through ``generator``.
@@ -155,9 +153,7 @@ def _linear_entropy_schedule(
     targets = [0.0]
     for k in range(1, n_steps):
         h_k = (1.0 - k / n_steps) * h0 + (k / n_steps) * h1
-        targets.append(
-            brentq(lambda kappa, h=h_k: _np_entropy(kappa) - h, 0.0, beta1, xtol=1e-14, rtol=1e-13)
-        )
+        targets.append(brentq(lambda kappa, h=h_k: _np_entropy(kappa) - h, 0.0, beta1, xtol=1e-14, rtol=1e-13))
     targets.append(beta1)
     generator = torch.Generator().manual_seed(seed)
     rx = torch.zeros(num_particles, dtype=torch.float64)
@@ -177,9 +173,7 @@ def _linear_entropy_schedule(
                 rtol=1e-8,
             )
         alphas.append(alpha)
-        y = sample_von_mises(
-            torch.zeros(num_particles, dtype=torch.float64), torch.tensor(alpha), generator=generator
-        )
+        y = sample_von_mises(torch.zeros(num_particles, dtype=torch.float64), torch.tensor(alpha), generator=generator)
         rx = rx + alpha * torch.cos(y)
         ry = ry + alpha * torch.sin(y)
     return torch.tensor(alphas, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64)
@@ -370,9 +364,7 @@ class PeriodicBayesianFlow(BayesianFlow[VonMisesBelief]):
         cy = belief.concentration * torch.sin(m) + alpha * torch.sin(ya)
         return VonMisesBelief(self.from_angle(torch.atan2(cy, cx)), torch.hypot(cx, cy))
 
-    def sender_sample(
-        self, x: Tensor, alpha: Tensor | float, *, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sender_sample(self, x: Tensor, alpha: Tensor | float, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``y ~ vM(2π x / P, α)`` and return it in data units in ``[0, P)`` (``x``'s dtype)."""
         alpha = torch.as_tensor(alpha, device=x.device)
         return self.from_angle(sample_von_mises(self.to_angle(x), alpha, generator=generator)).to(x.dtype)

@@ -146,8 +146,7 @@ def sample_bayesian_flows(
             generator.manual_seed(seed)
     names = list(flows)
     beliefs: dict[str, Any] = {
-        name: flows[name].prior(shapes[name], device=device, dtype=dtype, generator=generator)
-        for name in names
+        name: flows[name].prior(shapes[name], device=device, dtype=dtype, generator=generator) for name in names
     }
     t_dtype = dtype or torch.get_default_dtype()
     nfe = 0
@@ -159,9 +158,7 @@ def sample_bayesian_flows(
         for name in names:
             flow = flows[name]
             if strategy == "bayesian_update":
-                beliefs[name] = flow.receiver_update(
-                    beliefs[name], predictions[name], i, steps, generator=generator
-                )
+                beliefs[name] = flow.receiver_update(beliefs[name], predictions[name], i, steps, generator=generator)
             else:
                 beliefs[name] = flow.flow_resample(predictions[name], i, steps, generator=generator)
     if final_network_call:

@@ -119,9 +119,7 @@ class Manifold(ABC):
         sq = self.inner(x, v, v)
         positive = sq > 0
         # Substitute 1 under the root where sq <= 0 so backward stays finite at v = 0 (the norm's kink).
-        return torch.where(
-            positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq)
-        )
+        return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Geodesic distance :math:`d(x, y) = \|\log_x y\|_x`, ``[...]``."""

@@ -10,9 +10,7 @@ from flowsci.manifolds.masks import masked_mean
 __all__ = ["riemannian_mse"]
 
 
-def riemannian_mse(
-    manifold: Manifold, x_t: Tensor, pred: Tensor, target: Tensor, mask: Tensor | None = None
-) -> Tensor:
+def riemannian_mse(manifold: Manifold, x_t: Tensor, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     r"""Per-sample Riemannian flow-matching loss (Chen & Lipman, ICLR 2024).
 
     .. math::

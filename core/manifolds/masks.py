@@ -27,9 +27,7 @@ __all__ = [
 def _feature_mask(mask: Tensor, x: Tensor) -> Tensor:
     """Check ``mask`` ``[*S]`` against ``x`` ``[*S, d]`` and return it as a boolean ``[*S, 1]``."""
     if mask.shape != x.shape[:-1]:
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} does not match points {tuple(x.shape)} without last axis"
-        )
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match points {tuple(x.shape)} without last axis")
     return mask.to(device=x.device, dtype=torch.bool).unsqueeze(-1)
 
 

@@ -64,15 +64,11 @@ class Product(Manifold):
 
     def projx(self, x: Tensor) -> Tensor:
         """Factor-wise point projection."""
-        return torch.cat(
-            [m.projx(xi) for m, xi in zip(self.manifolds, self.split_point(x), strict=True)], dim=-1
-        )
+        return torch.cat([m.projx(xi) for m, xi in zip(self.manifolds, self.split_point(x), strict=True)], dim=-1)
 
     def inner(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """Sum of the factors' metrics."""
-        parts = zip(
-            self.manifolds, self.split_point(x), self.split_tangent(u), self.split_tangent(v), strict=True
-        )
+        parts = zip(self.manifolds, self.split_point(x), self.split_tangent(u), self.split_tangent(v), strict=True)
         return torch.stack([m.inner(xi, ui, vi) for m, xi, ui, vi in parts], dim=-1).sum(-1)
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
@@ -88,9 +84,7 @@ class Product(Manifold):
 
     def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """Factor-wise transport."""
-        parts = zip(
-            self.manifolds, self.split_point(x), self.split_point(y), self.split_tangent(v), strict=True
-        )
+        parts = zip(self.manifolds, self.split_point(x), self.split_point(y), self.split_tangent(v), strict=True)
         return torch.cat([m.transport(xi, yi, vi) for m, xi, yi, vi in parts], dim=-1)
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:

@@ -51,9 +51,7 @@ class GeodesicPath(ProbPath):
             ``[B, *S, tangent_dim]``.
         """
         if x0.shape != x1.shape:
-            raise ValueError(
-                f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
-            )
+            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
         if t.dim() != 1 or t.shape[0] != x0.shape[0]:
             raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {tuple(t.shape)}")
         s = self.scheduler(expand_t(t, x0))

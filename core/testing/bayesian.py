@@ -144,13 +144,9 @@ def assert_loss_zero_at_data(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     perfect = oracle_prediction(flow, x)
     losses = {"discrete_time": flow.discrete_time_loss(x, perfect, step, n_steps, generator=generator)}
-    wrong = {
-        "discrete_time": flow.discrete_time_loss(x, wrong_prediction, step, n_steps, generator=generator)
-    }
+    wrong = {"discrete_time": flow.discrete_time_loss(x, wrong_prediction, step, n_steps, generator=generator)}
     if isinstance(flow, GaussianBayesianFlow | DiscreteBayesianFlow):
-        t = torch.as_tensor(step, device=x.device).to(torch.get_default_dtype()) / n_steps + 1.0 / (
-            2 * n_steps
-        )
+        t = torch.as_tensor(step, device=x.device).to(torch.get_default_dtype()) / n_steps + 1.0 / (2 * n_steps)
         losses["continuous_time"] = flow.continuous_time_loss(x, perfect, t)
         wrong["continuous_time"] = flow.continuous_time_loss(x, wrong_prediction, t)
     for kind, loss in losses.items():
@@ -158,13 +154,8 @@ def assert_loss_zero_at_data(
         if not err <= atol or math.isnan(err):
             raise AssertionError(f"{kind} loss at the data is {err:.3g}, expected 0")
     if isinstance(flow, DiscreteBayesianFlow):  # one-sample KL estimates: average 256 draws per element
-        draws = [
-            flow.discrete_time_loss(x, wrong_prediction, step, n_steps, generator=generator)
-            for _ in range(256)
-        ]
+        draws = [flow.discrete_time_loss(x, wrong_prediction, step, n_steps, generator=generator) for _ in range(256)]
         wrong["discrete_time"] = torch.stack(draws).mean(0)
     for kind, loss in wrong.items():
         if not bool((loss > 0).all()):
-            raise AssertionError(
-                f"{kind} loss is not positive for a wrong prediction: min {float(loss.min()):.3g}"
-            )
+            raise AssertionError(f"{kind} loss is not positive for a wrong prediction: min {float(loss.min()):.3g}")

@@ -25,9 +25,7 @@ __all__ = [
 
 def _check_last_dim(name: str, x: Tensor, expected: int | None) -> None:
     if expected is not None and x.shape[-1] != expected:
-        raise AssertionError(
-            f"{name} has last axis {x.shape[-1]}, expected {expected} (shape {tuple(x.shape)})"
-        )
+        raise AssertionError(f"{name} has last axis {x.shape[-1]}, expected {expected} (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         raise AssertionError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite entries")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
 
 __all__ = [
     "spec",

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest
 
 __all__ = [
     "spec",

@@ -175,9 +175,7 @@ class _Block(nn.Module):
         edge_transition: bool,
     ) -> None:
         super().__init__()
-        self.ipa = InvariantPointAttention(
-            c_s, c_z, c_hidden, num_heads, num_qk_points, num_v_points, pair_down
-        )
+        self.ipa = InvariantPointAttention(c_s, c_z, c_hidden, num_heads, num_qk_points, num_v_points, pair_down)
         self.ipa_ln = nn.LayerNorm(c_s)
         layer = nn.TransformerEncoderLayer(
             c_s, seq_tfmr_heads, dim_feedforward=c_s, dropout=0.0, batch_first=True, norm_first=False
@@ -339,9 +337,7 @@ class IPAFrameNet(nn.Module):
         else:
             d_sc = _distogram(x_sc.to(dtype) * 10.0, self.num_dist_bins, self.max_dist)
         p = self.node_pair(s)
-        z = torch.cat(
-            [rel, d_t, d_sc, p[:, :, None].expand(-1, -1, n, -1), p[:, None].expand(-1, n, -1, -1)], -1
-        )
+        z = torch.cat([rel, d_t, d_sc, p[:, :, None].expand(-1, -1, n, -1), p[:, None].expand(-1, n, -1, -1)], -1)
         pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None]
         z = self.edge_embed(z) * pair_mask
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowsci.benchmarks.spec import EVALS_PER_STEP, BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import EVALS_PER_STEP, BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
 from flowsci.metrics import sliced_wasserstein2
 
 MEAN = torch.tensor([2.0, -1.0])
@@ -144,10 +144,21 @@ def make_spec(
         datamodule=GaussianDataModule,
         reference_data=reference,
         methods=[
-            Method("shift", build=build("shift"), fit=broken_fit if fail_training else closed_form_fit,
-                   sample=sampler("shift"), description="closed-form optimum"),
-            Method("untrained", build=build("untrained"), baseline=True, train_steps=0, sample=sampler("untrained"),
-                   description="b = 0 (samples the prior)"),
+            Method(
+                "shift",
+                build=build("shift"),
+                fit=broken_fit if fail_training else closed_form_fit,
+                sample=sampler("shift"),
+                description="closed-form optimum",
+            ),
+            Method(
+                "untrained",
+                build=build("untrained"),
+                baseline=True,
+                train_steps=0,
+                sample=sampler("untrained"),
+                description="b = 0 (samples the prior)",
+            ),
         ],
         metrics=[
             Metric("mean_error", mean_error, description="|mean(x) - mean(y)|"),
@@ -175,6 +186,11 @@ def fakes() -> Any:
     import types
 
     return types.SimpleNamespace(
-        make_spec=make_spec, Counters=Counters, MEAN=MEAN, ShiftFlow=ShiftFlow,
-        GaussianDataModule=GaussianDataModule, reference=reference, closed_form_fit=closed_form_fit,
+        make_spec=make_spec,
+        Counters=Counters,
+        MEAN=MEAN,
+        ShiftFlow=ShiftFlow,
+        GaussianDataModule=GaussianDataModule,
+        reference=reference,
+        closed_form_fit=closed_form_fit,
     )

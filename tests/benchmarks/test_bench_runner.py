@@ -50,8 +50,16 @@ def test_results_are_correct_and_validate(fakes, tmp_path) -> None:
     # noise floor: two independent N(m, I) draws of 400 points have close means
     assert set(doc["noise_floor"]) == {"mean_error", "sliced_w2"} and doc["noise_floor"]["mean_error"] < 0.2
     assert doc["reference"] == [
-        {"kind": "reported", "method": "oracle", "metrics": {"mean_error": 0.0}, "source": "closed form",
-         "scale": "any n", "nfe": None, "solver": None, "note": ""}
+        {
+            "kind": "reported",
+            "method": "oracle",
+            "metrics": {"mean_error": 0.0},
+            "source": "closed form",
+            "scale": "any n",
+            "nfe": None,
+            "solver": None,
+            "note": "",
+        }
     ]
     md = (tmp_path / "smoke" / "fake.md").read_text()
     assert "| 1 | shift |" in md and "untrained *(baseline)*" in md and "Reported elsewhere" in md
@@ -99,8 +107,7 @@ def test_resume_skips_finished_cells_and_force_reruns(fakes, tmp_path) -> None:
 
 def test_failing_cell_is_recorded_and_others_survive(fakes, tmp_path) -> None:
     good = run_spec(fakes.make_spec(), "smoke", tmp_path / "a", progress=False, plots=False)
-    doc = run_spec(fakes.make_spec(fail=lambda req: req.nfe == 2), "smoke", tmp_path / "b", progress=False,
-                   plots=False)
+    doc = run_spec(fakes.make_spec(fail=lambda req: req.nfe == 2), "smoke", tmp_path / "b", progress=False, plots=False)
     validate_result(doc)
     assert doc["status"] == "partial"
     bad = {cid for cid, c in _cells(doc).items() if c["status"] == "error"}
@@ -135,8 +142,9 @@ def test_default_lightning_training_learns_the_shift(fakes, tmp_path) -> None:
     shift = spec.methods[0]
     import dataclasses
 
-    spec = dataclasses.replace(spec, methods=[dataclasses.replace(shift, fit=None), spec.methods[1]],
-                               nfe_grid=(1,), solvers=("euler",))
+    spec = dataclasses.replace(
+        spec, methods=[dataclasses.replace(shift, fit=None), spec.methods[1]], nfe_grid=(1,), solvers=("euler",)
+    )
     doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False)
     c = _cells(doc)["shift/euler/nfe1"]
     assert c["status"] == "ok", c["error"]
@@ -198,8 +206,11 @@ def test_compare_lists_regressions_first(fakes, tmp_path, capsys) -> None:
     kinds = [ch.kind for ch in changes]
     assert kinds == sorted(kinds, key=["regression", "improvement", "removed", "added", "unchanged"].index)
     regressions = {(ch.cell, ch.column) for ch in changes if ch.kind == "regression"}
-    assert regressions == {("shift/euler/nfe1", "mean_error"), ("shift/midpoint/nfe2", "status"),
-                           ("shift (training)", "train_steps_per_s")}
+    assert regressions == {
+        ("shift/euler/nfe1", "mean_error"),
+        ("shift/midpoint/nfe2", "status"),
+        ("shift (training)", "train_steps_per_s"),
+    }
     improvements = {(ch.cell, ch.column) for ch in changes if ch.kind == "improvement"}
     assert improvements == {("shift/euler/nfe2", "sliced_w2")}
     assert [(ch.cell, ch.kind) for ch in changes if ch.column == "cell"] == [("untrained/euler/nfe4", "removed")]
@@ -225,9 +236,10 @@ def test_compare_lists_regressions_first(fakes, tmp_path, capsys) -> None:
 def test_run_benchmarks_records_broken_domains_and_goes_on(tmp_path, monkeypatch) -> None:
     pkg = tmp_path / "pkgs"
     pkg.mkdir()
-    (pkg / "bench_fake_domain.py").write_text(textwrap.dedent("""
+    (pkg / "bench_fake_domain.py").write_text(
+        textwrap.dedent("""
         import torch
-        from flowsci.benchmarks.spec import BenchmarkSpec, Method, Metric
+        from flowsci.benchspec import BenchmarkSpec, Method, Metric
 
         class Prior(torch.nn.Module):
             def sample(self, num, steps=None, solver=None, seed=None):
@@ -240,11 +252,13 @@ def test_run_benchmarks_records_broken_domains_and_goes_on(tmp_path, monkeypatch
                 metrics=[Metric("rms", lambda x, y: float(x.pow(2).mean().sqrt()))],
                 num_samples=50 if suite == "smoke" else 500, nfe_grid=(1,), nfe_counter=None,
             )
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(pkg))
     registry = {"ok_domain": "bench_fake_domain", "missing": "bench_no_such_module_xyz"}
-    docs = run_benchmarks("smoke", ["missing", "ok_domain"], tmp_path / "res", registry=registry, progress=False,
-                          plots=False, threads=1)
+    docs = run_benchmarks(
+        "smoke", ["missing", "ok_domain"], tmp_path / "res", registry=registry, progress=False, plots=False, threads=1
+    )
     assert docs["missing"]["status"] == "error"
     assert "ModuleNotFoundError" in docs["missing"]["error"]
     assert docs["ok_domain"]["status"] == "ok"
@@ -266,8 +280,9 @@ def test_cli_usage_errors(capsys) -> None:
 
 
 def test_adaptive_solver_cell_reports_counted_nfe(fakes, tmp_path) -> None:
-    doc = run_spec(fakes.make_spec(solvers=("euler", "dopri5"), nfe_grid=(2,)), "smoke", tmp_path, progress=False,
-                   plots=True)
+    doc = run_spec(
+        fakes.make_spec(solvers=("euler", "dopri5"), nfe_grid=(2,)), "smoke", tmp_path, progress=False, plots=True
+    )
     cell = _cells(doc)["shift/dopri5/adaptive"]
     assert cell["status"] == "ok" and cell["nfe_target"] is None and cell["steps"] is None
     assert cell["nfe"] == cell["nfe_counted"] == 5  # the fake adaptive solve makes 5 evaluations
@@ -279,7 +294,7 @@ def test_adaptive_solver_cell_reports_counted_nfe(fakes, tmp_path) -> None:
 def test_weights_of_reuses_trained_weights_without_training_again(fakes, tmp_path, cache) -> None:
     import dataclasses
 
-    from flowsci.benchmarks.spec import Method
+    from flowsci.benchspec import Method
 
     fits: list[str] = []
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 import pytest
 
 from flowsci.benchmarks.registry import DOMAINS, available_domains, load_spec
-from flowsci.benchmarks.spec import BenchmarkSpec, Method
+from flowsci.benchspec import BenchmarkSpec, Method
 
 
 def test_cells_are_nfe_matched(fakes) -> None:
     spec = fakes.make_spec(solvers=("euler", "midpoint", "rk4", "dopri5"), nfe_grid=(1, 2, 4, 8))
     ids = [c.id for c in spec.cells() if c.method == "shift"]
     assert ids == [
-        "shift/euler/nfe1", "shift/euler/nfe2", "shift/euler/nfe4", "shift/euler/nfe8",
-        "shift/midpoint/nfe2", "shift/midpoint/nfe4", "shift/midpoint/nfe8",
-        "shift/rk4/nfe4", "shift/rk4/nfe8",
+        "shift/euler/nfe1",
+        "shift/euler/nfe2",
+        "shift/euler/nfe4",
+        "shift/euler/nfe8",
+        "shift/midpoint/nfe2",
+        "shift/midpoint/nfe4",
+        "shift/midpoint/nfe8",
+        "shift/rk4/nfe4",
+        "shift/rk4/nfe8",
         "shift/dopri5/adaptive",
     ]
     for c in spec.cells():

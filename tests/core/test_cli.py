@@ -26,8 +26,23 @@ def test_fit_then_sample_writes_native_files(tmp_path, monkeypatch, capsys):
     assert cfg["model"]["init_args"]["coupling"]["class_path"] == "flowsci.couplings.MinibatchOTCoupling"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    main(["sample", "--ckpt", str(ckpt), "--num", "100", "--steps", "4", "--solver", "midpoint", "--out", "s",
-          "--device", "cpu"])
+    main(
+        [
+            "sample",
+            "--ckpt",
+            str(ckpt),
+            "--num",
+            "100",
+            "--steps",
+            "4",
+            "--solver",
+            "midpoint",
+            "--out",
+            "s",
+            "--device",
+            "cpu",
+        ]
+    )
     data = np.load(tmp_path / "s" / "samples.npz")
     assert data["x"].shape == (100, 2) and int(data["nfe"]) == 8
     assert (tmp_path / "s" / "samples.png").is_file()
@@ -86,9 +101,18 @@ def test_predict_writes_samples_with_sample_writer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "toy2d/fm.yaml", *FAST, "--trainer.max_steps=10"])
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    main(["predict", "--config", "toy2d/fm.yaml", *FAST, f"--ckpt_path={ckpt}",
-          "--trainer.callbacks+=flowsci.callbacks.SampleWriter", "--trainer.callbacks.out_dir=pred",
-          "--model.init_args.sample_steps=3"])
+    main(
+        [
+            "predict",
+            "--config",
+            "toy2d/fm.yaml",
+            *FAST,
+            f"--ckpt_path={ckpt}",
+            "--trainer.callbacks+=flowsci.callbacks.SampleWriter",
+            "--trainer.callbacks.out_dir=pred",
+            "--model.init_args.sample_steps=3",
+        ]
+    )
     x = np.load(tmp_path / "pred" / "samples.npz")["x"]
     assert x.shape == (256, 2) and np.isfinite(x).all()
 
@@ -97,8 +121,23 @@ def test_cfg_config_trains_and_guided_sampling_counts_both_passes(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "toy2d/cfg.yaml", *FAST])
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    main(["sample", "--ckpt", str(ckpt), "--num", "3", "--steps", "4", "--cond", "y=[0,1,3]", "--cfg-scale", "2",
-          "--out", "g"])
+    main(
+        [
+            "sample",
+            "--ckpt",
+            str(ckpt),
+            "--num",
+            "3",
+            "--steps",
+            "4",
+            "--cond",
+            "y=[0,1,3]",
+            "--cfg-scale",
+            "2",
+            "--out",
+            "g",
+        ]
+    )
     data = np.load(tmp_path / "g" / "samples.npz")
     assert data["x"].shape == (3, 2) and int(data["nfe"]) == 8  # two network passes per guided evaluation
     with pytest.raises(SystemExit) as exc:

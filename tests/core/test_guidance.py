@@ -16,8 +16,16 @@ torch.set_num_threads(1)
 
 
 def _trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, devices=1)
+    return pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        devices=1,
+    )
 
 
 # ----------------------------------------------------------------------------- conditioning dropout
@@ -99,8 +107,7 @@ def test_cfg_with_vector_conditioning():
 
 def test_cfg_trained_with_dropout_sharpens_class_adherence():
     pl.seed_everything(0, verbose=False)
-    fm = FlowMatching(MLP(dim=2, hidden=64, depth=3, num_classes=4),
-                      cond_dropout=ConditionDropout(p=0.2, null_label=4))
+    fm = FlowMatching(MLP(dim=2, hidden=64, depth=3, num_classes=4), cond_dropout=ConditionDropout(p=0.2, null_label=4))
     _trainer(400).fit(fm, datamodule=Toy2DDataModule("8gaussians", num_train=8192, batch_size=256, labels=True))
     fm.eval()
     y = torch.arange(1000) % 4

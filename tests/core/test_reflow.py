@@ -25,8 +25,15 @@ from flowsci.reflow import (
 
 torch.set_num_threads(1)
 
-QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-         "enable_model_summary": False, "num_sanity_val_steps": 0, "limit_val_batches": 0, "devices": 1}
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+    "devices": 1,
+}
 
 
 # ----------------------------------------------------------------------------- straightness metric
@@ -55,8 +62,12 @@ def test_straightness_on_torus_uses_the_manifold():
 # ----------------------------------------------------------------------------- pairs on disk
 def test_pairs_round_trip_and_clear_errors(tmp_path):
     g = torch.Generator().manual_seed(0)
-    pairs = ReflowPairs(torch.randn(10, 3, generator=g), torch.randn(10, 3, generator=g),
-                        {"y": torch.arange(10)}, {"steps": 5, "solver": "rk4"})
+    pairs = ReflowPairs(
+        torch.randn(10, 3, generator=g),
+        torch.randn(10, 3, generator=g),
+        {"y": torch.arange(10)},
+        {"steps": 5, "solver": "rk4"},
+    )
     path = pairs.save(tmp_path / "sub" / "pairs.npz")
     assert [p.name for p in path.parent.iterdir()] == ["pairs.npz"]  # no temp file left behind
     back = ReflowPairs.load(path)
@@ -98,7 +109,9 @@ def test_premetrics_closed_forms():
     y = torch.zeros(2, 2)
     torch.testing.assert_close(squared_l2(x, y), torch.tensor([0.0, 25.0]))
     torch.testing.assert_close(pseudo_huber(torch.tensor([0.0, 25.0]), 1.0), torch.tensor([0.0, math.sqrt(26) - 1]))
-    torch.testing.assert_close(make_premetric("pseudo_huber", huber_c=1.0)(x, y), torch.tensor([0.0, math.sqrt(26) - 1]))
+    torch.testing.assert_close(
+        make_premetric("pseudo_huber", huber_c=1.0)(x, y), torch.tensor([0.0, math.sqrt(26) - 1])
+    )
     # default c = 0.00054 sqrt(d); far away pseudo-Huber ~ distance
     assert abs(make_premetric("pseudo_huber", dim=2)(x, y)[1].item() - 5.0) < 1e-3
     torus = FlatTorus(2)
@@ -123,8 +136,16 @@ def test_two_step_distillation_recovers_a_translation_coupling():
     x0 = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
     d = torch.tensor([1.5, -0.5])
     pairs = ReflowPairs(x0, x0 + d)
-    student = distill(FlowMatching(Constant(), data_shape=[2]), pairs, steps=2, premetric="pseudo_huber",
-                      huber_c=0.1, lr=0.05, max_steps=200, batch_size=128)
+    student = distill(
+        FlowMatching(Constant(), data_shape=[2]),
+        pairs,
+        steps=2,
+        premetric="pseudo_huber",
+        huber_c=0.1,
+        lr=0.05,
+        max_steps=200,
+        batch_size=128,
+    )
     torch.testing.assert_close(student.net.c.detach(), d, atol=2e-2, rtol=0)
     assert student.sample_steps == 2 and student.sample_solver == "euler"
 
@@ -171,8 +192,9 @@ class TorusNet(nn.Module):
 
     def __init__(self, hidden: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(5, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                  nn.Linear(hidden, 2))
+        self.body = nn.Sequential(
+            nn.Linear(5, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2)
+        )
 
     def forward(self, x, t):
         a = 2 * math.pi * x
@@ -209,8 +231,9 @@ class QuaternionNet(nn.Module):
 
     def __init__(self, hidden: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(11, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                  nn.Linear(hidden, 3))
+        self.body = nn.Sequential(
+            nn.Linear(11, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3)
+        )
         self.register_buffer("iu", torch.triu_indices(4, 4), persistent=False)
 
     def forward(self, q, t):
@@ -254,13 +277,39 @@ def test_cli_reflow_writes_loadable_students(tmp_path, monkeypatch):
     from flowsci.cli import load_module, main
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "toy2d/fm.yaml", "--trainer.max_steps=20", "--trainer.val_check_interval=20",
-          "--trainer.enable_progress_bar=false", "--model.init_args.net.init_args.hidden=32",
-          "--data.init_args.num_train=1024"])
+    main(
+        [
+            "fit",
+            "--config",
+            "toy2d/fm.yaml",
+            "--trainer.max_steps=20",
+            "--trainer.val_check_interval=20",
+            "--trainer.enable_progress_bar=false",
+            "--model.init_args.net.init_args.hidden=32",
+            "--data.init_args.num_train=1024",
+        ]
+    )
     ckpt = next(tmp_path.glob("runs/**/last.ckpt"))
     out = tmp_path / "rf"
-    main(["reflow", "--ckpt", str(ckpt), "--pairs", "512", "--steps", "8", "--train-steps", "10",
-          "--distill-steps", "5", "--eval-num", "128", "--out", str(out)])
+    main(
+        [
+            "reflow",
+            "--ckpt",
+            str(ckpt),
+            "--pairs",
+            "512",
+            "--steps",
+            "8",
+            "--train-steps",
+            "10",
+            "--distill-steps",
+            "5",
+            "--eval-num",
+            "128",
+            "--out",
+            str(out),
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pairs"] == 512 and metrics["teacher_nfe_per_pair"] == 8
     assert metrics["straightness_teacher"] > 0 and "straightness_distilled" in metrics

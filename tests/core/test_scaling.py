@@ -47,10 +47,19 @@ def test_single_particle_is_the_sde_sampler():
     flow = eight_gaussians_flow()
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     diffusion = DiffusionSchedule(0.8, "sigma")
-    p = particle_sampling(flow.velocity, x0, lambda x: x[:, 0], path=flow.path, n=1, steps=15,
-                          diffusion=diffusion, generator=torch.Generator().manual_seed(1))
-    s = solve_sde(flow.velocity, x0, path=flow.path, diffusion=diffusion, steps=15,
-                  generator=torch.Generator().manual_seed(1))
+    p = particle_sampling(
+        flow.velocity,
+        x0,
+        lambda x: x[:, 0],
+        path=flow.path,
+        n=1,
+        steps=15,
+        diffusion=diffusion,
+        generator=torch.Generator().manual_seed(1),
+    )
+    s = solve_sde(
+        flow.velocity, x0, path=flow.path, diffusion=diffusion, steps=15, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(p.x, s.x)
     assert p.nfe == s.nfe == 15 and p.extras["resamples"] == 0
 
@@ -68,8 +77,16 @@ def test_particle_sampling_improves_reward_at_equal_budget():
     plain = solve_ode(flow.velocity, x0[:num], method="euler", steps=n * steps)
     bon = best_of_n(flow.velocity, x0, reward, n=n, steps=steps)
     flow.calls = 0
-    smc = particle_sampling(flow.velocity, x0, reward, path=flow.path, n=n, steps=steps,
-                            diffusion=DiffusionSchedule(1.0, "sigma"), generator=torch.Generator().manual_seed(1))
+    smc = particle_sampling(
+        flow.velocity,
+        x0,
+        reward,
+        path=flow.path,
+        n=n,
+        steps=steps,
+        diffusion=DiffusionSchedule(1.0, "sigma"),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert flow.calls == steps  # one batched evaluation per step for all particles
     assert plain.nfe == bon.nfe == smc.nfe == 80
     r_plain, r_bon, r_smc = reward(plain.x).mean(), bon.extras["reward"].mean(), smc.extras["reward"].mean()

@@ -56,8 +56,15 @@ def test_zero_noise_sde_equals_euler_ode_exactly(diffusion):
     x0 = torch.randn(128, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ode = solve_ode(net, x0, method="euler", steps=17, return_trajectory=True)
-        sde = solve_sde(net, x0, path=CondOTPath(), diffusion=diffusion, steps=17, return_trajectory=True,
-                        generator=torch.Generator().manual_seed(3))
+        sde = solve_sde(
+            net,
+            x0,
+            path=CondOTPath(),
+            diffusion=diffusion,
+            steps=17,
+            return_trajectory=True,
+            generator=torch.Generator().manual_seed(3),
+        )
     assert torch.equal(sde.x, ode.x)
     assert all(torch.equal(a, b) for a, b in zip(sde.trajectory, ode.trajectory, strict=True))
     assert sde.nfe == ode.nfe == 17
@@ -68,8 +75,14 @@ def test_stochastic_sampler_preserves_marginals(kind, scale):
     # 1-D Gaussian target N(2, 0.5^2): every diffusion level must end at the same law as the ODE.
     flow = GaussianMixtureFlow(torch.tensor([[2.0]]), 0.5)
     x0 = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    sol = solve_sde(flow.velocity, x0, path=flow.path, diffusion=DiffusionSchedule(scale, kind), steps=400,
-                    generator=torch.Generator().manual_seed(5))
+    sol = solve_sde(
+        flow.velocity,
+        x0,
+        path=flow.path,
+        diffusion=DiffusionSchedule(scale, kind),
+        steps=400,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert sol.nfe == 400
     assert abs(sol.x.mean().item() - 2.0) < 0.02
     assert abs(sol.x.std().item() - 0.5) < 0.02

@@ -55,9 +55,7 @@ def test_sequential_updates_follow_flow_distribution(flow: GaussianBayesianFlow)
         if i in (5, 20):
             t = i / n
             gamma = float(flow.gamma(torch.tensor(t, dtype=torch.float64)))
-            torch.testing.assert_close(
-                belief.precision, torch.full_like(belief.precision, 1 + float(flow.beta(t)))
-            )
+            torch.testing.assert_close(belief.precision, torch.full_like(belief.precision, 1 + float(flow.beta(t))))
             torch.testing.assert_close(belief.mean.mean(0), gamma * x[0], atol=0.01, rtol=0)
             torch.testing.assert_close(
                 belief.mean.var(0),

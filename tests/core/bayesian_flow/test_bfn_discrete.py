@@ -26,9 +26,7 @@ def test_update_equals_exact_posterior(flow: DiscreteBayesianFlow) -> None:
     x = torch.randint(0, K, (6,), generator=g)
     alpha = 0.8
     y = flow.sender_sample(x, alpha, generator=g, dtype=torch.float64)
-    posterior = torch.softmax(
-        theta.log() + _log_sender_density(y, alpha), -1
-    )  # Bayes' rule, dense likelihood
+    posterior = torch.softmax(theta.log() + _log_sender_density(y, alpha), -1)  # Bayes' rule, dense likelihood
     torch.testing.assert_close(flow.update(CategoricalBelief(theta), y).probs, posterior)
 
 
@@ -88,9 +86,7 @@ def test_losses(flow: DiscreteBayesianFlow) -> None:
     t = torch.rand(32)
     probs = torch.softmax(wrong, -1)
     e_x = torch.nn.functional.one_hot(x, K).float()
-    torch.testing.assert_close(
-        flow.continuous_time_loss(x, wrong, t), K * 2.0 * t * ((e_x - probs) ** 2).sum(-1)
-    )
+    torch.testing.assert_close(flow.continuous_time_loss(x, wrong, t), K * 2.0 * t * ((e_x - probs) ** 2).sum(-1))
 
 
 def test_invalid_data(flow: DiscreteBayesianFlow) -> None:

@@ -41,9 +41,7 @@ def test_von_mises_sampler_moments(kappa: float) -> None:
     assert abs(resultant.abs().item() - expected) < 5 * se
     if kappa >= 1:
         assert abs(math.remainder(resultant.angle().item() - 3.0, TWO_PI)) < 5 * se / expected
-    again = sample_von_mises(
-        loc.expand(100_000), torch.tensor(kappa), generator=torch.Generator().manual_seed(0)
-    )
+    again = sample_von_mises(loc.expand(100_000), torch.tensor(kappa), generator=torch.Generator().manual_seed(0))
     assert torch.equal(y, again)
 
 
@@ -57,9 +55,7 @@ def test_entropy_and_density_are_stable_and_normalised() -> None:
         numeric = -float((logp.exp() * logp).sum() * dx)
         assert abs(float(von_mises_entropy(k)) - numeric) < 1e-6
     big = torch.tensor([1e4, 1e6, 1e8], dtype=torch.float64)
-    torch.testing.assert_close(
-        von_mises_entropy(big), 0.5 * torch.log(TWO_PI * math.e / big), rtol=0, atol=1e-4
-    )
+    torch.testing.assert_close(von_mises_entropy(big), 0.5 * torch.log(TWO_PI * math.e / big), rtol=0, atol=1e-4)
     assert abs(float(von_mises_entropy(torch.tensor(0.0, dtype=torch.float64))) - math.log(TWO_PI)) < 1e-12
 
 
@@ -67,20 +63,14 @@ def test_entropy_and_density_are_stable_and_normalised() -> None:
     ("m", "c", "y", "alpha"),
     [(0.3, 5.0, 0.35, 20.0), (0.98, 40.0, 0.03, 15.0), (0.02, 3.0, 0.6, 2.0), (0.5, 0.0, 0.9, 7.0)],
 )
-def test_update_equals_grid_posterior(
-    flow: PeriodicBayesianFlow, m: float, c: float, y: float, alpha: float
-) -> None:
-    belief = VonMisesBelief(
-        torch.tensor([[m]], dtype=torch.float64), torch.tensor([[c]], dtype=torch.float64)
-    )
+def test_update_equals_grid_posterior(flow: PeriodicBayesianFlow, m: float, c: float, y: float, alpha: float) -> None:
+    belief = VonMisesBelief(torch.tensor([[m]], dtype=torch.float64), torch.tensor([[c]], dtype=torch.float64))
     post = flow.update(belief, torch.tensor([[y]], dtype=torch.float64), alpha)
     grid = torch.linspace(0, 1, 200_001, dtype=torch.float64)[:-1]
     # prior vM(x | m, c) times likelihood vM(y | x, α), normalised numerically on the circle
     log_unnorm = c * torch.cos(TWO_PI * (grid - m)) + alpha * torch.cos(TWO_PI * (y - grid))
     numeric = torch.softmax(log_unnorm, 0) * grid.numel()  # density w.r.t. the uniform measure on [0, 1)
-    closed = (
-        von_mises_log_prob(TWO_PI * grid, TWO_PI * post.mean[0, 0], post.concentration[0, 0]).exp() * TWO_PI
-    )
+    closed = von_mises_log_prob(TWO_PI * grid, TWO_PI * post.mean[0, 0], post.concentration[0, 0]).exp() * TWO_PI
     torch.testing.assert_close(closed, numeric, rtol=1e-8, atol=1e-8)
     assert 0 <= float(post.mean) < 1
 
@@ -198,16 +188,10 @@ def test_loss_is_periodic_kl(flow: PeriodicBayesianFlow) -> None:
     x = torch.tensor([[0.001, 0.5, 0.999], [0.25, 0.0, 0.75]], dtype=torch.float64)
     assert_loss_zero_at_data(flow, x, x + 0.01, torch.tensor([0, 7]), 10)
     # integer shifts of the prediction change nothing; errors across the boundary equal errors inside
-    torch.testing.assert_close(
-        flow.discrete_time_loss(x, x + 3.0, 5, 10), torch.zeros(2, dtype=torch.float64)
-    )
+    torch.testing.assert_close(flow.discrete_time_loss(x, x + 3.0, 5, 10), torch.zeros(2, dtype=torch.float64))
     f64 = torch.float64
-    across = flow.discrete_time_loss(
-        torch.tensor([[0.001]], dtype=f64), torch.tensor([[0.999]], dtype=f64), 5, 10
-    )
-    inside = flow.discrete_time_loss(
-        torch.tensor([[0.5]], dtype=f64), torch.tensor([[0.502]], dtype=f64), 5, 10
-    )
+    across = flow.discrete_time_loss(torch.tensor([[0.001]], dtype=f64), torch.tensor([[0.999]], dtype=f64), 5, 10)
+    inside = flow.discrete_time_loss(torch.tensor([[0.5]], dtype=f64), torch.tensor([[0.502]], dtype=f64), 5, 10)
     torch.testing.assert_close(across, inside, rtol=1e-9, atol=0)
     alpha = flow.step_accuracy(6, 10)
     kl = alpha * bessel_ratio(alpha) * (1 - math.cos(TWO_PI * 0.002))

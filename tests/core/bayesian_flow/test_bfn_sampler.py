@@ -45,9 +45,7 @@ def _crystal_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 @pytest.mark.parametrize("strategy", ["bayesian_update", "flow_resample"])
 def test_oracle_network_recovers_all_modalities_together(flows: dict, strategy: str) -> None:
     data, batch = _crystal_batch()
-    out = assert_oracle_sampling_recovers_data(
-        flows, data, batch_size=3, steps=10, strategy=strategy, batch=batch
-    )
+    out = assert_oracle_sampling_recovers_data(flows, data, batch_size=3, steps=10, strategy=strategy, batch=batch)
     # the final beliefs concentrate on the data as the flow distribution at t = 1 says
     lat = out.beliefs["lattice"]
     assert isinstance(lat, GaussianBelief)
@@ -78,9 +76,7 @@ def test_nfe_time_grid_and_seeding(flows: dict) -> None:
     assert out.nfe == 6 and out.steps == 5 and out.seed == 11
     torch.testing.assert_close(torch.stack(seen), torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]))
     seen.clear()
-    short = sample_bayesian_flows(
-        oracle, flows, shapes, 3, steps=5, final_network_call=False, seed=11, batch=batch
-    )
+    short = sample_bayesian_flows(oracle, flows, shapes, 3, steps=5, final_network_call=False, seed=11, batch=batch)
     assert short.nfe == 5 and len(seen) == 5
     again = sample_bayesian_flows(oracle, flows, shapes, 3, steps=5, seed=11, batch=batch)
     for name in flows:

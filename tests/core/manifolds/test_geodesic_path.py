@@ -45,9 +45,7 @@ def test_end_points(manifold: Manifold, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("scheduler", [None, PolynomialScheduler(3.0)], ids=["condot", "poly3"])
-def test_velocity_matches_finite_differences(
-    manifold: Manifold, scheduler: PolynomialScheduler | None
-) -> None:
+def test_velocity_matches_finite_differences(manifold: Manifold, scheduler: PolynomialScheduler | None) -> None:
     x0, x1 = _pairs(manifold, 1)
     t = torch.linspace(0.05, 0.95, 16, dtype=torch.float64)
     assert_path_velocity(GeodesicPath(manifold, scheduler), x0, x1, t, h=1e-5, atol=1e-7, rtol=1e-6)

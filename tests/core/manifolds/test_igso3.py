@@ -30,7 +30,9 @@ def test_small_sigma_is_a_gaussian_rotation_vector():
     sigma = 0.05
     rv = quaternion_to_rotvec(sample_igso3(50_000, sigma, generator=torch.Generator().manual_seed(1)).double())
     cov = torch.cov(rv.T)
-    torch.testing.assert_close(cov, sigma**2 * torch.eye(3, dtype=torch.float64), atol=7e-5, rtol=0)  # 4 standard errors of the variance estimate
+    torch.testing.assert_close(
+        cov, sigma**2 * torch.eye(3, dtype=torch.float64), atol=7e-5, rtol=0
+    )  # 4 standard errors of the variance estimate
 
 
 def test_large_sigma_tends_to_haar():

@@ -138,9 +138,7 @@ def test_inner_is_bilinear_and_symmetric(manifold: Manifold) -> None:
     x = manifold.random_base(20, generator=g, dtype=torch.float64)
     u, v, w = (_small_tangent(manifold, x, g) for _ in range(3))
     torch.testing.assert_close(manifold.inner(x, u, v), manifold.inner(x, v, u))
-    torch.testing.assert_close(
-        manifold.inner(x, 2 * u + w, v), 2 * manifold.inner(x, u, v) + manifold.inner(x, w, v)
-    )
+    torch.testing.assert_close(manifold.inner(x, 2 * u + w, v), 2 * manifold.inner(x, u, v) + manifold.inner(x, w, v))
     assert (manifold.norm(x, u) >= 0).all()
 
 

@@ -63,9 +63,7 @@ def test_product_operations_are_factorwise() -> None:
     parts = list(zip(m.manifolds, m.split_point(x), m.split_point(y), strict=True))
     torch.testing.assert_close(m.log(x, y), torch.cat([f.log(a, b) for f, a, b in parts], -1))
     torch.testing.assert_close(m.dist(x, y) ** 2, sum(f.dist(a, b) ** 2 for f, a, b in parts))
-    torch.testing.assert_close(
-        m.geodesic(x, y, 0.3), torch.cat([f.geodesic(a, b, 0.3) for f, a, b in parts], -1)
-    )
+    torch.testing.assert_close(m.geodesic(x, y, 0.3), torch.cat([f.geodesic(a, b, 0.3) for f, a, b in parts], -1))
     v = m.log(x, y)
     torch.testing.assert_close(m.inner(x, v, v), m.dist(x, y) ** 2)
 
@@ -97,9 +95,7 @@ def test_riemannian_mse_projects_and_reduces() -> None:
     x = m.random_base(4, dtype=torch.float64)
     target = m.proju(x, torch.randn(4, 3, dtype=torch.float64))
     normal = 5 * x  # a purely normal error is projected away
-    torch.testing.assert_close(
-        riemannian_mse(m, x, target + normal, target), torch.zeros(4, dtype=torch.float64)
-    )
+    torch.testing.assert_close(riemannian_mse(m, x, target + normal, target), torch.zeros(4, dtype=torch.float64))
     e = Euclidean(3)
     a, b = torch.randn(4, 7, 3), torch.randn(4, 7, 3)
     torch.testing.assert_close(riemannian_mse(e, a, a, b), ((a - b) ** 2).mean(dim=(1, 2)))
@@ -169,10 +165,6 @@ def test_frames_are_se3_equivariant() -> None:
 
     path = GeodesicPath(FRAMES)
     t = torch.rand(4, generator=g_, dtype=torch.float64)
-    assert_equivariant(
-        lambda a, c: path.sample(a, c, t).x_t, [x0, x1], [move, move], move, manifold=FRAMES, atol=1e-10
-    )
-    assert_equivariant(
-        lambda a, c: path.sample(a, c, t).dx_t, [x0, x1], [move, move], rotate_tangent, atol=1e-10
-    )
+    assert_equivariant(lambda a, c: path.sample(a, c, t).x_t, [x0, x1], [move, move], move, manifold=FRAMES, atol=1e-10)
+    assert_equivariant(lambda a, c: path.sample(a, c, t).dx_t, [x0, x1], [move, move], rotate_tangent, atol=1e-10)
     assert_equivariant(FRAMES.log, [x0, x1], [move, move], rotate_tangent, atol=1e-10)

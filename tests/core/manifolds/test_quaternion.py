@@ -45,9 +45,7 @@ def _same_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matrix_conversions_match_scipy(dtype: torch.dtype) -> None:
     q = random_quaternion(500, generator=torch.Generator().manual_seed(0), dtype=dtype)
-    np.testing.assert_allclose(
-        quaternion_to_matrix(q).double().numpy(), _scipy(q).as_matrix(), atol=10 * TOL[dtype]
-    )
+    np.testing.assert_allclose(quaternion_to_matrix(q).double().numpy(), _scipy(q).as_matrix(), atol=10 * TOL[dtype])
     back = matrix_to_quaternion(quaternion_to_matrix(q))
     assert back.dtype == dtype and (back[..., 0] >= 0).all()
     torch.testing.assert_close(back, quaternion_canonical(q), atol=10 * TOL[dtype], rtol=0)

@@ -51,9 +51,7 @@ def test_angles_near_pi(dtype: torch.dtype, delta: float) -> None:
     q0, q1 = q0.to(dtype), q1.to(dtype)
     v = m.log(q0, q1)
     tol = 2e-6 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(
-        v.norm(dim=-1), (math.pi - abs(delta)) * torch.ones(200, dtype=dtype), atol=tol, rtol=0
-    )
+    torch.testing.assert_close(v.norm(dim=-1), (math.pi - abs(delta)) * torch.ones(200, dtype=dtype), atol=tol, rtol=0)
     torch.testing.assert_close(m.dist(q0, q1), v.norm(dim=-1), atol=tol, rtol=0)
     assert m.dist(m.exp(q0, v), q1).max() < 2 * tol
     x_t = m.geodesic(q0, q1, 0.5)
@@ -93,9 +91,7 @@ def test_tangent_is_body_angular_velocity() -> None:
     w = torch.randn(10, 3, generator=g, dtype=torch.float64)
     got = quaternion_to_matrix(m.exp(q, w)).numpy()
     for n in range(10):
-        np.testing.assert_allclose(
-            got[n], quaternion_to_matrix(q[n]).numpy() @ expm(_hat(w[n].numpy())), atol=1e-12
-        )
+        np.testing.assert_allclose(got[n], quaternion_to_matrix(q[n]).numpy() @ expm(_hat(w[n].numpy())), atol=1e-12)
     r = quaternion_to_matrix(q).numpy()
     p = random_quaternion(10, generator=g, dtype=torch.float64)
     rp = quaternion_to_matrix(p).numpy()

@@ -25,9 +25,7 @@ def test_torus_log_takes_shortest_way_across_the_boundary() -> None:
     y = torch.tensor([[0.05, 0.98], [0.9, 0.5]], dtype=torch.float64)
     torch.testing.assert_close(m.log(x, y), torch.tensor([[0.1, -0.04], [-0.2, 0.0]], dtype=torch.float64))
     mid = m.geodesic(x, y, 0.5)
-    torch.testing.assert_close(
-        mid, torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64), atol=1e-12, rtol=0
-    )
+    torch.testing.assert_close(mid, torch.tensor([[0.0, 0.0], [0.0, 0.5]], dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(m.dist(x, y), torch.tensor([math.hypot(0.1, 0.04), 0.2], dtype=torch.float64))
 
 
@@ -113,9 +111,7 @@ def test_sphere_s2_geodesic_is_great_circle() -> None:
     # speed pi/2, direction tangent to the great circle
     torch.testing.assert_close(
         v_t,
-        math.pi
-        / 2
-        * torch.tensor([[-math.sin(math.pi / 6), math.cos(math.pi / 6), 0.0]], dtype=torch.float64),
+        math.pi / 2 * torch.tensor([[-math.sin(math.pi / 6), math.cos(math.pi / 6), 0.0]], dtype=torch.float64),
     )
 
 
@@ -133,9 +129,7 @@ def test_sphere_rotation_equivariance() -> None:
 
     assert_equivariant(lambda a, b: m.geodesic(a, b, 0.35), [x, y], [rot, rot], rot, manifold=m, atol=1e-12)
     assert_equivariant(m.log, [x, y], [rot, rot], rot, atol=1e-12)
-    assert_equivariant(
-        lambda a, b: m.geodesic_with_velocity(a, b, 0.6)[1], [x, y], [rot, rot], rot, atol=1e-12
-    )
+    assert_equivariant(lambda a, b: m.geodesic_with_velocity(a, b, 0.6)[1], [x, y], [rot, rot], rot, atol=1e-12)
 
 
 def test_euclidean_is_dimension_agnostic_and_rotation_equivariant() -> None:

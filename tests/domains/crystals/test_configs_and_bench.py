@@ -41,7 +41,11 @@ def test_benchmark_spec_and_metric(perov):
     s = spec("quick")
     assert s.nfe_grid == (5, 10, 20, 50, 100) and s.num_samples == 500
     assert {m.name for m in s.methods} == {
-        "crysbfn", "crysbfn-bayes", "crysbfn-time-only", "crysbfn-paper-loss", "fm-torus"
+        "crysbfn",
+        "crysbfn-bayes",
+        "crysbfn-time-only",
+        "crysbfn-paper-loss",
+        "fm-torus",
     }
     assert [m.name for m in s.methods if m.baseline] == ["fm-torus"]
     assert s.method("crysbfn-bayes").weights_of == "crysbfn" and s.train_steps_of(s.method("crysbfn-bayes")) == 6000
@@ -129,9 +133,19 @@ def test_cli_fit_then_sample_writes_cifs_for_a_composition(tmp_path, monkeypatch
 
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "crystals/crysbfn_csp_tiny.yaml", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
-          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-          "--data.init_args.max_train=64", "--data.init_args.max_val=16"])
+    main(
+        [
+            "fit",
+            "--config",
+            "crystals/crysbfn_csp_tiny.yaml",
+            "--trainer.max_steps=3",
+            "--trainer.val_check_interval=3",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--data.init_args.max_train=64",
+            "--data.init_args.max_val=16",
+        ]
+    )
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     main(["sample", "--ckpt", str(ckpt), "--num", "3", "--steps", "5", "--set", "composition=SrTiO3", "--out", "cifs"])
     cifs = sorted((tmp_path / "cifs").glob("*.cif"))

@@ -52,7 +52,10 @@ def test_rotation_invariance_and_lattice_equivariance(head):
         same = lambda x: x  # noqa: E731
         for out, expected in ((0, same), (2, same), (1, rotate if head == "equivariant" else same)):
             assert_equivariant(
-                lambda lattice, out=out: net(types, frac, lattice, t, n, cond)[out], [lat], [rotate], expected,
+                lambda lattice, out=out: net(types, frac, lattice, t, n, cond)[out],
+                [lat],
+                [rotate],
+                expected,
                 atol=1e-6,  # e3nn draws the rotations in float32
             )
 

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("tmtools", reason="proteins extra (tmtools) not installed")
 
-from flowsci.benchmarks.spec import BenchmarkSpec, SampleRequest  # noqa: E402
+from flowsci.benchspec import BenchmarkSpec, SampleRequest  # noqa: E402
 from flowsci.domains.proteins import benchmark as B  # noqa: E402
 from flowsci.domains.proteins.data import Backbone  # noqa: E402
 from flowsci.domains.proteins.metrics import evaluate  # noqa: E402

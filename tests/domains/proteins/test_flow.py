@@ -67,10 +67,7 @@ def test_unpack_batch_centres_in_nm(batch):
     assert com.abs().max() < 1e-6
     assert torch.allclose(
         x1[..., :3] * ANG_PER_NM * mask[..., None],
-        (
-            batch["trans"]
-            - (batch["trans"] * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None]
-        )
+        (batch["trans"] - (batch["trans"] * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None])
         * mask[..., None],
         atol=1e-5,
     )
@@ -197,9 +194,7 @@ def test_minibatch_ot_on_translations_reduces_cost(batch):
         x0 = model._training_prior(x1, cond, torch.Generator().manual_seed(0))
         costs.append(float(((x0[..., :3] - x1[..., :3]) ** 2).sum()))
         # a permutation of the same noise rows: the set of noise draws is unchanged
-        assert torch.allclose(
-            x0[..., 3:], ind._training_prior(x1, cond, torch.Generator().manual_seed(0))[..., 3:]
-        )
+        assert torch.allclose(x0[..., 3:], ind._training_prior(x1, cond, torch.Generator().manual_seed(0))[..., 3:])
     assert costs[1] < costs[0]
 
 
@@ -259,10 +254,7 @@ def test_training_reduces_loss_and_checkpoint_round_trip(batch, tmp_path):
     def eval_loss():
         return float(
             np.mean(
-                [
-                    float(m.compute_loss(batch, generator=torch.Generator().manual_seed(k))[1]["loss"])
-                    for k in range(6)
-                ]
+                [float(m.compute_loss(batch, generator=torch.Generator().manual_seed(k))[1]["loss"]) for k in range(6)]
             )
         )
 
@@ -346,7 +338,9 @@ def test_pair_distance_loss_closed_form_and_proximity_cutoff():
     assert torch.allclose(near._pair_distance_loss(gt, pr, mask, s), torch.tensor([2 * 0.05**2 / (5 + 1)]).double())
     # the cutoff is on unscaled distances: scaling atoms by 1/s(t) = 10 keeps the same pairs and scales the loss
     s10 = torch.full((1, 1, 1), 0.1, dtype=torch.float64)
-    assert torch.allclose(near._pair_distance_loss(gt / 0.1, pr / 0.1, mask, s10), torch.tensor([2 * 0.5**2 / 6]).double())
+    assert torch.allclose(
+        near._pair_distance_loss(gt / 0.1, pr / 0.1, mask, s10), torch.tensor([2 * 0.5**2 / 6]).double()
+    )
 
 
 def test_clash_loss_closed_form_zero_on_real_chains_and_in_training_loss(batch):

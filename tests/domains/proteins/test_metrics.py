@@ -117,9 +117,7 @@ def test_designability_plumbing_with_stand_in_models(chains):
     assert sc["sc_mean_dev_framediff"] <= sc["sc_rmsd"] and sc["sc_tm"] > 0.8
 
     def fold_far(seq):
-        return (
-            chains[11].ca[: len(bb)] if len(chains[11]) >= len(bb) else np.resize(chains[11].ca, bb.ca.shape)
-        )
+        return chains[11].ca[: len(bb)] if len(chains[11]) >= len(bb) else np.resize(chains[11].ca, bb.ca.shape)
 
     far = M.self_consistency(bb, inverse_fold, fold_far)
     assert far["designable"] == 0.0 and far["sc_rmsd"] > 2.0

@@ -61,9 +61,7 @@ def test_predicted_frames_are_se3_equivariant():
 
 def test_ipa_is_invariant_and_masked_residues_do_not_leak():
     torch.manual_seed(0)
-    ipa = InvariantPointAttention(
-        c_s=16, c_z=8, c_hidden=4, num_heads=2, num_qk_points=3, num_v_points=4
-    ).double()
+    ipa = InvariantPointAttention(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_qk_points=3, num_v_points=4).double()
     g = torch.Generator().manual_seed(2)
     s = torch.randn(1, 7, 16, generator=g, dtype=torch.float64)
     z = torch.randn(1, 7, 7, 8, generator=g, dtype=torch.float64)
