@@ -6,10 +6,12 @@ Usage::
                   [--threads N] [--device auto|cpu|cuda] [--no-plots] [--no-progress]
     flowsci bench --list
     flowsci bench compare A.json B.json [--rtol 0.05] [--time-rtol 0.25] [--all] [--fail-on-regression]
+    flowsci bench report RESULTS... [--out PAGE.md] [--plots DIR] [--title T] [--check]
 
 ``flowsci bench`` (the lead's console script) dispatches here with the arguments after ``bench``; the same is
 available as ``python -m flowsci.benchmarks.cli``. Exit status: 0 if every cell finished, 1 if any cell or
-domain failed (or, for ``compare --fail-on-regression``, if anything regressed), 2 on bad usage or input.
+domain failed (or, for ``compare --fail-on-regression``, if anything regressed; for ``report --check``, if the
+page is out of date), 2 on bad usage or input.
 """
 
 from __future__ import annotations
@@ -69,6 +71,76 @@ def _compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowsci bench report",
+        description="Render committed results files (JSON written by flowsci bench) into one Markdown page.",
+    )
+    p.add_argument("results", nargs="+", help="results files or folders (searched recursively for *.json)")
+    p.add_argument("--out", default=None, help="write the page here (default: print it)")
+    p.add_argument("--title", default="Leaderboard", help="page title (default: Leaderboard)")
+    p.add_argument(
+        "--plots",
+        default=None,
+        help="also write each domain's metric-vs-NFE plot into this folder and show it on the page (needs --out)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if --out differs from what would be written"
+    )
+    return p
+
+
+def _report(argv: Sequence[str]) -> int:
+    import os
+
+    from flowsci.benchmarks.report import collect_results, render_report, write_plots
+    from flowsci.benchmarks.runner import load_result
+    from flowsci.io import atomic_write_text
+
+    args = _report_parser().parse_args(argv)
+    if (args.check or args.plots) and not args.out:
+        print("flowsci bench report: --check and --plots need --out", file=sys.stderr)
+        return 2
+    try:
+        paths = collect_results(args.results)
+        docs = [load_result(p) for p in paths]
+    except (OSError, ValueError) as e:
+        print(f"flowsci bench report: {e}", file=sys.stderr)
+        return 2
+    base = Path(args.out).resolve().parent if args.out else Path.cwd()
+    sources = [Path(os.path.relpath(p.resolve(), base)).as_posix() for p in paths]
+    plots: dict[tuple[str, str], list[str]] = {}
+    if args.plots and not args.check:
+        for doc in docs:
+            folder = Path(args.plots) / doc["suite"]
+            written = [p for p in write_plots(doc, folder) if p.stem.endswith("_vs_nfe")]
+            plots[(doc["suite"], doc["domain"])] = [
+                Path(os.path.relpath(p.resolve(), base)).as_posix() for p in written
+            ]
+    elif args.plots:  # --check: link the plots that a normal run would have written
+        for doc in docs:
+            png = Path(args.plots) / doc["suite"] / f"{doc['domain']}_vs_nfe.png"
+            if png.is_file():
+                plots[(doc["suite"], doc["domain"])] = [Path(os.path.relpath(png.resolve(), base)).as_posix()]
+    command = " ".join(["flowsci bench report", *args.results] + (["--out", args.out] if args.out else []))
+    command += f" --plots {args.plots}" if args.plots else ""
+    command += f" --title '{args.title}'" if args.title != "Leaderboard" else ""
+    text = render_report(docs, title=args.title, sources=sources, command=command, plots=plots)
+    if args.check:
+        current = Path(args.out).read_text() if Path(args.out).is_file() else None
+        if current != text:
+            print(f"flowsci bench report: {args.out} is out of date; regenerate it with: {command}", file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date ({len(docs)} results files)")
+        return 0
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {args.out} from {len(docs)} results files")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _compare(argv: Sequence[str]) -> int:
     from flowsci.benchmarks.compare import compare_results, format_changes
     from flowsci.benchmarks.runner import load_result
@@ -99,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         return _compare(argv[1:])
+    if argv and argv[0] == "report":
+        return _report(argv[1:])
     args = _run_parser().parse_args(argv)
     from flowsci.benchmarks.registry import DOMAINS, available_domains
 

@@ -41,6 +41,7 @@ import torch
 from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
 from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest
+from flowsci.checkpoint import read_checkpoint
 from flowsci.io import atomic_write, atomic_write_text
 from flowsci.module import QUIET_TRAINER
 
@@ -254,7 +255,8 @@ def _train(
     """Build and train ``method`` (or, if ``reuse``, load it from the cache); returns the model and its record.
 
     A method with ``weights_of`` loads the weights its source method trained in this run (``trained``: method name
-    -> (state dict, record)), else the source's cache entry, else trains them with the source's settings.
+    -> (state dict, record)), else the source's cache entry, else trains them with the source's settings. A
+    method with ``init_from`` starts from the weights its source trained in this run (or cached), then trains.
     """
     import pytorch_lightning as pl
 
@@ -270,7 +272,7 @@ def _train(
         return model.to(device), dict(info, weights_of=source.name)
     if reuse and cache is not None and cache.exists():
         try:
-            blob = torch.load(cache, map_location="cpu", weights_only=False)
+            blob = read_checkpoint(cache)
             model.load_state_dict(blob["state_dict"])
             info = dict(blob["info"], train_cached=True)
             if source is not method:
@@ -278,6 +280,9 @@ def _train(
             return model.to(device), info
         except Exception as e:  # a stale or truncated cache file: retrain
             log.warning("ignoring training cache %s (%s)", cache, e)
+    if method.init_from is not None:
+        start = _source_state(spec, spec.method(method.init_from), cache_dir, trained)
+        model.load_state_dict(start, strict=False)
     done = 0
     with PeakMemory(device) as mem:
         _sync(device)
@@ -300,11 +305,29 @@ def _train(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if cache is not None:
         atomic_write(cache, lambda tmp: torch.save({"state_dict": state, "info": info}, tmp))
-    if trained is not None and any(m.weights_of == source.name for m in spec.methods):
+    if trained is not None and any(source.name in (m.weights_of, m.init_from) for m in spec.methods):
         trained[source.name] = (state, info)
     if source is not method:
         info = dict(info, weights_of=source.name)
+    if method.init_from is not None:
+        info = dict(info, init_from=method.init_from)
     return model.to(device), info
+
+
+def _source_state(
+    spec: BenchmarkSpec,
+    source: Method,
+    cache_dir: Path | None,
+    trained: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
+) -> dict[str, torch.Tensor]:
+    """Trained weights of ``source`` (an ``init_from`` target): from this run, else from its cache file."""
+    if trained is not None and source.name in trained:
+        return trained[source.name][0]
+    if cache_dir is not None:
+        cache = cache_dir / f"{source.name}-{spec.train_fingerprint(source)}.pt"
+        if cache.exists():
+            return read_checkpoint(cache)["state_dict"]
+    raise RuntimeError(f"method {source.name!r} has no trained weights in this run to start from")
 
 
 # ------------------------------------------------------------------------------------------------------- cells
@@ -500,7 +523,7 @@ def run_spec(
     """Run one domain's benchmark and write its JSON, Markdown and plots under ``<out>/<suite>/``.
 
     Args:
-        spec: The domain's spec, already sized for ``suite`` (see :meth:`BenchmarkSpec.for_suite`).
+        spec: The domain's spec, already sized for ``suite`` (the registered ``spec(suite)``).
         suite: Suite name (recorded, and the output sub-folder).
         out: Results root folder.
         force: Rerun every cell (and retrain) even if finished results exist.

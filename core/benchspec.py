@@ -1,10 +1,11 @@
-"""Benchmark specifications: what a domain registers with ``flowsci bench``.
+"""Benchmark specifications: the types a domain declares its ``flowsci bench`` benchmark with.
 
-A domain describes its benchmark once, as data, in ``flowsci.domains.<field>.benchmark``: either a module-level
-``SPEC: BenchmarkSpec`` (sized per suite through :attr:`BenchmarkSpec.suite_overrides`) or a function
-``spec(suite: str) -> BenchmarkSpec``. The runner (:mod:`flowsci.benchmarks.runner`) knows nothing about the
-domain: it builds the data module, trains every :class:`Method`, samples it on the grid of solvers and numbers of
-function evaluations (NFE), and scores each sample set with the spec's :class:`Metric` functions.
+A domain describes its benchmark once, as data, in ``flowsci.domains.<field>.benchmark``: a function
+``spec(suite: str) -> BenchmarkSpec`` (the one way to size a benchmark per suite: ``smoke``, ``quick``, ``full``),
+registered under the ``flowsci.benchmarks`` entry-point group. These types live in the core, below the domains;
+the runner (:mod:`flowsci.benchmarks.runner`), above them, knows nothing about the domain: it builds the data
+module, trains every :class:`Method`, samples it on the grid of solvers and numbers of function evaluations
+(NFE), and scores each sample set with the spec's :class:`Metric` functions.
 
 The grid of cells is ``methods x solvers x NFE``. A fixed-step solver with ``k`` network evaluations per step
 (Euler 1, midpoint and Heun 2, RK4 4) is run with ``steps = NFE / k`` steps; NFE values that ``k`` does not divide
@@ -12,20 +13,21 @@ are skipped for that solver, so every measured row is an NFE-matched comparison.
 give one cell per method whose NFE is the counted one.
 
 Example:
-    >>> spec = BenchmarkSpec(
-    ...     name="toy2d",
-    ...     datamodule=lambda: Toy2DDataModule(),
-    ...     reference_data=lambda dm, num, seed: dm.sample_reference(num, seed),
-    ...     methods=[Method("fm-ot", build=build_ot), Method("fm-indep", build=build_indep, baseline=True)],
-    ...     metrics=[Metric("sliced_w2", sliced_wasserstein2)],
-    ...     suite_overrides={"smoke": {"train_steps": 30, "nfe_grid": (1, 4)}},
-    ... )  # doctest: +SKIP
+    >>> def spec(suite: str) -> BenchmarkSpec:
+    ...     steps = {"smoke": 30, "quick": 3000, "full": 20000}[suite]
+    ...     return BenchmarkSpec(
+    ...         name="toy2d",
+    ...         datamodule=lambda: Toy2DDataModule(),
+    ...         reference_data=lambda dm, num, seed: dm.sample_reference(num, seed),
+    ...         methods=[Method("fm-ot", build=build_ot), Method("fm-indep", build=build_indep, baseline=True)],
+    ...         metrics=[Metric("sliced_w2", sliced_wasserstein2)],
+    ...         train_steps=steps,
+    ...     )  # doctest: +SKIP
 
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -154,6 +156,9 @@ class Method:
         callbacks: ``callbacks() -> list[pl.Callback]`` added to the default trainer (e.g. EMA).
         weights_of: Name of an earlier method of the spec whose trained weights this one reuses (its ``build``
             must make the same model): for rows that differ only in how they sample. It is not trained again.
+        init_from: Name of an earlier method whose trained weights this one starts from (loaded into the model
+            ``build`` makes, non-strictly, so a student may add parameters), before its own ``train_steps`` (or its
+            own ``fit``, e.g. a reflow fine-tune). The source's training fingerprint is part of this method's.
 
     """
 
@@ -168,6 +173,7 @@ class Method:
     nfe_grid: Sequence[int] | None = None
     callbacks: Callable[[], list[Any]] | None = None
     weights_of: str | None = None
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,8 +254,6 @@ class BenchmarkSpec:
         primary_metric: Column the leaderboard sorts by (default: the first metric's column).
         references: Reported reference rows (never mixed with measured rows).
         description: A paragraph for the leaderboard.
-        suite_overrides: ``{suite: {field: value}}`` applied by :meth:`for_suite` (e.g. smaller ``train_steps``
-            for ``"smoke"``).
         packages: Extra distributions whose versions are recorded (e.g. ``("pymatgen",)``).
         nfe_counter: Attribute of the model whose forward calls are counted as the measured NFE (``"net"``);
             ``None`` disables counting.
@@ -281,7 +285,6 @@ class BenchmarkSpec:
     primary_metric: str | None = None
     references: Sequence[ReferenceRow] = ()
     description: str = ""
-    suite_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     packages: Sequence[str] = ()
     nfe_counter: str | None = "net"
     version: str = "1"
@@ -313,6 +316,13 @@ class BenchmarkSpec:
                         f"{where}: method {m.name!r} reuses the weights of {m.weights_of!r}, which must be an "
                         "earlier method that trains its own weights"
                     )
+            if m.init_from is not None:
+                earlier_names = [e.name for e in self.methods[:i]]
+                if m.init_from not in earlier_names or m.weights_of is not None:
+                    raise ValueError(
+                        f"{where}: method {m.name!r} starts from {m.init_from!r}, which must be an earlier method "
+                        "(and init_from excludes weights_of)"
+                    )
             for s in m.solvers if m.solvers is not None else self.solvers:
                 if s not in EVALS_PER_STEP and s not in ADAPTIVE_SOLVERS:
                     known = sorted(EVALS_PER_STEP) + sorted(ADAPTIVE_SOLVERS)
@@ -320,27 +330,6 @@ class BenchmarkSpec:
             for n in m.nfe_grid if m.nfe_grid is not None else self.nfe_grid:
                 if int(n) < 1:
                     raise ValueError(f"{where}: NFE values must be >= 1, got {n} (method {m.name!r})")
-        unknown = set(self.suite_overrides) - set(SUITES)
-        if unknown:
-            raise ValueError(f"{where}: suite_overrides has unknown suites {sorted(unknown)}; known: {SUITES}")
-
-    def for_suite(self, suite: str) -> BenchmarkSpec:
-        """Return the spec sized for ``suite`` (``suite_overrides[suite]`` applied with ``dataclasses.replace``).
-
-        Raises:
-            ValueError: If ``suite`` is unknown or an override names a field the spec does not have.
-
-        """
-        if suite not in SUITES:
-            raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES}")
-        overrides = dict(self.suite_overrides.get(suite, {}))
-        fields = {f.name for f in dataclasses.fields(self)} - {"suite_overrides"}
-        bad = set(overrides) - fields
-        if bad:
-            raise ValueError(
-                f"BenchmarkSpec {self.name!r}: suite_overrides[{suite!r}] has unknown fields {sorted(bad)}"
-            )
-        return dataclasses.replace(self, **overrides, suite_overrides={})
 
     def method(self, name: str) -> Method:
         """The method called ``name``."""
@@ -385,6 +374,11 @@ class BenchmarkSpec:
                 "train_steps": self.train_steps_of(method),
                 "seed": self.seed,
                 "trainer_kwargs": dict(self.trainer_kwargs),
+                **(
+                    {"init_from": self.train_fingerprint(self.method(method.init_from))}
+                    if method.init_from is not None
+                    else {}
+                ),
             }
         )
 
@@ -419,6 +413,7 @@ class BenchmarkSpec:
                     "description": m.description,
                     "train_steps": self.train_steps_of(m),
                     **({"weights_of": m.weights_of} if m.weights_of is not None else {}),
+                    **({"init_from": m.init_from} if m.init_from is not None else {}),
                 }
                 for m in self.methods
             ],

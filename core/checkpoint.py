@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from flowsci.errors import CheckpointError
+from flowsci.errors import CheckpointError, MissingCheckpointError
 
-__all__ = ["allow_globals", "class_paths", "load_module", "read_checkpoint", "resolve_class"]
+__all__ = ["allow_globals", "class_paths", "load_module", "read_checkpoint", "resolve_class", "save_module"]
 
 _SAFE_GLOBALS: list[Any] = []
 _INSTANTIATORS = {"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"}
@@ -45,7 +45,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(p, "no such checkpoint file")
+        raise MissingCheckpointError(p, "no such checkpoint file")
     if p.is_dir():
         raise CheckpointError(p, "is a folder, not a checkpoint file (pass e.g. <run>/checkpoints/last.ckpt)")
     if p.stat().st_size == 0:
@@ -151,13 +151,32 @@ def load_module(
         raise CheckpointError(p, f"{class_path} is not a LightningModule")
     if expected is not None and not issubclass(cls, expected):
         raise CheckpointError(p, f"holds a {cls.__name__}, not a {expected.__name__}")
-    kwargs: dict[str, Any] = {}
-    if "_class_path" not in hparams and "net" in record:
-        net_cls = resolve_class(record["net"]["class"], p, trust)
-        kwargs["net"] = net_cls(**record["net"]["config"])
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            model = cls.load_from_checkpoint(p, map_location=map_location, weights_only=True, **kwargs)
+        if "_class_path" in hparams:  # written by flowsci fit: Lightning rebuilds it from the config
+            with torch.serialization.safe_globals(_SAFE_GLOBALS):
+                model = cls.load_from_checkpoint(p, map_location=map_location, weights_only=True)
+        else:  # written from Python: the record holds the network and plain constructor options
+            kwargs = dict(record.get("init") or {})
+            if "net" in record:
+                kwargs["net"] = resolve_class(record["net"]["class"], p, trust)(**record["net"]["config"])
+            model = cls(**kwargs)
+            model.load_state_dict(ckpt["state_dict"])
+            model.on_load_checkpoint(ckpt)
     except (RuntimeError, TypeError, KeyError, ValueError) as err:
         raise CheckpointError(p, f"does not fit {cls.__name__}: {str(err).splitlines()[0][:300]}") from err
-    return model.eval()
+    return model.to(map_location).eval()
+
+
+def save_module(module: Any, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write a small checkpoint of ``module`` (weights + the loader's record + ``meta``) atomically.
+
+    The file loads with :func:`load_module` / ``Module.from_checkpoint`` like a Lightning checkpoint, without
+    optimizer state (for shipped models and caches).
+    """
+    from flowsci.io import atomic_write
+
+    blob: dict[str, Any] = {"state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    module.on_save_checkpoint(blob)
+    if meta is not None:
+        blob["meta"] = meta
+    return atomic_write(path, lambda tmp: torch.save(blob, tmp))

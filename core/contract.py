@@ -53,6 +53,7 @@ __all__ = [
     "LossSteps",
     "check_sample_args",
     "check_sample_options",
+    "outside_cli",
 ]
 
 M = TypeVar("M", bound="GenerativeModule")
@@ -131,8 +132,24 @@ class GenerativeModule(LossSteps, pl.LightningModule):
     optimiser set-up, checkpoint records for the safe loader, :meth:`from_checkpoint` and :meth:`pretrained`.
     """
 
+    net: torch.nn.Module
     optimizer_factory: Callable[..., Any] | None = None
     lr_scheduler_factory: Callable[..., Any] | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        """Deep copy (weight averaging copies the module) sharing the optimizer and scheduler factories.
+
+        The factories are stateless configuration; under DDP the ones LightningCLI builds hold a lock that cannot
+        be copied, so the EMA copy made at fit start would fail.
+        """
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        shared = ("optimizer_factory", "lr_scheduler_factory")
+        state = self.__getstate__()
+        new.__setstate__({k: v if k in shared else copy.deepcopy(v, memo) for k, v in state.items()})
+        return new
 
     # ----------------------------------------------------------------- the contract
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -188,12 +205,22 @@ class GenerativeModule(LossSteps, pl.LightningModule):
         shipped = sorted(p.stem for p in folder.glob("*.ckpt")) + sorted(p.stem for p in folder.glob("*.pt"))
         raise FileNotFoundError(f"{cls.__name__}: no shipped model {name!r} in {folder}; shipped: {shipped}")
 
+    def init_options(self) -> dict[str, Any]:
+        """Plain constructor arguments (everything but the network and factories) to rebuild this module.
+
+        Default: the plain values among ``self.hparams`` (modules built in Python store only those) that are
+        parameters of this class's ``__init__``.
+        """
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: v for k, v in dict(self.hparams).items() if k in params and k != "net" and _is_plain(v)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the module class, its network class and ``config`` for :func:`flowsci.checkpoint.load_module`."""
+        """Record the module class, its network class and ``config``, and :meth:`init_options` for the loader."""
         net = getattr(self, "net", None)
         record: dict[str, Any] = {"module": f"{type(self).__module__}.{type(self).__qualname__}"}
         if net is not None and getattr(net, "config", None) is not None:
             record["net"] = {"class": f"{type(net).__module__}.{type(net).__qualname__}", "config": dict(net.config)}
+        record["init"] = self.init_options()
         checkpoint["flowsci"] = record
 
     # ----------------------------------------------------------------- optimisation
@@ -212,6 +239,28 @@ class GenerativeModule(LossSteps, pl.LightningModule):
         if getattr(sched, "monitor", None):
             cfg["monitor"] = sched.monitor
         return {"optimizer": opt, "lr_scheduler": cfg}
+
+
+def outside_cli() -> bool:
+    """True unless LightningCLI is instantiating a module (then it stores the config, not the objects).
+
+    Modules call ``self.save_hyperparameters(ignore=OBJECT_ARGS if outside_cli() else None)`` so checkpoints
+    written from Python hold only plain values and load with ``weights_only=True``.
+    """
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is None
+
+
+def _is_plain(value: Any) -> bool:
+    """True for JSON-like values (None, bool, int, float, str and lists/dicts of them)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 def check_sample_args(num: Any, steps: Any = None, solver: Any = None, solvers: Sequence[str] | None = None) -> None:
@@ -256,7 +305,8 @@ class Domain:
         name: Registry name (``"proteins"``); configs live under ``<config_package>/<name>/``.
         module: The domain's main generative module class (a :class:`GenerativeModule` subclass).
         datamodule: Its ``pl.LightningDataModule`` class.
-        evaluate: ``evaluate(samples, reference) -> table`` (a ``pandas.DataFrame`` or a mapping of metrics),
+        evaluate: ``evaluate(samples, reference) -> table`` (a ``pandas.DataFrame``, or an object whose
+            ``to_frame()`` gives one),
             ``samples`` being what ``module.sample`` returns (or its native objects).
         plot: ``plot(samples, reference, path, ...)`` writing a PNG of samples against real data.
         reference: ``reference(num) -> reference`` real held-out data shipped with the package (for the contract
@@ -268,6 +318,8 @@ class Domain:
         modules: Other generative module classes of the domain (their checkpoints are trusted too).
         config_package: Importable package holding the configs (``flowsci.configs`` for built-in domains).
         fit_args: Extra ``flowsci fit`` arguments for the contract test (e.g. a smaller data subset).
+        ddp_strategy: The Lightning strategy for multi-process training (``"ddp"``, or
+            ``"ddp_find_unused_parameters_true"`` for a network with heads a task does not use).
 
     """
 
@@ -284,6 +336,7 @@ class Domain:
     modules: Sequence[type] = field(default_factory=tuple)
     config_package: str = "flowsci.configs"
     fit_args: Sequence[str] = field(default_factory=tuple)
+    ddp_strategy: str = "ddp"
 
     @property
     def package(self) -> str:

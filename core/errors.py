@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "FlowsciError",
     "InputError",
+    "MissingCheckpointError",
     "MissingExtraError",
     "NonFiniteError",
     "check_finite",
@@ -46,6 +47,10 @@ class InputError(FlowsciError, ValueError):
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be read, is not flowsci's, or names code outside the trusted packages."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
 
 
 class NonFiniteError(FlowsciError, FloatingPointError):

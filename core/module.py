@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from flowsci.contract import GenerativeModule, check_sample_args
+from flowsci.contract import GenerativeModule, check_sample_args, outside_cli
 from flowsci.couplings import Coupling, IndependentCoupling
 from flowsci.errors import NonFiniteError
 from flowsci.guidance import ConditionDropout, Guidance
@@ -93,7 +93,7 @@ class FlowMatching(GenerativeModule):
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         # Under LightningCLI the parsed config (class paths) is stored; in Python only plain values are, so
         # checkpoints stay loadable with weights_only=True: pass the same objects to load_from_checkpoint.
-        self.save_hyperparameters(ignore=_OBJECT_ARGS if _outside_cli() else None)
+        self.save_hyperparameters(ignore=_OBJECT_ARGS if outside_cli() else None)
         self.net = net
         self.path = path if path is not None else CondOTPath()
         if prediction != "velocity" and not isinstance(self.path, AffinePath):
@@ -181,9 +181,8 @@ class FlowMatching(GenerativeModule):
         """Write samples as ``samples.npz`` (and ``samples.png`` for 2-D points); returns the written files."""
         out = Path(out_dir)
         x = solution.x.detach().cpu().numpy()
-        written = [
-            atomic_write(out / "samples.npz", lambda p: np.savez(p, x=x, nfe=solution.nfe, seed=solution.seed or -1))
-        ]
+        seed = -1 if solution.seed is None else solution.seed  # -1: no seed was given
+        written = [atomic_write(out / "samples.npz", lambda p: np.savez(p, x=x, nfe=solution.nfe, seed=seed))]
         if x.ndim == 2 and x.shape[1] == 2:
             written.append(atomic_write(out / "samples.png", lambda p: _scatter_png(x, p, solution)))
         return written
@@ -283,6 +282,31 @@ class FlowMatching(GenerativeModule):
         """Number of examples (samples, not set elements) in a batch, for logging."""
         return int(self.unpack_batch(batch)[0].shape[0])
 
+    # ----------------------------------------------------------------- likelihood, inversion, inverse problems
+    def log_prob(self, x: Tensor, steps: int = 50, method: str = "rk4", estimator: str = "exact", **kw: Any) -> Any:
+        """Per-sample log-likelihood (nats, bits/dim): :func:`flowsci.likelihood.log_prob` on :meth:`velocity`."""
+        from flowsci.likelihood import log_prob
+
+        return log_prob(
+            self.velocity, x, manifold=self._manifold(), steps=steps, method=method, estimator=estimator, **kw
+        )
+
+    def invert(self, x: Tensor, steps: int | None = None, solver: str = "rf_solver", **kw: Any) -> Solution:
+        """Data ``[B, *D]`` to prior noise by :func:`flowsci.inversion.invert` on :meth:`velocity`."""
+        from flowsci.inversion import invert
+
+        n = steps if steps is not None else self.sample_steps
+        return invert(self.velocity, x, steps=n, solver=solver, manifold=self._manifold(), **kw)
+
+    def solve_inverse(self, operator: Any, y: Tensor, num: int, seed: int | None = None, **kw: Any) -> Solution:
+        """``num`` posterior samples given ``y = A(x) + noise`` (:func:`flowsci.inverse_problems.solve_inverse`)."""
+        from flowsci.inverse_problems import solve_inverse
+
+        gen = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        cond = kw.pop("cond", None) or {}
+        x0 = self.sample_prior(num, cond, generator=gen)
+        return solve_inverse(self.velocity, self.path, operator, y, x0, **kw, **cond)
+
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of ``values`` over entries where ``mask`` is true (mask broadcast from the left, ``[B, *M]``)."""
@@ -291,13 +315,6 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     m = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.dim() - mask.dim())))
     m = m.expand_as(values)
     return (values * m).sum() / m.sum().clamp_min(1.0)
-
-
-def _outside_cli() -> bool:
-    """True unless LightningCLI is instantiating us (then the config, not the net object, is stored)."""
-    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is None
 
 
 def _scatter_png(x: np.ndarray, path: str, solution: Solution) -> None:

@@ -7,11 +7,38 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "SinusoidalEmbedding"]
+__all__ = ["MLP", "SinusoidalEmbedding", "sinusoidal_features"]
+
+
+def sinusoidal_features(
+    x: Tensor, dim: int, max_period: float = 10_000.0, compute_dtype: torch.dtype | None = None
+) -> Tensor:
+    """Sinusoidal features :math:`[\\sin(\\omega_k x), \\cos(\\omega_k x)]` of a real tensor, ``[*S] -> [*S, dim]``.
+
+    Frequencies are log-spaced, :math:`\\omega_k = \\text{max\\_period}^{-k/(d/2)}`, ``k = 0..d/2-1`` (the transformer
+    positional encoding); an odd ``dim`` gets one zero column.
+
+    Args:
+        x: Values (times scaled by the caller, residue indices...).
+        dim: Number of features.
+        max_period: Longest period.
+        compute_dtype: Dtype of the computation (e.g. ``torch.float64`` for large indices); the result has the
+            input's floating dtype (the default dtype for integer input). ``None``: the input's floating dtype.
+
+    """
+    out_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    dtype = compute_dtype or out_dtype
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=dtype) / half)
+    arg = x.to(dtype)[..., None] * freqs
+    emb = torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(out_dtype)
 
 
 class SinusoidalEmbedding(nn.Module):
-    """Sinusoidal features of a scalar, :math:`[\\sin(\\omega_k s), \\cos(\\omega_k s)]`, log-spaced frequencies.
+    """Sinusoidal features of a scalar (:func:`sinusoidal_features` of ``scale * s``).
 
     Args:
         dim: Output size (even).
@@ -24,14 +51,11 @@ class SinusoidalEmbedding(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"SinusoidalEmbedding needs an even dim, got {dim}")
-        freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2) / (dim // 2))
-        self.register_buffer("freqs", freqs, persistent=False)
-        self.scale = scale
+        self.dim, self.max_period, self.scale = dim, max_period, scale
 
     def forward(self, s: Tensor) -> Tensor:
         """Embed ``s`` of shape ``[*S]`` to ``[*S, dim]``."""
-        arg = self.scale * s.unsqueeze(-1).to(self.freqs.dtype) * self.freqs
-        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+        return sinusoidal_features(self.scale * s, self.dim, self.max_period)
 
 
 class MLP(nn.Module):

@@ -12,19 +12,15 @@ reads the paired noise from the batch key ``"x0"``.
 * :class:`ReflowDataModule` — serves the pairs as ``{"x1", "x0", **cond}`` batches.
 * :func:`rectify` — train the :math:`(k+1)`-rectified student initialised from the teacher's weights.
 * :func:`straightness` — :math:`S = \int_0^1 E\|\log_{x_0} x_1 - v(x_t, t)\|^2 dt` along solver trajectories.
-* :func:`cli_main` — ``flowsci reflow --ckpt ... --pairs N ...``; ``python -m flowsci.reflow --demo`` runs the
-  2-D toy experiment of the README.
+The command line (``flowsci reflow --ckpt ... --pairs N``, ``flowsci reflow --demo`` for the 2-D toy experiment)
+is :mod:`flowsci.cli.reflow`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,14 +44,12 @@ __all__ = [
     "PairDataset",
     "ReflowDataModule",
     "ReflowPairs",
-    "cli_main",
     "fit_on_pairs",
     "generate_pairs",
     "module_straightness",
     "rectify",
     "save_student_checkpoint",
     "straightness",
-    "toy_demo",
 ]
 
 _COND_PREFIX = "cond__"
@@ -344,7 +338,7 @@ def module_straightness(
 def save_student_checkpoint(
     module: FlowMatching, teacher_ckpt: str | os.PathLike, path: str | os.PathLike, info: dict[str, Any]
 ) -> Path:
-    """Save a student as a checkpoint that :func:`flowsci.cli.load_module` and ``flowsci sample`` read.
+    """Save a student as a checkpoint that :func:`flowsci.checkpoint.load_module` and ``flowsci sample`` read.
 
     The student has the teacher's class and configuration, so the teacher checkpoint's ``hyper_parameters``
     (which record how to rebuild the module) are reused with the student's weights.
@@ -359,168 +353,12 @@ def save_student_checkpoint(
         The written path.
 
     """
-    src = torch.load(teacher_ckpt, map_location="cpu", weights_only=False)
-    keep = ("pytorch-lightning_version", "hparams_name", "hyper_parameters")
+    from flowsci.checkpoint import read_checkpoint
+
+    src = read_checkpoint(teacher_ckpt)
+    keep = ("pytorch-lightning_version", "hparams_name", "hyper_parameters", "flowsci")
     ckpt: dict[str, Any] = {k: src[k] for k in keep if k in src}
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     module.on_save_checkpoint(ckpt)
     ckpt["flowsci_reflow"] = info
     return atomic_write(path, lambda p: torch.save(ckpt, p))
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="flowsci reflow",
-        description="Rectify a trained flow: sample (noise, sample) pairs with the teacher, store them, train the "
-        "rectified student from the teacher's weights (optionally distil it to few steps) and report straightness.",
-    )
-    p.add_argument("--ckpt", help="teacher checkpoint written by `flowsci fit` (or an earlier reflow)")
-    p.add_argument("--pairs", type=int, default=10_000, help="number of (noise, sample) pairs")
-    p.add_argument("--pairs-file", default=None, help="reuse stored pairs instead of sampling new ones")
-    p.add_argument("--steps", type=int, default=None, help="teacher solver steps (default: the model's)")
-    p.add_argument("--solver", default=None, help="teacher solver: euler | midpoint | heun | rk4 | dopri5")
-    p.add_argument("--train-steps", type=int, default=2000, help="optimisation steps of the student")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--distill-steps", type=int, default=0, help="then distil to --distill-nfe steps (0: skip)")
-    p.add_argument("--distill-nfe", type=int, default=1, help="Euler steps of the distilled student")
-    p.add_argument("--premetric", default="l2", help="distillation premetric: l2 | pseudo_huber")
-    p.add_argument("--eval-num", type=int, default=2000, help="samples for the straightness metric")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reflow", help="output folder")
-    p.add_argument("--demo", action="store_true", help="run the 2-D toy experiment (no --ckpt needed)")
-    return p
-
-
-def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``flowsci reflow``: rectify (and optionally distil) a trained flow; prints and returns the metrics.
-
-    Writes ``pairs.npz``, ``reflow.ckpt`` (loadable by ``flowsci sample --ckpt``), ``distilled.ckpt`` when
-    ``--distill-steps > 0``, and ``metrics.json`` (straightness before/after, NFE) into ``--out``.
-    """
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.demo:
-        return toy_demo(seed=args.seed, out=args.out)
-    if not args.ckpt:
-        raise SystemExit("flowsci reflow: --ckpt is required (or --demo)")
-    from flowsci.cli import load_module
-
-    pl.seed_everything(args.seed, verbose=False)
-    teacher = load_module(args.ckpt)
-    if not isinstance(teacher, FlowMatching):
-        raise SystemExit(f"flowsci reflow: {args.ckpt} holds a {type(teacher).__name__}, not a FlowMatching model")
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    if args.pairs_file:
-        pairs = ReflowPairs.load(args.pairs_file)
-    else:
-        pairs = generate_pairs(teacher, args.pairs, steps=args.steps, solver=args.solver, seed=args.seed)
-        pairs.meta["teacher_ckpt"] = str(args.ckpt)
-        pairs.save(out / "pairs.npz")
-    student = rectify(teacher, pairs, max_steps=args.train_steps, batch_size=args.batch_size)
-    metrics: dict[str, Any] = {
-        "pairs": len(pairs),
-        "teacher_nfe_per_pair": pairs.meta.get("nfe_per_sample"),
-        "straightness_teacher": module_straightness(teacher, args.eval_num, seed=args.seed + 1),
-        "straightness_reflow": module_straightness(student, args.eval_num, seed=args.seed + 1),
-    }
-    info = {"pairs": len(pairs), "train_steps": args.train_steps, "teacher_ckpt": str(args.ckpt)}
-    files = [save_student_checkpoint(student, args.ckpt, out / "reflow.ckpt", info)]
-    if args.distill_steps > 0:
-        from flowsci.distill import distill
-
-        distilled = distill(
-            student,
-            pairs,
-            steps=args.distill_nfe,
-            premetric=args.premetric,
-            max_steps=args.distill_steps,
-            batch_size=args.batch_size,
-        )
-        metrics["straightness_distilled"] = module_straightness(distilled, args.eval_num, seed=args.seed + 1)
-        files.append(save_student_checkpoint(distilled, args.ckpt, out / "distilled.ckpt", {**info, "distill": True}))
-    metrics["seconds"] = round(time.perf_counter() - t0, 2)
-    files.append(atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2))))
-    for f in files:
-        print(f)
-    print(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def toy_demo(
-    dataset: str = "moons",
-    *,
-    teacher_steps: int = 3000,
-    num_pairs: int = 20_000,
-    pair_steps: int = 100,
-    reflow_steps: int = 2000,
-    distill_steps: int = 1000,
-    eval_num: int = 4000,
-    seed: int = 0,
-    out: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """The README's 2-D experiment: teacher -> 2-rectified flow -> 1-step distilled student, on one CPU thread.
-
-    Trains a 3x256 MLP rectified flow (CondOT path, independent coupling, Adam 1e-3, batch 256) from
-    :math:`N(0, I)` to ``dataset``, samples ``num_pairs`` pairs with ``pair_steps`` Euler steps, rectifies
-    (Adam 1e-3, ``reflow_steps`` steps from the teacher's weights), distils the rectified flow to one Euler step
-    (L2 premetric, Adam 1e-4), and reports mean straightness (2000 draws, 100 Euler steps) and the sliced
-    Wasserstein-2 distance (:func:`flowsci.metrics.sliced_wasserstein2`, 512 projections) of
-    ``eval_num`` samples to ``eval_num`` fresh data points at 1, 2, 4 and 100 NFE.
-
-    Args:
-        dataset: A name in :data:`flowsci.data.TOY_DATASETS`.
-        teacher_steps: Training steps of the teacher.
-        num_pairs: Reflow pairs.
-        pair_steps: Euler steps of the teacher per pair.
-        reflow_steps: Training steps of the rectified student.
-        distill_steps: Training steps of the distilled student.
-        eval_num: Samples per evaluation.
-        seed: Global seed.
-        out: Folder for ``metrics.json`` (optional).
-
-    Returns:
-        The metrics (also printed as a table).
-
-    """
-    from flowsci.data import Toy2DDataModule, sample_toy
-    from flowsci.distill import distill
-    from flowsci.metrics import sliced_wasserstein2
-    from flowsci.nets import MLP
-
-    torch.set_num_threads(1)
-    pl.seed_everything(seed, verbose=False)
-    t_start = time.perf_counter()
-    teacher = FlowMatching(MLP(dim=2, hidden=256, depth=3), data_shape=[2])
-    data = Toy2DDataModule(dataset, batch_size=256, seed=seed)
-    trainer_kwargs = {**QUIET_TRAINER, "devices": 1}
-    pl.Trainer(max_steps=teacher_steps, **trainer_kwargs).fit(teacher, datamodule=data)
-    teacher.eval()
-    pairs = generate_pairs(teacher, num_pairs, steps=pair_steps, solver="euler", seed=seed + 1)
-    reflowed = rectify(teacher, pairs, max_steps=reflow_steps)
-    distilled = distill(reflowed, pairs, steps=1, max_steps=distill_steps)
-    reference = sample_toy(dataset, eval_num, seed=seed + 99)
-    models = {"teacher (1-RF)": teacher, "reflow (2-RF)": reflowed, "distilled 1-step": distilled}
-    metrics: dict[str, Any] = {"dataset": dataset, "seed": seed}
-    rows = []
-    for name, model in models.items():
-        sw = {}
-        for n in (1, 2, 4, 100):
-            x = model.sample(eval_num, steps=n, solver="euler", seed=seed + 7, progress=False).x
-            sw[n] = sliced_wasserstein2(x, reference)
-        s = module_straightness(model, 2000, steps=100, seed=seed + 5)
-        metrics[name] = {"straightness": s, **{f"sw2@{n}": v for n, v in sw.items()}}
-        rows.append(f"{name:<18} {s:>12.4f} " + " ".join(f"{sw[n]:>9.4f}" for n in (1, 2, 4, 100)))
-    metrics["seconds"] = round(time.perf_counter() - t_start, 1)
-    print(f"2-D toy reflow demo ({dataset}, seed {seed}, {metrics['seconds']} s)")
-    print(f"{'model':<18} {'straightness':>12} " + " ".join(f"{'SW2@' + str(n):>9}" for n in (1, 2, 4, 100)))
-    print("\n".join(rows))
-    if out is not None:
-        atomic_write(Path(out) / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
-    return metrics
-
-
-if __name__ == "__main__":
-    # import the package module so classes are shared with flowsci.distill (not duplicated under __main__)
-    from flowsci.reflow import cli_main as _cli_main
-
-    _cli_main()

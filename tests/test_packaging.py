@@ -32,7 +32,7 @@ def test_wheel_installs_and_imports_outside_the_source_tree(tmp_path):
     )
     code = (
         "import flowsci, flowsci.domains, flowsci.benchmarks, flowsci.module\n"
-        "from flowsci.cli import resolve_config\n"
+        "from flowsci.cli.fit import resolve_config\n"
         "print(flowsci.__file__); print(resolve_config('toy2d/fm.yaml'))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

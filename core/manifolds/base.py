@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flowsci.manifolds._utils import nan_where_nonfinite
+
 __all__ = ["Manifold", "ShapeLike", "as_shape"]
 
 ShapeLike = int | Sequence[int] | torch.Size
@@ -36,6 +38,14 @@ class Manifold(ABC):
 
     Shapes: points ``x, y`` are ``[..., point_dim]``, tangent vectors ``u, v`` are ``[..., tangent_dim]``,
     times ``t`` broadcast against ``x[..., :1]``. Reductions (``dist``, ``inner``) drop the last axis.
+
+    Non-finite and degenerate input (the same for every manifold of the suite, tested in
+    ``tests/core/manifolds/test_nonfinite.py``): a point or tangent vector with a NaN or infinite coordinate
+    gives NaN in every coordinate of the results computed from it (``exp``, ``log``, ``projx``, ``dist``,
+    ``geodesic``, ``transport``...): never a finite value and never a finite point off the manifold, so the
+    checks for non-finite losses and samples (:class:`~flowsci.errors.NonFiniteError`) stop the run. No operation
+    raises on it itself, which would force a device synchronisation on every call. ``projx`` of a vector that
+    cannot be normalised (zero, e.g. a zero quaternion) returns :meth:`origin`, a valid point.
 
     Attributes:
         point_dim: Size of the last axis of a point (``None`` for a dimension-agnostic Euclidean space).
@@ -118,8 +128,10 @@ class Manifold(ABC):
         r"""Riemannian norm :math:`\|v\|_x = \sqrt{\langle v, v\rangle_x}`, ``[...]``."""
         sq = self.inner(x, v, v)
         positive = sq > 0
-        # Substitute 1 under the root where sq <= 0 so backward stays finite at v = 0 (the norm's kink).
-        return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+        # Substitute 1 under the root where sq <= 0 so backward stays finite at v = 0 (the norm's kink); ``sq * 0``
+        # is 0 there, and NaN (not 0) when ``v`` holds NaN.
+        norm = torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), sq * 0)
+        return nan_where_nonfinite(norm, v, reduced=True)
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Geodesic distance :math:`d(x, y) = \|\log_x y\|_x`, ``[...]``."""

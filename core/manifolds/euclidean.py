@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowsci.manifolds._utils import resolve_dtype
+from flowsci.manifolds._utils import nan_where_nonfinite, resolve_dtype
 from flowsci.manifolds.base import Manifold, ShapeLike, as_shape
 
 __all__ = ["Euclidean"]
@@ -32,27 +32,27 @@ class Euclidean(Manifold):
 
     def exp(self, x: Tensor, v: Tensor) -> Tensor:
         """:math:`x + v`."""
-        return x + v
+        return nan_where_nonfinite(x + v, x, v)
 
     def log(self, x: Tensor, y: Tensor) -> Tensor:
         """:math:`y - x`."""
-        return y - x
+        return nan_where_nonfinite(y - x, x, y)
 
     def proju(self, x: Tensor, v: Tensor) -> Tensor:
         """Identity (every vector is tangent)."""
         return v
 
     def projx(self, x: Tensor) -> Tensor:
-        """Identity (every vector is a point)."""
-        return x
+        """Identity (every finite vector is a point; one with a NaN or Inf coordinate becomes NaN)."""
+        return nan_where_nonfinite(x, x)
 
     def geodesic(self, x: Tensor, y: Tensor, t: Tensor | float) -> Tensor:
         """:math:`(1 - t) x + t y`."""
-        return torch.lerp(x, y, torch.as_tensor(t).to(x))
+        return nan_where_nonfinite(torch.lerp(x, y, torch.as_tensor(t).to(x)), x, y)
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r""":math:`((1-t)x + ty,\ y - x)`."""
-        return self.geodesic(x, y, t), y - x
+        return self.geodesic(x, y, t), self.log(x, y)
 
     def _need_dim(self) -> int:
         if self.dim is None:

@@ -75,7 +75,7 @@ class Product(Manifold):
         r""":math:`\sqrt{\sum_i d_i(x_i, y_i)^2}`."""
         parts = zip(self.manifolds, self.split_point(x), self.split_point(y), strict=True)
         d, sq = safe_norm(torch.stack([m.dist(xi, yi) for m, xi, yi in parts], dim=-1), keepdim=False)
-        return torch.where(sq > 0, d, torch.zeros_like(d))
+        return torch.where(sq > 0, d, sq * 0)  # 0 at x = y, NaN (not 0) for NaN input
 
     def geodesic(self, x: Tensor, y: Tensor, t: Tensor | float) -> Tensor:
         """Product of the factors' geodesics at the same ``t``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowsci.manifolds._utils import resolve_dtype, safe_norm
+from flowsci.manifolds._utils import nan_where_nonfinite, resolve_dtype, safe_norm, unit_or
 from flowsci.manifolds.base import Manifold, ShapeLike, as_shape
 from flowsci.manifolds.quaternion import (
     quaternion_canonical,
@@ -48,30 +48,31 @@ class SO3(Manifold):
 
     def exp(self, x: Tensor, v: Tensor) -> Tensor:
         r""":math:`q \otimes \exp((0, \omega/2))`, renormalised."""
-        return quaternion_normalize(quaternion_multiply(x, quaternion_exp(0.5 * v)))
+        return nan_where_nonfinite(quaternion_normalize(quaternion_multiply(x, quaternion_exp(0.5 * v))), x, v)
 
     def log(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Body-frame rotation vector of :math:`q^* \otimes p` with angle in :math:`[0, \pi]`."""
         rel = quaternion_multiply(quaternion_conjugate(x), y)
-        return 2 * quaternion_log(quaternion_canonical(quaternion_normalize(rel)))
+        return nan_where_nonfinite(2 * quaternion_log(quaternion_canonical(quaternion_normalize(rel))), x, y)
 
     def proju(self, x: Tensor, v: Tensor) -> Tensor:
         r"""Identity: every :math:`\omega \in \mathbb R^3` is a tangent vector in the body frame."""
         return v
 
     def projx(self, x: Tensor) -> Tensor:
-        """Normalise to a unit quaternion (the sign is kept)."""
-        return quaternion_normalize(x)
+        """Normalise to a unit quaternion (the sign is kept); the identity for a zero quaternion."""
+        return unit_or(x, self.origin((), device=x.device, dtype=x.dtype))
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Rotation angle :math:`2\operatorname{atan2}(|\mathbf r_v|, |r_w|)`, :math:`r = q^* \otimes p`."""
         rel = quaternion_multiply(quaternion_conjugate(x), y)
         s, sq = safe_norm(rel[..., 1:], keepdim=False)
-        return 2 * torch.atan2(torch.where(sq > 0, s, torch.zeros_like(s)), rel[..., 0].abs())
+        angle = 2 * torch.atan2(torch.where(sq > 0, s, torch.zeros_like(s)), rel[..., 0].abs())
+        return nan_where_nonfinite(angle, x, y, reduced=True)
 
     def geodesic(self, x: Tensor, y: Tensor, t: Tensor | float) -> Tensor:
         """Shortest-path SLERP :func:`~flowsci.manifolds.quaternion.quaternion_slerp`."""
-        return quaternion_slerp(x, y, t)
+        return nan_where_nonfinite(quaternion_slerp(x, y, t), x, y)
 
     def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         r"""Left-invariant transport: the body angular velocity is kept, :math:`\omega \mapsto \omega`.

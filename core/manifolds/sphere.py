@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowsci.manifolds._utils import resolve_dtype, safe_norm, sinc
+from flowsci.manifolds._utils import nan_where_nonfinite, resolve_dtype, safe_norm, sinc, unit_or
 from flowsci.manifolds.base import Manifold, ShapeLike, as_shape
 
 __all__ = ["Sphere"]
@@ -44,7 +44,7 @@ class Sphere(Manifold):
         r""":math:`\cos\|v\| x + \mathrm{sinc}\|v\|\, v`, renormalised."""
         theta, _ = safe_norm(v)
         theta = torch.where((v * v).sum(-1, keepdim=True) > 0, theta, torch.zeros_like(theta))
-        return self.projx(torch.cos(theta) * x + sinc(theta) * v)
+        return nan_where_nonfinite(self.projx(torch.cos(theta) * x + sinc(theta) * v), x, v)
 
     def _antipodal_direction(self, x: Tensor) -> Tensor:
         """A unit tangent at ``x``: the projection of the coordinate axis least aligned with ``x``."""
@@ -63,21 +63,21 @@ class Sphere(Manifold):
         # phi / |w| is accurate at every angle (atan2 is); it tends to 1 as w -> 0 near y = x.
         v = torch.where(s2 > 0, phi / s, torch.ones_like(s)) * w
         antipodal = (s2 < torch.finfo(x.dtype).eps ** 2) & (c < 0)
-        return torch.where(antipodal, torch.pi * self._antipodal_direction(x), v)
+        return nan_where_nonfinite(torch.where(antipodal, torch.pi * self._antipodal_direction(x), v), x, y)
 
     def proju(self, x: Tensor, v: Tensor) -> Tensor:
         r""":math:`v - \langle x, v\rangle x`."""
         return v - (x * v).sum(-1, keepdim=True) * x
 
     def projx(self, x: Tensor) -> Tensor:
-        r""":math:`x / \|x\|`."""
-        return x / safe_norm(x)[0]
+        r""":math:`x / \|x\|`; the pole :meth:`origin` for the zero vector."""
+        return unit_or(x, self.origin((), device=x.device, dtype=x.dtype))
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Angle :math:`\operatorname{atan2}(|y - \langle x,y\rangle x|, \langle x,y\rangle)`."""
         c = (x * y).sum(-1)
         s = (y - c.unsqueeze(-1) * x).norm(dim=-1)
-        return torch.atan2(s, c)
+        return nan_where_nonfinite(torch.atan2(s, c), x, y, reduced=True)
 
     def transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         r"""Parallel transport along the shortest great circle, an isometry :math:`T_x S^n \to T_y S^n`.
@@ -91,7 +91,7 @@ class Sphere(Manifold):
         eps = torch.finfo(x.dtype).eps ** 0.5
         denom = torch.where(1 + c > eps, 1 + c, torch.ones_like(c))
         moved = v - (y * v).sum(-1, keepdim=True) / denom * (x + y)
-        return torch.where(1 + c > eps, moved, self.proju(y, v))
+        return nan_where_nonfinite(torch.where(1 + c > eps, moved, self.proju(y, v)), x, y, v)
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""Closed form :math:`\dot\gamma(t) = \cos(t\phi) v - \phi \sin(t\phi) x`, :math:`v = \log_x y`."""

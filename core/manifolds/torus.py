@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowsci.manifolds._utils import resolve_dtype
+from flowsci.manifolds._utils import nan_where_nonfinite, resolve_dtype
 from flowsci.manifolds.base import Manifold, ShapeLike, as_shape
 
 __all__ = ["FlatTorus", "wrap", "wrap_diff"]
@@ -50,24 +50,24 @@ class FlatTorus(Manifold):
 
     def exp(self, x: Tensor, v: Tensor) -> Tensor:
         r""":math:`(x + v) \bmod 1`."""
-        return wrap(x + v)
+        return nan_where_nonfinite(wrap(x + v), x, v)
 
     def log(self, x: Tensor, y: Tensor) -> Tensor:
         """Shortest signed difference :math:`y - x` wrapped to :math:`[-1/2, 1/2)`."""
-        return wrap_diff(y - x)
+        return nan_where_nonfinite(wrap_diff(y - x), x, y)
 
     def proju(self, x: Tensor, v: Tensor) -> Tensor:
         r"""Identity (the tangent space is :math:`\mathbb R^d`)."""
         return v
 
     def projx(self, x: Tensor) -> Tensor:
-        """Wrap into :math:`[0, 1)`."""
-        return wrap(x)
+        """Wrap into :math:`[0, 1)` (a point with a NaN or infinite coordinate becomes NaN in every coordinate)."""
+        return nan_where_nonfinite(wrap(x), x)
 
     def geodesic_with_velocity(self, x: Tensor, y: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r""":math:`((x + t\,\log_x y) \bmod 1,\ \log_x y)`: constant velocity."""
         v = self.log(x, y)
-        return wrap(x + torch.as_tensor(t).to(v) * v), v
+        return nan_where_nonfinite(wrap(x + torch.as_tensor(t).to(v) * v), v), v
 
     def random_base(
         self,

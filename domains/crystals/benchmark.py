@@ -193,9 +193,9 @@ def sample_csp(model: Any, request: SampleRequest, sampler: str | None = None) -
 
     Returns:
         A :class:`~flowsci.solvers.Solution` with ``nfe = steps`` (network calls per crystal) and the predicted
-        Structures in ``extras["structures"]``.
+        Structures in ``structures``.
     """
-    from flowsci.solvers import Solution
+    from flowsci.domains.crystals.flow import CrystalSamples
 
     z = [[site.specie.Z for site in s] for s in request.reference[: request.num]]
     previous = getattr(model, "sampler", None)
@@ -208,13 +208,13 @@ def sample_csp(model: Any, request: SampleRequest, sampler: str | None = None) -
             model.sampler = previous
     x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
     steps = int(request.steps)
-    return Solution(
-        x=x, nfe=steps, times=torch.linspace(0, 1, steps + 1), seed=request.seed, extras={"structures": structures}
+    return CrystalSamples(
+        x=x, nfe=steps, times=torch.linspace(0, 1, steps + 1), seed=request.seed, structures=structures
     )
 
 
 def _structures(solution: Any) -> list[Any]:
-    return solution.extras["structures"]
+    return solution.structures
 
 
 def plot_cell(samples: list[Any], reference: list[Any], path: Any, title: str) -> Any:

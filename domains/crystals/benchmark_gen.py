@@ -120,13 +120,13 @@ def build_crysbfn_gen(config: str, train_steps: tuple[int, ...]) -> Any:
 
 def sample_gen(model: Any, request: SampleRequest) -> Any:
     """``request.num`` generated crystals with ``request.steps`` steps (NFE = steps), in one network batch."""
-    from flowsci.solvers import Solution
+    from flowsci.domains.crystals.flow import CrystalSamples
 
     structures = model.generate(n=request.num, steps=request.steps, seed=request.seed, batch_size=request.num)
     x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
     steps = int(request.steps)
-    return Solution(
-        x=x, nfe=steps, times=torch.linspace(0, 1, steps + 1), seed=request.seed, extras={"structures": structures}
+    return CrystalSamples(
+        x=x, nfe=steps, times=torch.linspace(0, 1, steps + 1), seed=request.seed, structures=structures
     )
 
 
@@ -136,12 +136,12 @@ def sample_training_data(model: Any, request: SampleRequest) -> Any:
     Scored like a model, it gives the finite-sample ceiling of COV and the noise floor of the Wasserstein
     distances for ``num`` crystals against ``num`` test crystals (NFE 0: no network).
     """
-    from flowsci.solvers import Solution
+    from flowsci.domains.crystals.flow import CrystalSamples
 
     request.datamodule.setup("fit")
     structures = request.datamodule.train_set.structures()[: request.num]
     x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
-    return Solution(x=x, nfe=0, times=torch.zeros(1), seed=request.seed, extras={"structures": structures})
+    return CrystalSamples(x=x, nfe=0, times=torch.zeros(1), seed=request.seed, structures=structures)
 
 
 def generation_metric(
@@ -229,7 +229,7 @@ def _generation_spec(
         solvers=("euler",),
         train_steps=size["train_steps"],
         sample=sample_gen,
-        postprocess=lambda sol: sol.extras["structures"],
+        postprocess=lambda sol: sol.structures,
         sample_plot=plot_cell,
         primary_metric="valid",
         references=references,

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
+import numpy as np
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -47,13 +48,23 @@ from flowsci.bayesian_flow import (
     PeriodicBayesianFlow,
     sample_bayesian_flows,
 )
+from flowsci.contract import GenerativeModule, check_sample_args, outside_cli
+from flowsci.errors import InputError, NonFiniteError
 from flowsci.manifolds import FlatTorus
-from flowsci.module import FlowMatching, LossSteps
+from flowsci.module import FlowMatching
 from flowsci.paths import CondOTPath, GeodesicPath
-from flowsci.solvers import Solution, solve_ode
+from flowsci.solvers import FIXED_STEP_METHODS, Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["CrystalBatch", "CrystalGenerativeMixin", "CrysBFN", "CrystalFlowMatching", "composition_to_types"]
+__all__ = [
+    "CrystalBatch",
+    "CrystalGenerativeModule",
+    "CrystalSamples",
+    "CrysBFN",
+    "CrystalFlowMatching",
+    "composition_to_types",
+    "bundled_reference",
+]
 
 TASKS = ("csp", "gen")
 SAMPLERS = ("end_back", "bayesian")
@@ -88,18 +99,39 @@ class CrystalBatch:
 
 
 def composition_to_types(composition: Any) -> list[int]:
-    """Atomic numbers of every atom of a composition (``"SrTiO3"`` → 5 atoms; use ``"Sr2Ti2O6"`` for Z = 2)."""
-    from pymatgen.core import Composition
+    """Atomic numbers of every atom of a composition (``"SrTiO3"`` → 5 atoms; use ``"Sr2Ti2O6"`` for Z = 2).
 
-    comp = Composition(composition) if not hasattr(composition, "element_composition") else composition
-    z = []
-    for el, amt in comp.element_composition.items():
-        if abs(amt - round(amt)) > 1e-6:
-            raise ValueError(f"composition {composition!r} has a non-integer amount of {el}: {amt}")
-        z += [el.Z] * int(round(amt))
-    if not z:
-        raise ValueError(f"composition {composition!r} has no atoms")
-    return z
+    Raises:
+        flowsci.errors.InputError: unknown elements, non-integer amounts, an empty or malformed formula.
+    """
+    from flowsci.domains.crystals.data import parse_composition
+
+    return parse_composition(composition, source="composition")
+
+
+#: Crystals of a bundled test subset drawn as the reference in ``structures.png``.
+REFERENCE_SIZE = 300
+
+
+def bundled_reference(structures: Sequence[Any], size: int = REFERENCE_SIZE) -> tuple[list[Any], str]:
+    """The bundled test crystals that ``structures`` are compared with in ``structures.png``, and their label.
+
+    All-carbon samples: Carbon-24; five atoms per cell: Perov-5; otherwise the MP-20 test sample. The first
+    ``size`` crystals of the subset are read once (cached on disk like the training data).
+    """
+    from flowsci.domains.crystals.data import CrystalDataError, CrystalDataset
+
+    if structures and all({el.symbol for el in s.composition.elements} == {"C"} for s in structures):
+        name, label = "carbon_24_test_subset", "Carbon-24 test (bundled)"
+    elif structures and all(len(s) == 5 for s in structures):
+        name, label = "perov_5_test_subset", "Perov-5 test (bundled)"
+    else:
+        name, label = "mp20_test_sample", "MP-20 test sample (bundled)"
+    try:
+        ds = CrystalDataset(name, limit=size)
+    except CrystalDataError:  # an unwritable cache folder must not stop the figure
+        ds = CrystalDataset(name, limit=size, cache_dir=False)
+    return ds.structures(), label
 
 
 def _per_graph_mean(values: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
@@ -127,15 +159,38 @@ def _optimal_shift(delta: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     return torch.atan2(s, c) / (2 * torch.pi)
 
 
-class CrystalGenerativeMixin:
+@dataclass
+class CrystalSamples(Solution):
+    """Samples of a crystal model: the solver record plus the pymatgen ``Structure`` objects (``structures``).
+
+    CSP of a file (``sample(k, compositions_from=...)``) also fills ``ids`` (one ``material_id`` per input crystal;
+    ``structures`` holds their ``k`` samples in row order, ``samples_per_crystal = k``) and ``references`` (the
+    input crystals, when the file gives structures): :meth:`CrystalGenerativeModule.write_samples` then names the
+    files ``<material_id>.cif`` / ``<material_id>_<j>.cif``.
+    """
+
+    structures: list[Any] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    samples_per_crystal: int = 1
+    references: list[Any] | None = None
+
+    def per_crystal(self) -> list[list[Any]]:
+        """``structures`` grouped by input crystal (``len(ids)`` lists of ``samples_per_crystal``)."""
+        k = self.samples_per_crystal
+        return [self.structures[i * k : (i + 1) * k] for i in range(len(self.structures) // k)]
+
+
+class CrystalGenerativeModule(GenerativeModule):
     """Shared public API of the crystal models: statistics buffers, ``predict_structure``, ``generate``, CIF I/O.
 
-    Expects ``self.lattice_scale`` (float, 0 = unknown), ``self.num_atoms_dist`` (list ``p(n)``) and a
-    ``sample_crystals(types, num_atoms, steps, seed, ...) -> CrystalBatch`` method.
+    Subclasses call :meth:`_init_stats` in ``__init__`` and implement ``sample_crystals(types, num_atoms, steps,
+    seed, ...) -> CrystalBatch``.
     """
 
     lattice_scale: float
     num_atoms_dist: list[float]
+    sample_steps: int
+    task: str
 
     def num_examples(self, batch: Any) -> int:
         """Crystals in a torch-geometric batch (for logging)."""
@@ -169,35 +224,6 @@ class CrystalGenerativeMixin:
         """Read dataset statistics before training."""
         self._buffer_stats_from_datamodule()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the network's class and constructor arguments so :meth:`load` can rebuild it."""
-        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
-        net = self.net  # type: ignore[attr-defined]
-        checkpoint["crystals_net"] = {
-            "class": f"{type(net).__module__}.{type(net).__qualname__}",
-            "config": getattr(net, "config", None),
-        }
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-        """Load a checkpoint written by Lightning, rebuilding the network from the stored configuration.
-
-        Checkpoints are unpickled (they hold optimizer factories): load only files you trust.
-        """
-        import importlib
-
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        info = ckpt.get("crystals_net")
-        if info is None or info.get("config") is None:
-            raise ValueError(
-                f"{path}: no stored network configuration; use {cls.__name__}.load_from_checkpoint(path, net=...)"
-            )
-        mod, _, name = info["class"].rpartition(".")
-        net = getattr(importlib.import_module(mod), name)(**info["config"])
-        model = cls.load_from_checkpoint(path, net=net, map_location=map_location, weights_only=False)
-        model.eval()
-        return model
-
     def get_extra_state(self) -> Tensor:
         """Dataset statistics travel in ``state_dict()`` (key ``_extra_state``) as one float64 tensor
         ``[s, p(0), p(1), ...]``, so Lightning checkpoints and plain ``model.state_dict()`` files restore them,
@@ -213,19 +239,6 @@ class CrystalGenerativeMixin:
         self.lattice_scale = values[0] if values else 0.0
         self.num_atoms_dist = values[1:]
 
-    def configure_optimizers(self) -> Any:
-        """Optimizer and optional scheduler (a scheduler with a ``monitor`` attribute, e.g. LightningCLI's
-        ``ReduceLROnPlateau``, is stepped on that metric).
-        """
-        opt = self.optimizer_factory(self.parameters())  # type: ignore[attr-defined]
-        if self.lr_scheduler_factory is None:  # type: ignore[attr-defined]
-            return opt
-        sched = self.lr_scheduler_factory(opt)  # type: ignore[attr-defined]
-        cfg: dict[str, Any] = {"scheduler": sched}
-        if getattr(sched, "monitor", None):
-            cfg["monitor"] = sched.monitor
-        return {"optimizer": opt, "lr_scheduler": cfg}
-
     # ------------------------------------------------------------------------------------------- public API
     @torch.no_grad()
     def predict_structure(
@@ -235,6 +248,7 @@ class CrystalGenerativeMixin:
         steps: int | None = None,
         seed: int | None = 0,
         batch_size: int = 256,
+        solver: str | None = None,
     ) -> list[Any]:
         """Crystal structure prediction for a composition.
 
@@ -245,32 +259,130 @@ class CrystalGenerativeMixin:
             steps: sampling steps = network evaluations (default: the model's ``sample_steps``).
             seed: random seed (``None``: nondeterministic).
             batch_size: crystals per network batch.
+            solver: sampler (:attr:`solvers`; default: the model's).
 
         Returns:
             ``num_samples`` pymatgen ``Structure`` objects (save with ``s.to(filename="x.cif")``).
         """
         comp = composition.composition if hasattr(composition, "lattice") else composition
         z = composition_to_types(comp)
-        return self.predict_structures([z] * num_samples, steps=steps, seed=seed, batch_size=batch_size)
+        return self.predict_structures([z] * num_samples, steps=steps, seed=seed, batch_size=batch_size, solver=solver)
 
     @torch.no_grad()
     def predict_structures(
-        self, atom_types: Sequence[Sequence[int]], steps: int | None = None, seed: int | None = 0, batch_size: int = 256
+        self,
+        atom_types: Sequence[Sequence[int]],
+        steps: int | None = None,
+        seed: int | None = 0,
+        batch_size: int = 256,
+        solver: str | None = None,
+        progress: bool | str = False,
     ) -> list[Any]:
-        """CSP for many crystals: ``atom_types[i]`` lists the atomic numbers of crystal ``i``'s cell."""
+        """CSP for many crystals: ``atom_types[i]`` lists the atomic numbers of crystal ``i``'s cell.
+
+        ``progress``: a tqdm bar over the crystals (a string is its label). Batches of ``batch_size`` crystals
+        are seeded ``seed + start`` (``start``: index of the batch's first crystal).
+        """
         self._require_task("csp")
         out: list[Any] = []
-        for start in range(0, len(atom_types), batch_size):
-            chunk = atom_types[start : start + batch_size]
-            types = torch.tensor([z - 1 for zs in chunk for z in zs], device=self.device)
-            n = torch.tensor([len(zs) for zs in chunk], device=self.device)
-            s = None if seed is None else seed + start
-            out += self.sample_crystals(types, n, steps=steps, seed=s).structures()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(atom_types), desc=progress if isinstance(progress, str) else "CSP", unit="crystal")
+        try:
+            for start in range(0, len(atom_types), batch_size):
+                chunk = atom_types[start : start + batch_size]
+                types = torch.tensor([z - 1 for zs in chunk for z in zs], device=self.device)
+                n = torch.tensor([len(zs) for zs in chunk], device=self.device)
+                s = None if seed is None else seed + start
+                out += self.sample_crystals(types, n, steps=steps, seed=s, **self._solver_kwargs(solver)).structures()
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    @torch.no_grad()
+    def predict_structures_from(
+        self,
+        source: str | os.PathLike,
+        num_samples: int = 1,
+        steps: int | None = None,
+        seed: int | None = 0,
+        batch_size: int = 256,
+        solver: str | None = None,
+        progress: bool = True,
+        out_dir: str | os.PathLike | None = None,
+        limit: int | None = None,
+    ) -> CrystalSamples:
+        """CSP for every crystal of a file: ``num_samples`` predicted structures per row of a CDVAE-style CSV
+        (``material_id`` and ``cif`` columns, or a formula column) or per CIF of a folder.
+
+        Compositions are read by :func:`~flowsci.domains.crystals.data.read_compositions` (each CIF reduced to
+        its primitive cell, as the training data are). With ``out_dir`` the predictions are written there as
+        ``<material_id>.cif`` (one sample) or ``<material_id>_<j>.cif``, ``j = 0 … k−1``
+        (:func:`~flowsci.domains.crystals.data.write_predictions`), the layout
+        :func:`~flowsci.domains.crystals.metrics.evaluate_csp_files` and other CSP scorers read.
+
+        Args:
+            source: CSV path, CIF folder, one CIF, or a bundled dataset name (``"perov_5_test_subset"``).
+            num_samples: predictions per crystal (``k``).
+            steps: sampling steps = network evaluations (default: the model's ``sample_steps``).
+            seed: random seed (``None``: nondeterministic).
+            batch_size: crystals per network batch.
+            solver: sampler (:attr:`solvers`; default: the model's).
+            progress: a progress bar over the predicted crystals.
+            out_dir: write the CIF files here (``None``: do not write).
+            limit: only the first ``limit`` crystals of ``source``.
+
+        Returns:
+            :class:`CrystalSamples` with ``ids``, ``structures`` (``num_samples`` per id, in row order; grouped by
+            :meth:`CrystalSamples.per_crystal`) and ``references`` (the input crystals, ``None`` for formulas).
+
+        Raises:
+            flowsci.errors.InputError: an unreadable file or row (named), a duplicate id, ``num_samples < 1``.
+        """
+        from flowsci.domains.crystals.data import read_compositions, write_predictions
+
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise InputError("num_samples", f"must be a whole number >= 1, got {num_samples!r}")
+        self._require_task("csp")
+        zs, ids, refs = read_compositions(source, limit=limit)
+        label = f"CSP {Path(str(source)).name} ({len(ids)} crystals x {num_samples})" if progress else False
+        structures = self.predict_structures(
+            [z for z in zs for _ in range(num_samples)],
+            steps=steps,
+            seed=seed,
+            batch_size=batch_size,
+            solver=solver,
+            progress=label,
+        )
+        n = int(steps or self.sample_steps)
+        x = torch.cat([torch.as_tensor(st.frac_coords, dtype=torch.float32) for st in structures])
+        out = CrystalSamples(
+            x=x,
+            nfe=n,
+            times=torch.linspace(0, 1, n + 1),
+            seed=seed,
+            structures=structures,
+            ids=ids,
+            samples_per_crystal=num_samples,
+            references=refs,
+        )
+        if out_dir is not None:
+            write_predictions(out.per_crystal(), ids, out_dir)
         return out
 
     @torch.no_grad()
     def generate(
-        self, n: int = 100, steps: int | None = None, seed: int | None = 0, batch_size: int = 256
+        self,
+        n: int = 100,
+        steps: int | None = None,
+        seed: int | None = 0,
+        batch_size: int = 256,
+        solver: str | None = None,
     ) -> list[Any]:
         """Ab initio generation: atom counts from the training distribution, then types, coordinates, lattice.
 
@@ -290,43 +402,105 @@ class CrystalGenerativeMixin:
         for start in range(0, n, batch_size):
             na = counts[start : start + batch_size].to(self.device)
             s = None if seed is None else seed + start
-            out += self.sample_crystals(None, na, steps=steps, seed=s).structures()
+            out += self.sample_crystals(None, na, steps=steps, seed=s, **self._solver_kwargs(solver)).structures()
         return out
 
     @torch.no_grad()
     def sample(
         self,
         num: int,
+        *,
         steps: int | None = None,
         solver: str | None = None,
         seed: int | None = None,
         composition: str | None = None,
-        **kwargs: Any,
-    ) -> Solution:
-        """``flowsci sample`` entry point: ``num`` crystals (CSP of ``composition``, or ab initio generation).
+        compositions_from: str | None = None,
+        limit: int | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> CrystalSamples:
+        """``num`` crystals: CSP of ``composition`` (e.g. ``"SrTiO3"``), CSP of every crystal of a file
+        (``compositions_from``; ``num`` is then the number of samples PER crystal), or ab initio generation.
+
+        ``flowsci sample --ckpt C --set compositions_from=test.csv --num 3 --out preds/`` writes
+        ``preds/<material_id>_<j>.cif`` (``<material_id>.cif`` with ``--num 1``); see
+        :meth:`predict_structures_from` for the accepted files.
+
+        Args:
+            num: crystals to sample, or samples per input crystal with ``compositions_from``.
+            steps: sampling steps = network evaluations (default: the model's ``sample_steps``).
+            solver: sampler (:attr:`solvers`; default: the model's).
+            seed: random seed (``None``: nondeterministic).
+            composition: a formula whose atoms make the cell (CSP of one composition).
+            compositions_from: a CDVAE-style CSV (``material_id``, ``cif`` columns, or a formula column), a folder
+                of CIFs, one CIF or a bundled dataset name: CSP of every crystal in it.
+            limit: with ``compositions_from``, only its first ``limit`` crystals.
+            batch_size: crystals per network batch (batch ``b`` is seeded ``seed + b·batch_size``; the benchmark
+                samples all its test crystals in one batch).
+            progress: a progress bar with ``compositions_from``.
 
         Returns:
-            A :class:`~flowsci.solvers.Solution` whose ``extras["structures"]`` holds the pymatgen Structures;
-            ``x`` is the concatenated fractional coordinates, ``nfe`` the network evaluations per crystal batch.
-        """
-        if composition is not None:
-            structures = self.predict_structure(composition, num_samples=num, steps=steps, seed=seed)
-        else:
-            structures = self.generate(n=num, steps=steps, seed=seed)
-        n = int(steps or self.sample_steps)  # type: ignore[attr-defined]
-        x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
-        return Solution(x=x, nfe=n, times=torch.linspace(0, 1, n + 1), seed=seed, extras={"structures": structures})
+            :class:`CrystalSamples` (``structures``: pymatgen Structures; ``x``: the concatenated fractional
+            coordinates; ``nfe``: network evaluations per crystal batch; ``ids`` with ``compositions_from``).
 
-    def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
+        Raises:
+            flowsci.errors.InputError: invalid ``num``/``steps``/``solver``, composition or file (naming the file
+                and row), or both ``composition`` and ``compositions_from``.
+        """
+        check_sample_args(num, steps, solver, solvers=self.solvers)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError("batch_size", f"must be a whole number >= 1, got {batch_size!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InputError("limit", f"must be a whole number >= 1 (or omitted), got {limit!r}")
+        if compositions_from is not None:
+            if composition is not None:
+                raise InputError("compositions_from", "give either composition or compositions_from, not both")
+            return self.predict_structures_from(
+                str(compositions_from),
+                num_samples=num,
+                steps=steps,
+                seed=seed,
+                solver=solver,
+                progress=progress,
+                limit=limit,
+                batch_size=batch_size,
+            )
+        if composition is not None:
+            structures = self.predict_structure(
+                composition, num_samples=num, steps=steps, seed=seed, solver=solver, batch_size=batch_size
+            )
+        else:
+            structures = self.generate(n=num, steps=steps, seed=seed, solver=solver, batch_size=batch_size)
+        n = int(steps or self.sample_steps)
+        x = torch.cat([torch.as_tensor(s.frac_coords, dtype=torch.float32) for s in structures])
+        if not bool(torch.isfinite(x).all()) or any(not np.isfinite(s.lattice.matrix).all() for s in structures):
+            raise NonFiniteError(f"{type(self).__name__}: sampling produced non-finite coordinates or lattices")
+        return CrystalSamples(x=x, nfe=n, times=torch.linspace(0, 1, n + 1), seed=seed, structures=list(structures))
+
+    def write_samples(self, solution: CrystalSamples, out_dir: str | os.PathLike) -> list[Path]:
         """Write the structures of :meth:`sample` as CIF files and their property distributions as
         ``structures.png`` (:func:`~flowsci.domains.crystals.metrics.plot_structures`; atomic writes).
         """
+        from flowsci.domains.crystals.data import write_predictions
         from flowsci.domains.crystals.metrics import plot_structures
 
-        structures = solution.extras["structures"]
-        written = self.write_cifs(structures, out_dir)
-        title = f"{len(structures)} crystals, {solution.nfe} steps, seed {solution.seed}"
-        return [*written, plot_structures(structures, path=Path(out_dir) / "structures.png", title=title)]
+        structures = solution.structures
+        ids = list(getattr(solution, "ids", None) or [])
+        if ids:  # CSP of a file: <material_id>.cif / <material_id>_<j>.cif
+            written = write_predictions(solution.per_crystal(), ids, out_dir)
+            k = solution.samples_per_crystal
+            title = f"CSP of {len(ids)} crystals × {k} sample{'s' if k > 1 else ''}, {solution.nfe} steps"
+        else:
+            written = self.write_cifs(structures, out_dir)
+            title = f"{len(structures)} crystals, {solution.nfe} steps"
+        title += f", seed {solution.seed}"
+        if getattr(solution, "references", None):
+            reference, label = solution.references, "input crystals"
+        else:
+            reference, label = bundled_reference(structures)
+        path = Path(out_dir) / "structures.png"
+        figure = plot_structures(structures, reference, path=path, title=title, labels=("generated", label), cells=4)
+        return [*written, figure]
 
     def write_cifs(self, structures: Sequence[Any], out_dir: str | os.PathLike, prefix: str = "sample") -> list[Path]:
         """Write structures as CIF files (atomic writes)."""
@@ -334,8 +508,18 @@ class CrystalGenerativeMixin:
 
         return write_cifs(structures, out_dir, prefix)
 
+    def _solver_kwargs(self, solver: str | None) -> dict[str, Any]:
+        """Keyword of ``sample_crystals`` that selects ``solver`` (none for the default)."""
+        raise NotImplementedError
+
     def _require_task(self, task: str) -> None:
         have = getattr(self, "task", "csp")
+        if task == "csp" and have != "csp":  # an ab initio model draws its own types: a composition would be ignored
+            raise ValueError(
+                f"{type(self).__name__} was trained for task={have!r} (ab initio generation): it draws the atom "
+                "types itself, so it cannot predict the structure of a given composition; use a model trained "
+                "with task='csp' (or sample without composition / compositions_from)"
+            )
         if task == "gen" and have != "gen":
             raise ValueError(
                 f"{type(self).__name__} was trained for task={have!r} (crystal structure prediction): give a "
@@ -347,7 +531,7 @@ class CrystalGenerativeMixin:
 # =========================================================================================== CrysBFN
 
 
-class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
+class CrysBFN(CrystalGenerativeModule):
     """CrysBFN: periodic Bayesian flow network for crystals (CSP and ab initio generation).
 
     Args:
@@ -391,6 +575,9 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
         lr_scheduler: optional scheduler factory.
     """
 
+    solvers: tuple[str, ...] = SAMPLERS
+    """Samplers ``flowsci sample --solver`` accepts (``end_back``, ``bayesian``)."""
+
     def __init__(
         self,
         net: nn.Module,
@@ -425,7 +612,7 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if getattr(net, "cond_entropy", cond_entropy) != cond_entropy:
             raise ValueError("net.cond_entropy and CrysBFN(cond_entropy=...) disagree")
-        self.save_hyperparameters(ignore=["net"] if _outside_cli() else None)
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"] if outside_cli() else None)
         self.net = net
         self.task = task
         self.train_steps = [train_steps] if isinstance(train_steps, int) else list(train_steps)
@@ -518,6 +705,9 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
+    def _solver_kwargs(self, solver: str | None) -> dict[str, Any]:
+        return {} if solver is None else {"sampler": solver}
+
     def sample_crystals(
         self,
         types: Tensor | None,
@@ -602,7 +792,7 @@ class CrysBFN(CrystalGenerativeMixin, LossSteps, pl.LightningModule):
 # =========================================================================================== FM baseline
 
 
-class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
+class CrystalFlowMatching(CrystalGenerativeModule, FlowMatching):
     """Torus flow-matching baseline for CSP (FlowMM-style) on the core's :class:`~flowsci.module.FlowMatching`.
 
     ``F_t`` follows the flat-torus geodesic from ``F_0 ~ U[0,1)^{N×3}``, the standardised lattice the straight line
@@ -629,6 +819,9 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
             predict the canonically oriented ``L_1`` (every crystal is put in the orientation of
             ``Lattice.from_parameters``). ``"velocity"`` is kept to measure that.
     """
+
+    solvers: tuple[str, ...] = tuple(dict(FIXED_STEP_METHODS))
+    """Fixed-step ODE solvers ``flowsci sample --solver`` accepts."""
 
     def __init__(
         self,
@@ -658,7 +851,8 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         )
         if getattr(net, "cond_entropy", False):
             raise ValueError("the FM baseline's CSPNet must have cond_entropy=False (there is no belief entropy)")
-        self.save_hyperparameters(ignore=["net"] if _outside_cli() else None)  # only this class's arguments
+        # only this class's arguments
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"] if outside_cli() else None)
         self.task = "csp"
         self.num_types = num_types
         self.lattice_weight = lattice_weight
@@ -712,6 +906,9 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         return self.sample_crystals(cb.types, cb.num_atoms, seed=batch_idx).structures()
 
     @torch.no_grad()
+    def _solver_kwargs(self, solver: str | None) -> dict[str, Any]:
+        return {} if solver is None else {"solver": solver}
+
     def sample_crystals(
         self,
         types: Tensor | None,
@@ -755,10 +952,3 @@ class CrystalFlowMatching(CrystalGenerativeMixin, FlowMatching):
         )
         out.nfe = sol.nfe
         return out
-
-
-def _outside_cli() -> bool:
-    """True unless LightningCLI is instantiating us (then the config, not the net object, is stored)."""
-    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is None

@@ -59,6 +59,7 @@ __all__ = [
     "evaluate_csp",
     "evaluate_generation",
     "evaluate",
+    "evaluate_csp_files",
     "min_interatomic_distance",
     "plot_structures",
 ]
@@ -139,7 +140,13 @@ def make_matcher(stol: float = 0.5, angle_tol: float = 10.0, ltol: float = 0.3) 
     return StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
 
 
-def csp_rms(pred: Structure, gt: Structure, matcher: Any | None = None, require_valid: bool = True) -> float | None:
+def csp_rms(
+    pred: Structure,
+    gt: Structure,
+    matcher: Any | None = None,
+    require_valid: bool = True,
+    oxidation_states_set: str | None = "smact14",
+) -> float | None:
     """Normalised RMS displacement between a prediction and the ground truth, or ``None`` if they do not match.
 
     Args:
@@ -147,9 +154,11 @@ def csp_rms(pred: Structure, gt: Structure, matcher: Any | None = None, require_
         gt: ground-truth crystal.
         matcher: a ``StructureMatcher`` (default :func:`make_matcher`).
         require_valid: count structurally or compositionally invalid predictions as non-matches (DiffCSP).
+        oxidation_states_set: SMACT oxidation-state set of the compositional validity
+            (:func:`compositional_validity`).
     """
     matcher = matcher or make_matcher()
-    if require_valid and not all(validity(pred)):
+    if require_valid and not all(validity(pred, oxidation_states_set)):
         return None
     try:
         with warnings.catch_warnings():
@@ -161,9 +170,9 @@ def csp_rms(pred: Structure, gt: Structure, matcher: Any | None = None, require_
 
 
 def _csp_job(args: tuple) -> float | None:
-    preds, gt, require_valid = args
+    preds, gt, require_valid, ox = args
     m = make_matcher()
-    rms = [csp_rms(p, gt, m, require_valid) for p in preds]
+    rms = [csp_rms(p, gt, m, require_valid, ox) for p in preds]
     rms = [r for r in rms if r is not None]
     return min(rms) if rms else None
 
@@ -174,6 +183,7 @@ def csp_metrics(
     require_valid: bool = True,
     processes: int = 1,
     progress: bool = False,
+    oxidation_states_set: str | None = "smact14",
 ) -> dict[str, float]:
     """CSP match rate and RMSE.
 
@@ -183,6 +193,7 @@ def csp_metrics(
         require_valid: see :func:`csp_rms`.
         processes: worker processes.
         progress: tqdm progress bar.
+        oxidation_states_set: SMACT set of the validity gate (see :func:`csp_rms`).
 
     Returns:
         ``{"match_rate": fraction in [0, 1], "rmse": mean RMS over matches (nan if none), "n": len(gts)}``.
@@ -190,7 +201,7 @@ def csp_metrics(
     if len(preds) != len(gts):
         raise ValueError(f"csp_metrics: {len(preds)} predictions for {len(gts)} ground truths")
     jobs = [
-        ((p,) if not isinstance(p, (list, tuple)) else tuple(p), g, require_valid)
+        ((p,) if not isinstance(p, (list, tuple)) else tuple(p), g, require_valid, oxidation_states_set)
         for p, g in zip(preds, gts, strict=False)
     ]
     rms = _map(_csp_job, jobs, processes, progress, "StructureMatcher")
@@ -282,7 +293,8 @@ def _map(fn: Any, items: Sequence[Any], processes: int, progress: bool, desc: st
             if bar is not None:
                 bar.update(1)
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # forkserver (else spawn): forking a process that runs threads (torch, loggers) can deadlock a child
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(processes) as pool:
             for r in pool.imap(fn, items, chunksize=4):
                 out.append(r)
@@ -321,18 +333,45 @@ def fingerprints(
     """
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"fp_{_content_key(structures)}.npz"
+        cache = Path(cache_dir) / f"fp2_{_content_key(structures)}.npz"  # fp2: the pickle-free format
         if cache.is_file():
-            blob = np.load(cache, allow_pickle=True)
-            return list(blob["struct"]), list(blob["comp"])
+            try:
+                with np.load(cache, allow_pickle=False) as blob:
+                    sfp, cfp = _unpack_arrays(blob, "struct"), _unpack_arrays(blob, "comp")
+                if len(sfp) == len(cfp) == len(structures):
+                    return sfp, cfp
+            except (OSError, ValueError, KeyError, EOFError) as exc:  # unreadable cache: recompute
+                warnings.warn(f"{cache}: ignoring an unusable fingerprint cache ({exc})", stacklevel=2)
     res = _map(_fp_job, list(structures), processes, progress, "fingerprints")
     sfp, cfp = [r[0] for r in res], [r[1] for r in res]
     if cache is not None:
-        sa = np.empty(len(sfp), dtype=object)
-        ca = np.empty(len(cfp), dtype=object)
-        sa[:], ca[:] = sfp, cfp
-        atomic_write(cache, lambda tmp: np.savez(tmp, struct=sa, comp=ca))
+        arrays = {**_pack_arrays(sfp, "struct"), **_pack_arrays(cfp, "comp")}
+        atomic_write(cache, lambda tmp: np.savez(tmp, **arrays))
     return sfp, cfp
+
+
+def _pack_arrays(items: Sequence[np.ndarray | None], key: str) -> dict[str, np.ndarray]:
+    """A list of 1-D float arrays or ``None`` as plain arrays (values, offsets, present mask): no pickle needed."""
+    present = np.array([a is not None for a in items], dtype=bool)
+    parts = [np.asarray(a, dtype=np.float64).ravel() for a in items if a is not None]
+    sizes = np.array([0] + [len(p) for p in parts], dtype=np.int64)
+    values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+    return {f"{key}_values": values, f"{key}_offsets": np.cumsum(sizes), f"{key}_present": present}
+
+
+def _unpack_arrays(blob: Any, key: str) -> list[np.ndarray | None]:
+    values, offsets, present = blob[f"{key}_values"], blob[f"{key}_offsets"], blob[f"{key}_present"]
+    if len(offsets) != int(present.sum()) + 1 or (len(offsets) and offsets[-1] != len(values)):
+        raise ValueError("inconsistent fingerprint cache")
+    out: list[np.ndarray | None] = []
+    k = 0
+    for has in present:
+        if has:
+            out.append(values[offsets[k] : offsets[k + 1]])
+            k += 1
+        else:
+            out.append(None)
+    return out
 
 
 def coverage(
@@ -453,10 +492,12 @@ def plot_structures(
     path: str | os.PathLike = "structures.png",
     title: str | None = None,
     labels: tuple[str, str] = ("generated", "reference"),
+    cells: int = 0,
+    oxidation_states_set: str | None = "smact14",
 ) -> Path:
     """One PNG comparing generated crystals with reference crystals on six panels: density (g/cm³), volume per
     atom (Å³), lattice lengths (Å), lattice angles (degrees), shortest interatomic distance (Å; structural
-    validity needs > 0.5 Å) and the number of distinct elements.
+    validity needs > 0.5 Å) and the number of distinct elements; optionally a row of generated unit cells.
 
     Args:
         structures: pymatgen Structures.
@@ -464,6 +505,10 @@ def plot_structures(
         path: Output PNG (atomic write).
         title: Figure title.
         labels: Legend names of the two sets.
+        cells: Draw the unit cells of the first ``cells`` structures (at most 4; ASE's ``plot_atoms``, viewed along
+            a tilted axis), each titled with its formula and its validity (structural: every pair of atoms
+            > 0.5 Å apart; SMACT with ``oxidation_states_set``).
+        oxidation_states_set: SMACT oxidation-state set of the validity in the cell titles.
 
     Returns:
         The written path.
@@ -471,7 +516,7 @@ def plot_structures(
     Raises:
         ValueError: a set is empty.
     """
-    from flowsci.plots import Panel, save_panels
+    from flowsci.plots import Panel
 
     sets = (
         {labels[0]: list(structures)}
@@ -509,7 +554,66 @@ def plot_structures(
             ylabel="fraction of crystals",
         ),
     ]
-    return save_panels(panels, path, title=title)
+    return _save_figure(panels, list(structures)[: max(0, min(cells, 4))], path, title, oxidation_states_set)
+
+
+def _save_figure(
+    panels: Sequence[Any], cells: Sequence[Structure], path: str | os.PathLike, title: str | None, ox: str | None
+) -> Path:
+    """The six panels (two rows of three) and a row of unit cells below them, one PNG (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from flowsci.plots import _draw
+
+    rows = 2 + bool(cells)
+    fig = plt.figure(figsize=(12.6, 3.4 * rows))
+    grid = fig.add_gridspec(rows, 12)
+    for i, panel in enumerate(panels):
+        _draw(fig.add_subplot(grid[i // 3, 4 * (i % 3) : 4 * (i % 3) + 4]), panel)
+    for j, s in enumerate(cells):
+        _draw_cell(fig.add_subplot(grid[2, 3 * j : 3 * j + 3]), s, ox)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _draw_cell(ax: Any, structure: Structure, ox: str | None) -> None:
+    """One unit cell (ASE ``plot_atoms``, tilted view) titled with its formula and validity."""
+    ax.set_axis_off()
+    struct_ok = structural_validity(structure)
+    try:
+        comp_ok = compositional_validity(structure, ox)
+    except Exception:  # noqa: BLE001 - an exotic composition SMACT cannot judge is shown as such
+        comp_ok = False
+    verdict = (
+        "valid"
+        if struct_ok and comp_ok
+        else "invalid: "
+        + ", ".join(
+            w for w, ok in (("atoms < 0.5 Å apart", struct_ok), (f"SMACT ({ox or 'icsd24'})", comp_ok)) if not ok
+        )
+    )
+    ax.set_title(f"{structure.composition.reduced_formula} ({len(structure)} atoms)\n{verdict}", fontsize=9)
+    try:
+        from ase.data.colors import jmol_colors
+        from ase.visualize.plot import plot_atoms
+        from matplotlib.patches import Patch
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        plot_atoms(AseAtomsAdaptor.get_atoms(structure), ax, rotation="10x,20y,0z", radii=0.4, show_unit_cell=2)
+        ax.set_axis_off()
+        elements = sorted(structure.composition.elements, key=lambda e: e.Z)
+        handles = [Patch(facecolor=jmol_colors[e.Z], edgecolor="k", label=e.symbol) for e in elements]
+        ax.legend(handles=handles, fontsize=7, loc="upper right", frameon=False, handlelength=1)
+    except Exception as exc:  # noqa: BLE001 - a degenerate cell is named, not drawn
+        ax.text(0.5, 0.5, f"cannot draw the cell\n({type(exc).__name__})", ha="center", va="center", fontsize=8)
 
 
 def evaluate_csp(
@@ -517,11 +621,23 @@ def evaluate_csp(
     gts: Sequence[Structure],
     processes: int = 1,
     progress: bool = False,
+    oxidation_states_set: str | None = "smact14",
 ) -> dict[str, float]:
     """CSP report: match rate / RMSE with validity required (DiffCSP) and without (StructureMatcher only), and
     the cell-size error of the (first) prediction (:func:`lattice_scale_error`).
+
+    ``oxidation_states_set`` is the SMACT set of the validity gate (``"smact14"``: the set behind the published
+    CDVAE/DiffCSP/CrysBFN numbers; SMACT 3's default ``"icsd24"`` judges other compositions valid, so a gated
+    match rate is only comparable between scorers that use the same set).
     """
-    strict = csp_metrics(preds, gts, require_valid=True, processes=processes, progress=progress)
+    strict = csp_metrics(
+        preds,
+        gts,
+        require_valid=True,
+        processes=processes,
+        progress=progress,
+        oxidation_states_set=oxidation_states_set,
+    )
     loose = csp_metrics(preds, gts, require_valid=False, processes=processes, progress=progress)
     first = [p[0] if isinstance(p, (list, tuple)) else p for p in preds]
     return {
@@ -564,25 +680,89 @@ def evaluate_generation(
     return out
 
 
-def evaluate(task: str, predictions: Sequence[Any], references: Sequence[Structure], **kwargs: Any) -> pd.DataFrame:
-    """Metrics as a one-row table.
+def evaluate(samples: Any, reference: Sequence[Structure], task: str = "csp", **kwargs: Any) -> pd.DataFrame:
+    """Metrics as a one-row table (the domain contract's ``evaluate(samples, reference)``).
 
     Args:
-        task: ``"csp"`` (``predictions[i]`` is a Structure or k Structures for ``references[i]``) or
-            ``"generation"`` (``predictions`` are generated Structures, ``references`` the test set).
-        predictions: see ``task``.
-        references: ground truth / reference crystals.
+        samples: Structures, or the :class:`~flowsci.domains.crystals.flow.CrystalSamples` of ``model.sample``.
+            For ``task="csp"``, ``samples[i]`` is a Structure (or k Structures) predicted for ``reference[i]``.
+        reference: Ground truth (CSP) or the reference set (generation).
+        task: ``"csp"`` or ``"generation"``.
         **kwargs: passed to :func:`evaluate_csp` or :func:`evaluate_generation`.
 
     Returns:
-        A ``pandas.DataFrame`` with one row of metrics.
+        A ``pandas.DataFrame`` with one row of metrics and an ``oxidation_states_set`` column naming the SMACT
+        set behind the validity numbers (``smact14`` unless ``oxidation_states_set=`` says otherwise).
     """
     import pandas as pd
 
+    predictions = list(getattr(samples, "structures", samples))
+    if getattr(samples, "ids", None) and getattr(samples, "samples_per_crystal", 1) > 1:
+        predictions = samples.per_crystal()  # CSP of a file with k samples per crystal: best-of-k
     if task == "csp":
-        row = evaluate_csp(predictions, references, **kwargs)
+        row = evaluate_csp(predictions, reference, **kwargs)
     elif task == "generation":
-        row = evaluate_generation(predictions, references, **kwargs)
+        row = evaluate_generation(predictions, reference, **kwargs)
     else:
         raise ValueError(f"unknown task {task!r}; expected 'csp' or 'generation'")
+    return pd.DataFrame([{**row, "oxidation_states_set": kwargs.get("oxidation_states_set", "smact14") or "icsd24"}])
+
+
+def evaluate_csp_files(
+    predictions: str | os.PathLike,
+    reference: str | os.PathLike,
+    processes: int = 1,
+    progress: bool = False,
+    oxidation_states_set: str | None = "smact14",
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Score a folder of CSP predictions (``<material_id>.cif`` / ``<material_id>_<j>.cif``, as ``flowsci sample
+    --set compositions_from=...`` writes them) against the crystals of a CSV or CIF folder.
+
+    Every reference crystal counts: one without a prediction file is a miss (``missing`` counts them); with
+    several files per crystal the best of them is scored (best-of-k).
+
+    Args:
+        predictions: the folder of predicted CIFs.
+        reference: the ground truth: a CDVAE-style CSV (``material_id``, ``cif``), a CIF folder or a bundled name.
+        processes: matcher worker processes.
+        progress: a progress bar.
+        oxidation_states_set: SMACT set of the validity gate (see :func:`evaluate_csp`).
+        limit: only the first ``limit`` reference crystals (the benchmark scores the first 500).
+
+    Returns:
+        One-row ``DataFrame``: the columns of :func:`evaluate_csp` (cell-size error over crystals with a
+        prediction), ``valid`` (fraction of first predictions structurally and SMACT-valid; missing ones count as
+        invalid), ``samples_per_crystal`` (the most files of one crystal), ``missing`` and
+        ``oxidation_states_set``.
+
+    Raises:
+        flowsci.errors.InputError: an unreadable reference or prediction file (named).
+    """
+    import pandas as pd
+
+    from flowsci.domains.crystals.data import read_compositions, read_predictions
+
+    _, ids, gts = read_compositions(reference, limit=limit)
+    if gts is None:
+        from flowsci.domains.crystals.data import CrystalDataError
+
+        raise CrystalDataError(str(reference), "the reference gives formulas only; CSP scoring needs structures")
+    preds = read_predictions(predictions, ids)
+    have = [i for i, p in enumerate(preds) if p]
+    opts = {"processes": processes, "progress": progress}
+    strict = csp_metrics(preds, gts, require_valid=True, oxidation_states_set=oxidation_states_set, **opts)
+    loose = csp_metrics(preds, gts, require_valid=False, **opts)
+    row = {
+        "match_rate": strict["match_rate"],
+        "rmse": strict["rmse"],
+        "match_rate_any": loose["match_rate"],
+        "rmse_any": loose["rmse"],
+        **lattice_scale_error([preds[i][0] for i in have], [gts[i] for i in have]),
+        "valid": sum(all(validity(preds[i][0], oxidation_states_set)) for i in have) / max(len(gts), 1),
+        "n": float(len(gts)),
+        "samples_per_crystal": float(max((len(p) for p in preds), default=0)),
+        "missing": float(len(gts) - len(have)),
+        "oxidation_states_set": oxidation_states_set or "icsd24",
+    }
     return pd.DataFrame([row])

@@ -30,7 +30,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["CSPNet", "SinusoidalTimeEmbedding", "FracCoordEmbedding", "fully_connected_edges", "CSPNET_CONFIGS"]
+from flowsci.nets import SinusoidalEmbedding
+
+__all__ = ["CSPNet", "FracCoordEmbedding", "fully_connected_edges", "CSPNET_CONFIGS"]
 
 #: Named sizes: "tiny" for CPU minutes, "small" for the quick benchmark, "paper" = DiffCSP/CrysBFN (6 × 512).
 CSPNET_CONFIGS: dict[str, dict[str, int]] = {
@@ -38,22 +40,6 @@ CSPNET_CONFIGS: dict[str, dict[str, int]] = {
     "small": {"hidden_dim": 128, "num_layers": 4, "num_freqs": 16, "time_dim": 64},
     "paper": {"hidden_dim": 512, "num_layers": 6, "num_freqs": 128, "time_dim": 128},
 }
-
-
-class SinusoidalTimeEmbedding(nn.Module):
-    """``t ∈ [0, 1]`` (shape ``[B]``) → ``[B, dim]`` with sin/cos at geometric frequencies (scale 1000)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        if dim % 2:
-            raise ValueError("time embedding dim must be even")
-        self.dim = dim
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
-        arg = 1000.0 * t[:, None] * freqs[None]
-        return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
 class FracCoordEmbedding(nn.Module):
@@ -185,7 +171,7 @@ class CSPNet(nn.Module):
             "cond_entropy": cond_entropy,
             "lattice_head": lattice_head,
         }
-        self.time_emb = SinusoidalTimeEmbedding(time_dim)
+        self.time_emb = SinusoidalEmbedding(time_dim)
         self.type_emb = nn.Linear(num_types, hidden_dim)
         self.atom_in = nn.Linear(hidden_dim + time_dim + (3 if cond_entropy else 0), hidden_dim)
         self.layers = nn.ModuleList([_make_layer(hidden_dim, num_freqs) for _ in range(num_layers)])

@@ -1,13 +1,9 @@
 """Protein backbones: PDB/mmCIF readers, PDB writer, npz cache, filters and the LightningDataModule.
 
-The domain object is :class:`Backbone` (N, CA, C, O coordinates per residue, Å). Readers use gemmi for
-parsing and
-add a strict coordinate check for PDB files (gemmi silently truncates malformed numbers), so a malformed file
-raises
-one :class:`StructureFormatError` naming the file and line. Residues with missing backbone atoms or
-non-standard
-names are dropped and reported (``warnings.warn`` naming the file, chain and residue numbers), never kept
-silently.
+The domain object is :class:`Backbone` (N, CA, C, O coordinates per residue, Å). Readers use gemmi for parsing
+and add a strict coordinate check (gemmi silently truncates malformed numbers), so a malformed file raises one
+:class:`StructureFormatError` naming the file and line. Residues with missing backbone atoms or non-standard names
+are dropped and reported (``warnings.warn`` naming the file, chain and residue numbers), never kept silently.
 """
 
 from __future__ import annotations
@@ -18,6 +14,8 @@ import math
 import os
 import re
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from flowsci.domains.proteins.geometry import backbone_from_frames, frames_from_backbone
+from flowsci.errors import InputError, require
 from flowsci.io import atomic_write, atomic_write_text
 from flowsci.manifolds import matrix_to_quaternion
 
@@ -80,8 +79,18 @@ BUNDLED_NPZ = "real_backbones_v1.npz"
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 
 
-class StructureFormatError(ValueError):
-    """A structure file could not be parsed; the message names the file and (where known) the line."""
+class StructureFormatError(InputError):
+    """A structure file could not be parsed; the message names the file and (where known) the line or record.
+
+    A :class:`flowsci.errors.InputError` (so also a ``ValueError``): ``source`` is the file (``path`` or
+    ``path:line``), ``problem`` what is wrong. The one-argument form ``StructureFormatError("path: problem")`` is
+    kept for compatibility.
+    """
+
+    def __init__(self, source: str | os.PathLike, problem: str | None = None) -> None:
+        if problem is None:
+            source, _, problem = str(source).partition(": ")
+        super().__init__(source, problem)
 
 
 @dataclass
@@ -162,13 +171,18 @@ class Backbone:
 
 
 def _open_text(path: Path) -> str:
+    """The file's text; PDB and mmCIF are ASCII, so other bytes become ``?`` (gemmi cannot return them)."""
     try:
         if path.name.endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
-                return fh.read()
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise StructureFormatError(f"{path}: cannot read file ({exc})") from exc
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # also a truncated or non-gzip .gz
+        raise StructureFormatError(f"{path}: cannot read file ({type(exc).__name__}: {exc})") from exc
+    if b"\x00" in raw:
+        raise StructureFormatError(str(path), "binary data (NUL bytes): not a PDB or mmCIF text file")
+    return raw.decode("ascii", errors="replace").replace("\ufffd", "?")
 
 
 def _is_cif(path: Path) -> bool:
@@ -206,20 +220,49 @@ def _check_pdb_text(text: str, path: Path) -> None:
         raise StructureFormatError(f"{path}: no ATOM/HETATM records (not a PDB file?)")
 
 
+#: Coordinates beyond this (Å) are rejected as implausible (the PDB format's limit is 9999.999).
+MAX_COORDINATE = 1e5
+_ESD = re.compile(r"\(\d+\)$")
+
+
+def _check_cif_block(block, path: Path) -> None:
+    """Strict check of the ``_atom_site`` coordinates (gemmi reads ``nan``, ``inf``, ``?`` and ``1e999`` silently)."""
+    cols = [block.find_values(f"_atom_site.Cartn_{axis}") for axis in "xyz"]
+    ids = block.find_values("_atom_site.id")
+    for axis, col in zip("xyz", cols, strict=True):
+        for i in range(len(col)):
+            raw = col[i]
+            where = f"_atom_site record {i + 1}" + (f" (id {ids[i]})" if i < len(ids) else "")
+            try:
+                val = float(_ESD.sub("", raw))
+            except ValueError:
+                raise StructureFormatError(str(path), f"{where}: malformed {axis} coordinate {raw!r}") from None
+            if not math.isfinite(val):
+                raise StructureFormatError(str(path), f"{where}: non-finite {axis} coordinate {raw!r}")
+            if abs(val) > MAX_COORDINATE:
+                raise StructureFormatError(
+                    str(path), f"{where}: implausible {axis} coordinate {raw!r} (beyond {MAX_COORDINATE:g} A)"
+                )
+
+
 def _parse_structure(path: Path):
-    import gemmi
+    gemmi = require("gemmi", "proteins")
 
     text = _open_text(path)
     try:
         if _is_cif(path):
             doc = gemmi.cif.read_string(text)
-            st = gemmi.make_structure_from_block(doc.sole_block())
+            if len(doc) == 0:
+                raise StructureFormatError(str(path), "no data block (empty or not an mmCIF file)")
+            block = doc.sole_block()
+            _check_cif_block(block, path)
+            st = gemmi.make_structure_from_block(block)
         else:
             _check_pdb_text(text, path)
             st = gemmi.read_pdb_string(text)
     except StructureFormatError:
         raise
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, IndexError) as exc:
         msg = str(exc)
         # gemmi reports "<string>:LINE:COL..." for strings; name the real file instead.
         if msg.startswith("string:") or msg.startswith("<string>"):
@@ -296,6 +339,11 @@ def read_backbones(
         if not coords:
             continue
         xyz = np.asarray(coords, dtype=np.float32)
+        if not np.isfinite(xyz).all():  # a reader path the text checks missed, or float32 overflow
+            bad = int(np.argwhere(~np.isfinite(xyz))[0][0])
+            raise StructureFormatError(
+                str(path), f"chain {ch.name} residue {rid[bad]}: non-finite backbone coordinate {xyz[bad].tolist()}"
+            )
         seq_s, rid_a = "".join(seq), np.asarray(rid)
         if split_breaks and len(xyz) > 1:
             pep = np.linalg.norm(xyz[1:, 0] - xyz[:-1, 2], axis=-1)
@@ -321,7 +369,7 @@ def read_backbones(
 
 def gemmi_is_amino_acid(name: str) -> bool:
     """Whether gemmi's residue table knows ``name`` as an amino acid (standard or modified)."""
-    import gemmi
+    gemmi = require("gemmi", "proteins")
 
     info = gemmi.find_tabulated_residue(name)
     return bool(info is not None and info.is_amino_acid())
@@ -414,23 +462,30 @@ def load_npz(path: str | os.PathLike) -> list[Backbone]:
         d = np.load(path, allow_pickle=False)
         coords, offsets = d["coords"], d["offsets"]
         seqs, ids = d["seqs"], d["ids"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise StructureFormatError(f"{path}: not a backbone npz cache ({exc})") from exc
-    chain = d["chain"] if "chain" in d.files else np.asarray(["A"] * len(seqs))
-    res_ids = d["res_ids"] if "res_ids" in d.files else None
+        chain = d["chain"] if "chain" in d.files else np.asarray(["A"] * len(seqs))
+        res_ids = d["res_ids"] if "res_ids" in d.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise StructureFormatError(str(path), f"not a backbone npz cache ({type(exc).__name__}: {exc})") from exc
+    if coords.dtype.kind != "f" or not np.isfinite(coords).all():
+        raise StructureFormatError(str(path), "backbone npz cache holds non-finite or non-numeric coordinates")
+    if len(offsets) != len(seqs) + 1 or np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] > len(coords)):
+        raise StructureFormatError(str(path), "backbone npz cache has inconsistent offsets (truncated?)")
     out = []
     for i in range(len(seqs)):
         lo, hi = int(offsets[i]), int(offsets[i + 1])
-        out.append(
-            Backbone(
-                coords=coords[lo:hi],
-                seq=str(seqs[i]),
-                chain=str(chain[i]) or "A",
-                res_ids=None if res_ids is None else res_ids[lo:hi],
-                name=str(ids[i]),
-                meta={"source": str(path), "index": i},
+        try:
+            out.append(
+                Backbone(
+                    coords=coords[lo:hi],
+                    seq=str(seqs[i]),
+                    chain=str(chain[i]) or "A",
+                    res_ids=None if res_ids is None else res_ids[lo:hi],
+                    name=str(ids[i]),
+                    meta={"source": str(path), "index": i},
+                )
             )
-        )
+        except ValueError as exc:
+            raise StructureFormatError(str(path), f"record {i}: {exc}") from exc
     return out
 
 
@@ -656,8 +711,7 @@ class ProteinDataModule(pl.LightningDataModule):
 
     Args:
         source: None or ``"bundled"`` (the 177 shipped chains), a ``.npz`` cache, a structure file, or a
-        directory
-            searched recursively for ``.pdb/.ent/.cif/.mmcif`` (optionally ``.gz``).
+            directory searched recursively for ``.pdb/.ent/.cif/.mmcif`` (optionally ``.gz``).
         cache_dir: Where parsed directories are cached (default ``<source>/.flowsci_cache``).
         min_length: Minimum chain length kept.
         max_length: Maximum chain length kept.

@@ -41,6 +41,7 @@ pairs; training on a batch that carries ``x0`` uses the stored noise instead of 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,12 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from flowsci.contract import check_sample_args
 from flowsci.couplings import Coupling, IndependentCoupling
 from flowsci.domains.proteins.data import Backbone, write_pdb
 from flowsci.domains.proteins.geometry import backbone_from_frames, relax_ca_trace
 from flowsci.domains.proteins.model import IPAFrameNet
+from flowsci.errors import InputError
 from flowsci.manifolds import (
     SO3,
     Euclidean,
@@ -65,7 +68,7 @@ from flowsci.manifolds import (
 )
 from flowsci.module import FlowMatching
 from flowsci.paths import GeodesicPath
-from flowsci.solvers import Solution, solve_ode
+from flowsci.solvers import FIXED_STEP_METHODS, Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
 __all__ = [
@@ -74,12 +77,56 @@ __all__ = [
     "frame_manifold",
     "matrix_geodesic",
     "make_reflow_pairs",
+    "length_buckets",
+    "RepeatedSeedWarning",
     "ANG_PER_NM",
+    "CPU_BATCH_PAIRS",
+    "GPU_BATCH_PAIRS",
 ]
 
 ANG_PER_NM = 10.0
 ROT_SCHEDULES = ("exp", "linear")
 FINAL_STEPS = ("x1", "euler")
+#: Residue pairs (chains × longest length²) per sampler batch on a CPU: the tiny trunk on one thread is fastest per
+#: backbone at about 4 chains of 60 or 1 chain of ≥ 100 residues (pair tensors beyond that leave the cache).
+CPU_BATCH_PAIRS = 16_384
+#: Residue pairs per sampler batch on CUDA (the paper config's training batches hold ≤ 5·10⁵ residue pairs).
+GPU_BATCH_PAIRS = 500_000
+#: Largest relative padding inside a length bucket: a chain joins a bucket whose longest chain is at most this much
+#: longer (0.1 = 10 %).
+BUCKET_PAD = 0.1
+
+
+class RepeatedSeedWarning(UserWarning):
+    """A sampler call reuses a seed for a length that seed already produced with the same settings."""
+
+
+def length_buckets(lengths: Sequence[int], max_pairs: int, pad: float = BUCKET_PAD) -> list[list[int]]:
+    """Group chain indices into sampler batches whose cost follows each chain's own length.
+
+    Chains are taken longest first; a chain joins the open bucket if the bucket's longest chain is at most
+    ``pad`` (relative) longer and the bucket then holds at most ``max_pairs`` residue pairs (chains × longest
+    length²); otherwise it opens a new bucket. A single chain always gets a bucket, however long.
+
+    Args:
+        lengths: Residues per chain.
+        max_pairs: Residue-pair budget per bucket.
+        pad: Largest relative padding within a bucket.
+
+    Returns:
+        Buckets of indices into ``lengths`` (each in increasing index order), longest bucket first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    buckets: list[list[int]] = []
+    lead = 0
+    for i in order:
+        n = int(lengths[i])
+        if buckets and n >= (1 - pad) * lead and (len(buckets[-1]) + 1) * lead**2 <= max_pairs:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+            lead = n
+    return [sorted(b) for b in buckets]
 
 
 def frame_manifold() -> Product:
@@ -186,9 +233,8 @@ class ReQFlow(FlowMatching):
     ``mask``, ``res_idx``) or from reflow pairs (the same plus ``x0`` frames in nm ‖ quaternion).
 
     Args:
-        net: Frame network (default :meth:`IPAFrameNet.tiny`), called as ``net(x_t, t, mask=, res_idx=,
-        x_sc=)``
-            and returning clean frames ``[B, L, 7]``.
+        net: Frame network (default :meth:`IPAFrameNet.tiny`), called as
+            ``net(x_t, t, mask=, res_idx=, x_sc=)`` and returning clean frames ``[B, L, 7]``.
         time_sampler: Training times (default U[0.01, 0.99]).
         coupling: Coupling of translation noise and data within groups of equal length (default independent;
             :class:`~flowsci.couplings.MinibatchOTCoupling` gives FrameFlow's batch OT).
@@ -510,16 +556,26 @@ class ReQFlow(FlowMatching):
         final_step: str | None = None,
         restraint: float = 0.0,
         restraint_iters: int = 20,
+        bucket: bool = True,
+        max_batch_pairs: int | None = None,
     ) -> BackboneSamples:
         """Generate backbones of the given lengths with Euler steps from the prior.
 
+        Seeds and chains: the prior of the whole call is one draw from ``torch.Generator().manual_seed(seed)``
+        on a padded ``[len(lengths), max(lengths)]`` grid (all translations, then all rotations); chain ``i``
+        takes row ``i``, residues ``0 .. lengths[i] − 1``. So the same ``lengths`` list and seed give the same
+        chains, and how the chains are then batched (``bucket``) does not change any chain's draw. Each chain
+        is integrated independently of the others (the network has no cross-chain terms), so bucketing changes
+        a chain only by float rounding. Repeating a seed for the same length with the same sampler settings in
+        a later call warns (:class:`RepeatedSeedWarning`): equal-length chains of such calls are identical or
+        share their noise.
+
         Args:
-            num: Number of backbones of ``default_length`` (ignored when ``lengths`` is given).
+            num: Number of backbones of ``default_length`` (when ``lengths`` is given too, it must match).
             steps: Euler steps (= NFE; default ``sample_steps``) on linspace(t_min, 1, steps + 1).
             solver: Fixed-step solver (``"euler"``, the paper's; others are allowed).
             cond: Optional ``{"mask": [B, L]}`` giving the lengths (used by the core reflow's
-            ``generate_pairs``);
-                ignored when ``lengths`` is given.
+                ``generate_pairs``); ignored when ``lengths`` is given.
             seed: Seed of the prior draw (recorded in each backbone).
             return_trajectory: Keep the state at every step (``write_samples`` then writes a multi-model PDB).
             progress: Progress bar.
@@ -538,10 +594,22 @@ class ReQFlow(FlowMatching):
                 non-bonded CA pair under 3.8 Å) before it is turned into a velocity; rotations are untouched.
                 It enforces the very CA geometry the CA–CA and clash metrics score, so report it as its own row.
             restraint_iters: Gradient steps per prediction.
+            bucket: Integrate chains in length buckets (:func:`length_buckets`) instead of one batch padded to
+                the longest chain, so each chain costs about what its own length costs (mixed-length batches
+                were ~4× slower per backbone padded on a CPU). ``False``: the former single padded batch.
+            max_batch_pairs: Residue pairs (batch × longest length²) per network call when bucketing (default
+                :data:`CPU_BATCH_PAIRS` on a CPU, :data:`GPU_BATCH_PAIRS` on CUDA).
 
         Returns:
-            :class:`BackboneSamples` (a :class:`~flowsci.solvers.Solution` iterable over :class:`Backbone`).
+            :class:`BackboneSamples` (a :class:`~flowsci.solvers.Solution` iterable over :class:`Backbone`);
+            ``extras["batches"]`` lists the chain indices integrated together.
         """
+        if num is not None:
+            check_sample_args(num, steps, solver, solvers=[*FIXED_STEP_METHODS])
+            if lengths is not None and num != len(lengths):
+                raise InputError("num", f"asks for {num} backbones but lengths lists {len(lengths)}; give one of them")
+        else:
+            check_sample_args(1, steps, solver, solvers=[*FIXED_STEP_METHODS])
         sched = rot_schedule or self.rot_schedule
         if sched not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {sched!r}")
@@ -554,7 +622,7 @@ class ReQFlow(FlowMatching):
             lengths = [self.default_length] * (num or 1)
         lengths = [int(n) for n in lengths]
         if not lengths or min(lengths) < 2:
-            raise ValueError(f"lengths must be a non-empty list of integers >= 2, got {lengths}")
+            raise InputError("lengths", f"must be a non-empty list of integers >= 2, got {lengths}")
         b, lmax = len(lengths), max(lengths)
         dev = self.device
         dtype = next(self.net.parameters()).dtype
@@ -569,6 +637,77 @@ class ReQFlow(FlowMatching):
             grid = torch.linspace(self.t_min, 1.0, n_steps, dtype=torch.float64)
         else:
             grid = torch.linspace(self.t_min, 1.0, n_steps + 1, dtype=torch.float64)
+        settings = (tuple(float(t) for t in grid), final, sched, float(restraint), restraint_iters, self_condition)
+        self._warn_repeated_seed(seed, lengths, (solver or "euler", *settings))
+        if bucket:
+            budget = max_batch_pairs or (GPU_BATCH_PAIRS if dev.type == "cuda" else CPU_BATCH_PAIRS)
+            groups = length_buckets(lengths, budget)
+        else:
+            groups = [list(range(b))]
+
+        was_training = self.training
+        self.eval()
+        x_fin, trajectory = x0.clone(), None
+        for idx in groups:
+            n = max(lengths[i] for i in idx)
+            ix = torch.tensor(idx, device=dev)
+            sol = self._integrate(
+                x0[ix, :n],
+                mask[ix, :n],
+                res_idx[ix, :n],
+                grid,
+                solver,
+                final,
+                sched,
+                self_condition,
+                restraint,
+                restraint_iters,
+                return_trajectory,
+                progress,
+            )
+            x_fin[ix, :n] = sol.x
+            if sol.trajectory is not None:
+                if trajectory is None:
+                    trajectory = [x0.clone() for _ in sol.trajectory]
+                for full, part in zip(trajectory, sol.trajectory, strict=True):
+                    full[ix, :n] = part
+        self.train(was_training)
+        sol = Solution(x=x_fin, nfe=sol.nfe, times=sol.times, trajectory=trajectory)
+        meta = {
+            "nfe": sol.nfe,
+            "rot_schedule": sched,
+            "steps": len(grid) - 1,
+            "final_step": final,
+            **({"restraint": restraint} if restraint > 0 else {}),
+        }
+        out = BackboneSamples(
+            x=sol.x,
+            nfe=sol.nfe,
+            times=sol.times,
+            trajectory=sol.trajectory,
+            seed=seed,
+            extras={"mask": mask, "x0": x0, "lengths": lengths, "batches": groups, **meta},
+        )
+        out.backbones = _frames_to_backbones(sol.x, mask, seed, f"reqflow_s{seed if seed is not None else 'x'}", meta)
+        return out
+
+    def _integrate(
+        self,
+        x0: Tensor,
+        mask: Tensor,
+        res_idx: Tensor,
+        grid: Tensor,
+        solver: str | None,
+        final: str,
+        sched: str,
+        self_condition: bool,
+        restraint: float,
+        restraint_iters: int,
+        return_trajectory: bool,
+        progress: bool | None,
+    ) -> Solution:
+        """Integrate one batch of chains from the prior draw ``x0 [B, L, 7]`` (the body of :meth:`sample`)."""
+        b, dtype, dev = x0.shape[0], x0.dtype, x0.device
         state: dict[str, Tensor | None] = {"x_sc": None}
 
         def predict(x: Tensor, t: Tensor, mask: Tensor, res_idx: Tensor) -> Tensor:
@@ -584,8 +723,6 @@ class ReQFlow(FlowMatching):
                 state["x_sc"] = x1_hat[..., :3]
             return self.velocity_from_x1(x, x1_hat, t, mask, sched)
 
-        was_training = self.training
-        self.eval()
         if len(grid) > 1:
             sol = solve_ode(
                 vel,
@@ -608,24 +745,27 @@ class ReQFlow(FlowMatching):
             traj = None if sol.trajectory is None else [*sol.trajectory, x_fin]
             times = torch.cat([sol.times, sol.times[-1:]])
             sol = Solution(x=x_fin, nfe=sol.nfe + 1, times=times, trajectory=traj)
-        self.train(was_training)
-        meta = {
-            "nfe": sol.nfe,
-            "rot_schedule": sched,
-            "steps": len(grid) - 1,
-            "final_step": final,
-            **({"restraint": restraint} if restraint > 0 else {}),
-        }
-        out = BackboneSamples(
-            x=sol.x,
-            nfe=sol.nfe,
-            times=sol.times,
-            trajectory=sol.trajectory,
-            seed=seed,
-            extras={"mask": mask, "x0": x0, "lengths": lengths, **meta},
-        )
-        out.backbones = _frames_to_backbones(sol.x, mask, seed, f"reqflow_s{seed if seed is not None else 'x'}", meta)
-        return out
+        return sol
+
+    def _warn_repeated_seed(self, seed: int | None, lengths: Sequence[int], settings: tuple) -> None:
+        """Warn when ``seed`` already sampled one of ``lengths`` with the same sampler ``settings`` (this model)."""
+        if seed is None:
+            return
+        log = self.__dict__.setdefault("_seed_log", set())
+        keys = {(int(seed), int(n), settings) for n in lengths}
+        repeated = sorted(k[1] for k in keys & log)
+        if repeated:
+            warnings.warn(
+                f"ReQFlow.sample: seed {seed} already sampled length(s) {repeated} with the same sampler settings "
+                "in an earlier call; chains of equal length are then identical (same position, same lengths list) "
+                "or share their prior noise, and evaluate() would count them twice. Use a new seed per call "
+                "(e.g. seed + call index) or put all lengths in one call.",
+                RepeatedSeedWarning,
+                stacklevel=4,
+            )
+        if len(log) > 100_000:
+            log.clear()
+        log.update(keys)
 
     def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
         """One PDB per backbone (N, CA, C, O; poly-GLY), with a trajectory one multi-model PDB per backbone
@@ -657,16 +797,7 @@ class ReQFlow(FlowMatching):
         return written
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record how to rebuild the network and the flow options (for :meth:`from_checkpoint`)."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["reqflow"] = {
-            "net_class": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
-            "net_kwargs": getattr(self.net, "config", None),
-            "options": self.options(),
-        }
-
-    def options(self) -> dict[str, Any]:
+    def init_options(self) -> dict[str, Any]:
         """The scalar constructor options (everything but net, samplers and optimizer factories)."""
         keys = (
             "sample_steps",
@@ -698,44 +829,13 @@ class ReQFlow(FlowMatching):
         """A small trained model shipped in ``sample_data`` (samples offline, no training needed).
 
         ``"reqflow_tiny"``: the quick suite's ReQFlow (tiny trunk, 1600 QFlow steps + one reflow on the 159
-        bundled training chains), written by ``python -m flowsci.domains.proteins.benchmark pretrain``; its
-        sample quality is the README's ``reqflow`` rows (not protein-like: see there).
+        bundled training chains), written by ``python -m flowsci.domains.proteins.diagnostics pretrain``; its
+        sample quality is the proteins page's ``reqflow`` rows (not protein-like: see there).
 
         Raises:
             FileNotFoundError: no such shipped model.
         """
-        path = Path(__file__).parent / "sample_data" / f"{name}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no shipped model {name!r} ({path}); write it with "
-                "`python -m flowsci.domains.proteins.benchmark pretrain --out <path>` and load it with "
-                "ReQFlow.from_checkpoint(<path>)"
-            )
-        return cls.from_checkpoint(path)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ReQFlow:
-        """Load a trained model (from ``flowsci fit`` or ``Trainer.save_checkpoint``) ready to sample.
-
-        Raises:
-            FileNotFoundError: ``path`` does not exist.
-            ValueError: the checkpoint was not written by a :class:`ReQFlow`.
-        """
-        import importlib
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-        info = ckpt.get("reqflow")
-        if info is None or info.get("net_kwargs") is None:
-            raise ValueError(f"{p}: not a ReQFlow checkpoint (no 'reqflow' entry with the network configuration)")
-        mod, _, name = info["net_class"].rpartition(".")
-        net_cls = getattr(importlib.import_module(mod), name)
-        model = cls(net=net_cls(**info["net_kwargs"]), **info["options"])
-        model.load_state_dict(ckpt["state_dict"])
-        model.on_load_checkpoint(ckpt)
-        return model.eval()
+        return super().pretrained(name)
 
 
 # --------------------------------------------------------------------------- reflow

@@ -31,19 +31,9 @@ from torch import Tensor, nn
 
 from flowsci.domains.proteins.geometry import apply_rigid, invert_apply_rigid
 from flowsci.manifolds import quaternion_multiply, quaternion_normalize, quaternion_to_matrix
+from flowsci.nets import sinusoidal_features
 
-__all__ = ["IPAFrameNet", "InvariantPointAttention", "sinusoidal_embedding"]
-
-
-def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal features ``[..., dim]`` of a real tensor ``x [...]`` (transformer positional encoding)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float64) / half)
-    ang = x.double()[..., None] * freqs
-    emb = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+__all__ = ["IPAFrameNet", "InvariantPointAttention"]
 
 
 def _distogram(ca: Tensor, num_bins: int, max_dist: float) -> Tensor:
@@ -302,7 +292,7 @@ class IPAFrameNet(nn.Module):
             mask: Residue mask ``[B, L]`` (default all ones).
             res_idx: Residue indices ``[B, L]`` (default 0..L-1).
             x_sc: Self-conditioning translations ``[B, L, 3]`` (nm) from a previous prediction, or None
-            (zeros).
+                (zeros).
             **unused: Other conditioning keywords (ignored).
 
         Returns:
@@ -318,10 +308,10 @@ class IPAFrameNet(nn.Module):
         trans = x_t[..., :3]
         quat = quaternion_normalize(x_t[..., 3:])
 
-        t_emb = sinusoidal_embedding(t.to(dtype) * 1000.0, self.c_time_emb).to(dtype)
+        t_emb = sinusoidal_features(t.to(dtype) * 1000.0, self.c_time_emb, compute_dtype=torch.float64).to(dtype)
         node_in = torch.cat(
             [
-                sinusoidal_embedding(res_idx.to(dtype), self.c_pos_emb).to(dtype),
+                sinusoidal_features(res_idx.to(dtype), self.c_pos_emb, compute_dtype=torch.float64).to(dtype),
                 t_emb[:, None].expand(b, n, -1),
                 mask[..., None],
             ],

@@ -255,7 +255,7 @@ def test_run_benchmarks_records_broken_domains_and_goes_on(tmp_path, monkeypatch
     """)
     )
     monkeypatch.syspath_prepend(str(pkg))
-    registry = {"ok_domain": "bench_fake_domain", "missing": "bench_no_such_module_xyz"}
+    registry = {"ok_domain": "bench_fake_domain:spec", "missing": "bench_no_such_module_xyz:spec"}
     docs = run_benchmarks(
         "smoke", ["missing", "ok_domain"], tmp_path / "res", registry=registry, progress=False, plots=False, threads=1
     )
@@ -346,3 +346,35 @@ def test_sample_plots_are_written_per_cell_and_shown_for_the_best_cells(fakes, t
     # no figures without plots
     run_spec(fakes.make_spec(sample_plot=plot), "smoke", tmp_path / "np", progress=False, plots=False)
     assert not (tmp_path / "np" / "smoke" / "plots").exists()
+
+
+def test_init_from_starts_from_the_source_weights_and_is_part_of_the_fingerprint(fakes, tmp_path) -> None:
+    import dataclasses
+
+    import torch
+
+    from flowsci.benchspec import Method
+
+    starts: list[torch.Tensor] = []
+
+    def finetune(model, dm, steps):  # records where it starts, then moves the weights
+        starts.append(model.net.b.detach().clone())
+        with torch.no_grad():
+            model.net.b.add_(1.0)
+
+    base = fakes.make_spec(nfe_grid=(1,), solvers=("euler",))
+    shift = dataclasses.replace(base.methods[0], fit=fakes.closed_form_fit)
+    tuned = Method("shift-ft", build=shift.build, sample=shift.sample, fit=finetune, init_from="shift", train_steps=1)
+    spec = dataclasses.replace(base, methods=[shift, tuned])
+    doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False)
+    dm = fakes.GaussianDataModule()
+    dm.setup("fit")
+    torch.testing.assert_close(starts[0], dm.train_set.tensors[0].mean(0))  # the source's trained optimum
+    cells = _cells(doc)
+    assert cells["shift-ft/euler/nfe1"]["status"] == "ok"
+    assert cells["shift-ft/euler/nfe1"]["metrics"] != cells["shift/euler/nfe1"]["metrics"]
+    assert {m["name"]: m.get("init_from") for m in doc["spec"]["methods"]}["shift-ft"] == "shift"
+    longer = dataclasses.replace(spec, methods=[dataclasses.replace(shift, train_steps=20), tuned])
+    assert longer.train_fingerprint(tuned) != spec.train_fingerprint(tuned)  # the source's training counts
+    with pytest.raises(ValueError, match="earlier method"):
+        dataclasses.replace(base, methods=[tuned, shift])

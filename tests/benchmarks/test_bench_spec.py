@@ -37,18 +37,6 @@ def test_method_overrides_grid(fakes) -> None:
     assert [c.id for c in spec.cells() if c.method == "one-step"] == ["one-step/euler/nfe1"]
 
 
-def test_for_suite_applies_overrides(fakes) -> None:
-    spec = fakes.make_spec(suite_overrides={"smoke": {"num_samples": 10, "nfe_grid": (1,)}})
-    small = spec.for_suite("smoke")
-    assert small.num_samples == 10 and tuple(small.nfe_grid) == (1,)
-    assert spec.for_suite("quick").num_samples == spec.num_samples
-    with pytest.raises(ValueError, match="unknown suite"):
-        spec.for_suite("huge")
-    bad = fakes.make_spec(suite_overrides={"smoke": {"num_sample": 10}})
-    with pytest.raises(ValueError, match="unknown fields"):
-        bad.for_suite("smoke")
-
-
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -58,7 +46,6 @@ def test_for_suite_applies_overrides(fakes) -> None:
         ({"num_samples": 0}, "num_samples"),
         ({"nfe_grid": (0, 1)}, "NFE values"),
         ({"name": "a/b"}, "name"),
-        ({"suite_overrides": {"nightly": {}}}, "unknown suites"),
     ],
 )
 def test_spec_validation(fakes, overrides, match) -> None:
@@ -94,7 +81,7 @@ def test_describe_is_json_ready(fakes) -> None:
 
 
 def test_registry_loads_toy2d_lazily() -> None:
-    assert DOMAINS["toy2d"] == "flowsci.benchmarks.toy2d"
+    assert DOMAINS["toy2d"] == "flowsci.benchmarks.toy2d:spec"
     assert "toy2d" in available_domains()
     spec = load_spec("toy2d", "smoke")
     assert isinstance(spec, BenchmarkSpec) and spec.name == "toy2d"
@@ -102,7 +89,7 @@ def test_registry_loads_toy2d_lazily() -> None:
     assert load_spec("toy2d", "quick").train_steps > spec.train_steps
     with pytest.raises(KeyError, match="unknown benchmark domain"):
         load_spec("nope", "smoke")
-    with pytest.raises(ValueError, match="neither SPEC"):
+    with pytest.raises(ValueError, match="must be 'module:function'"):
         load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.compare"})
     with pytest.raises(ValueError, match="no function 'nope'"):
         load_spec("x", "smoke", registry={"x": "flowsci.benchmarks.toy2d:nope"})

@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from flowsci.cli import main, resolve_config
+from flowsci.cli import main
+from flowsci.cli.fit import resolve_config
 
 FAST = [
     "--trainer.max_steps=30",
@@ -76,7 +77,9 @@ def resolve_config_text():
 
 
 def test_missing_config_and_checkpoint_are_clear_errors(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    from flowsci.errors import InputError
+
+    with pytest.raises(InputError, match="nope.yaml"):
         resolve_config("nope.yaml")
     with pytest.raises(SystemExit) as exc:
         main(["sample", "--ckpt", str(tmp_path / "missing.ckpt")])
@@ -89,7 +92,7 @@ def test_help_does_not_import_domains():
     code = (
         "import sys; from flowsci.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('pymatgen', 'scanpy', 'biotite', 'torch_geometric', 'e3nn') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'pymatgen', 'scanpy', 'e3nn') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -273,8 +273,9 @@ def test_reflow_and_distillation_on_so3_end_to_end():
 
 
 # ----------------------------------------------------------------------------- CLI
-def test_cli_reflow_writes_loadable_students(tmp_path, monkeypatch):
-    from flowsci.cli import load_module, main
+def test_cli_reflow_writes_loadable_students(tmp_path, monkeypatch, capsys):
+    from flowsci.checkpoint import load_module
+    from flowsci.cli import main
 
     monkeypatch.chdir(tmp_path)
     main(
@@ -317,5 +318,15 @@ def test_cli_reflow_writes_loadable_students(tmp_path, monkeypatch):
     for name in ("reflow.ckpt", "distilled.ckpt"):
         module = load_module(out / name)
         assert isinstance(module, FlowMatching) and module.sample(4, steps=1).x.shape == (4, 2)
-    with pytest.raises(SystemExit, match="--ckpt"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
         main(["reflow", "--pairs", "4"])
+    assert exc.value.code == 2 and "--ckpt" in capsys.readouterr().err
+    before = sorted(p.name for p in out.iterdir())
+    for bad in (["--premetric", "nosuch", "--overwrite"], []):  # bad premetric: refused before training; used --out
+        with pytest.raises(SystemExit) as exc:
+            main(["reflow", "--ckpt", str(ckpt), "--out", str(out), *bad])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--premetric" in err and "not empty" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # earlier outputs untouched

@@ -124,3 +124,124 @@ def test_other_bundled_datasets(name):
         assert all(s.composition.reduced_formula == "C" for s in structures)
     for s in structures:
         assert (s.frac_coords >= 0).all() and (s.frac_coords < 1).all()
+
+
+# ------------------------------------------------------------------------------------------- bad inputs (issue 14)
+def _good_cif():
+    import pandas as pd
+
+    return pd.read_csv(D.sample_data_path("perov_5_val"), nrows=1)["cif"].iloc[0]
+
+
+def _with(cif, key, value):
+    import re
+
+    return re.sub(rf"({key}\s+)\S+", rf"\g<1>{value}", cif, count=1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("_cell_angle_alpha", "180", "not between 0 and 180"),
+        ("_cell_angle_gamma", "0", "not between 0 and 180"),
+        ("_cell_length_b", "0.0", "length b = 0.0 is not positive"),
+        ("_cell_length_b", "-3", "length b = -3.0 is not positive"),
+        ("_cell_length_b", "nan", "non-finite cell parameter b"),
+        ("_cell_length_c", "1e999", "non-finite cell parameter c"),
+        ("_cell_angle_beta", "inf", "non-finite cell parameter beta"),
+        ("_cell_length_a", "1.2x3", "malformed _cell_length_a"),
+    ],
+)
+def test_cif_cell_errors_are_named(key, value, match):
+    with pytest.raises(D.CrystalDataError, match=rf"^x\.csv, row 0: .*{match}"):
+        D.parse_cif(_with(_good_cif(), key, value), source="x.csv, row 0")
+
+
+def test_singular_lattice_is_named_as_such():
+    cif = _with(
+        _with(_with(_good_cif(), "_cell_angle_alpha", "120"), "_cell_angle_beta", "120"), "_cell_angle_gamma", "120"
+    )
+    with pytest.raises(D.CrystalDataError, match="singular lattice"):
+        D.parse_cif(cif, source="s.cif")
+    with pytest.raises(D.CrystalDataError, match="singular lattice"):
+        D.check_cell((3, 3, 3), (90, 90, 180 - 1e-9))
+
+
+def test_nan_site_coordinate_and_unknown_element_in_cif():
+    cif = _good_cif()
+    row = next(ln for ln in cif.splitlines() if ln.strip().startswith(("Cu", "Cd")))
+    fields = row.split()
+    with pytest.raises(D.CrystalDataError, match=r"^c\.cif: .*(non-finite|cannot parse)"):
+        D.parse_cif(cif.replace(row, "  " + "  ".join([*fields[:3], "nan", *fields[4:]])), source="c.cif")
+    with pytest.raises(D.CrystalDataError, match=r"^c\.cif: "):
+        D.parse_cif(cif.replace(row, "  " + "  ".join(["Xx", "Xx0", *fields[2:]])), source="c.cif")
+    with pytest.raises(D.CrystalDataError, match="empty CIF"):
+        D.parse_cif("", source="c.cif")
+
+
+@pytest.mark.parametrize(
+    ("formula", "match"),
+    [
+        ("Xx2O3", "unknown element 'Xx'"),
+        ("NaCl-", "malformed formula 'NaCl-'"),
+        ("", "empty formula ''"),
+        ("   ", "empty formula"),
+        ("Fe2.5O3", "non-integer amount of Fe"),
+        ("Na1e9Cl", "more than 1000 atoms"),
+        ("H-1", "malformed formula"),
+        ("NaCl)", "malformed formula"),
+        ("Og2", "beyond Z = 100"),
+    ],
+)
+def test_bad_compositions_are_input_errors(formula, match):
+    from flowsci.errors import InputError
+
+    with pytest.raises(InputError, match=rf"^--set composition: .*{match}"):
+        D.parse_composition(formula, source="--set composition")
+
+
+def test_parse_composition():
+    assert D.parse_composition("SrTiO3") == [38, 22, 8, 8, 8]
+    assert len(D.parse_composition("Sr2Ti2O6")) == 10
+    from pymatgen.core import Composition
+
+    assert D.parse_composition(Composition("NaCl")) == [11, 17]
+
+
+def test_crystal_data_error_is_an_input_error_with_both_call_forms():
+    from flowsci.errors import InputError
+
+    old, new = D.CrystalDataError("f.csv, row 2: bad"), D.CrystalDataError("f.csv", "bad")
+    assert isinstance(old, InputError) and isinstance(old, ValueError)
+    assert (old.source, old.problem) == ("f.csv, row 2", "bad") and str(new) == "f.csv: bad"
+
+
+def test_cache_is_loaded_without_pickle_and_remade_when_unusable(tmp_path):
+    ds = D.CrystalDataset("perov_5_test_subset", limit=3, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("*.pt")
+    torch.load(cache, weights_only=True)  # plain tensors, lists and strings only
+    again = D.CrystalDataset("perov_5_test_subset", limit=3, cache_dir=tmp_path)
+    assert again.ids == ds.ids and torch.equal(again.data[0].frac_coords, ds.data[0].frac_coords)
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated: re-made with a warning, never a traceback
+    with pytest.warns(UserWarning, match="unusable crystal cache"):
+        remade = D.CrystalDataset("perov_5_test_subset", limit=3, cache_dir=tmp_path)
+    assert remade.ids == ds.ids
+    torch.load(cache, weights_only=True)
+
+
+def test_unwritable_cache_folder_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(D.CrystalDataError, match=r"cannot write the parsed-data cache.*cache_dir=False") as err:
+        D.CrystalDataset("perov_5_test_subset", limit=2, cache_dir=blocker / "sub")
+    assert err.value.source == str(blocker / "sub")
+
+
+def test_fingerprint_cache_is_pickle_free():
+    from flowsci.domains.crystals.metrics import _pack_arrays, _unpack_arrays
+
+    items = [np.arange(3.0), None, np.ones(2)]
+    packed = _pack_arrays(items, "s")
+    assert all(a.dtype != object for a in packed.values())
+    back = _unpack_arrays(packed, "s")
+    assert back[1] is None and np.array_equal(back[0], items[0]) and np.array_equal(back[2], items[2])

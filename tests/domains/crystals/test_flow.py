@@ -196,7 +196,7 @@ def test_public_api_and_checkpoint_round_trip(tmp_path):
     trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(csp)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    loaded = CrysBFN.load(tmp_path / "m.ckpt")
+    loaded = CrysBFN.from_checkpoint(tmp_path / "m.ckpt")
     assert loaded.lattice_scale == pytest.approx(2.4) and loaded.num_atoms_dist == [0, 0, 0, 0, 0, 1.0]
     back = loaded.predict_structure("SrTiO3", num_samples=2, steps=3, seed=0)
     np.testing.assert_allclose(back[1].frac_coords, preds[1].frac_coords, atol=1e-6)
@@ -218,7 +218,7 @@ def test_fm_checkpoint_round_trip(tmp_path):
     trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "fm.ckpt")
-    loaded = CrystalFlowMatching.load(tmp_path / "fm.ckpt")
+    loaded = CrystalFlowMatching.from_checkpoint(tmp_path / "fm.ckpt")
     assert loaded.lattice_scale == pytest.approx(2.4) and loaded.sample_steps == 4
     back = loaded.predict_structure("SrTiO3", num_samples=2, seed=3)
     np.testing.assert_allclose(back[0].lattice.matrix, preds[0].lattice.matrix, atol=1e-5)

@@ -100,7 +100,7 @@ def test_property_wasserstein_and_evaluate(perov):
     w2 = M.property_wasserstein(scaled, perov[:8])
     expected = np.mean([s.density / 2 for s in perov[:8]])
     assert w2["wdist_density"] == pytest.approx(expected, rel=1e-6)  # halving every density shifts by mean/2
-    table = M.evaluate("generation", perov[:6], perov[6:12], coverage_metrics=False)
+    table = M.evaluate(perov[:6], perov[6:12], task="generation", coverage_metrics=False)
     assert list(table.columns[:3]) == ["struct_valid", "comp_valid", "valid"] and len(table) == 1
     u = M.uniqueness_novelty(perov[:3] + perov[:1], train=perov[:1])
     assert u["uniqueness"] == pytest.approx(3 / 4) and u["novelty"] == pytest.approx(2 / 4)

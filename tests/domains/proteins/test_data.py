@@ -276,3 +276,66 @@ def test_chain_residue_indices_locate_the_crop_in_its_chain(chains):
     assert torch.equal(short, torch.arange(len(chain)))
     with pytest.raises(ValueError, match="res_idx_from"):
         BackboneDataset([chain], res_idx_from="pdb")
+
+
+def _cif_of(chain, tmp_path, name="x.cif"):
+    gemmi = pytest.importorskip("gemmi")
+    st = gemmi.read_structure(str(chain.to_pdb(tmp_path)))
+    st.setup_entities()
+    cif = tmp_path / name
+    st.make_mmcif_document().write_file(str(cif))
+    return cif
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999", "?", "1.2x3", "3e7"])
+def test_mmcif_nonfinite_or_malformed_coordinate_names_file_and_record(chains, tmp_path, value):
+    from flowsci.errors import InputError
+
+    cif = _cif_of(chains[5], tmp_path)
+    text = cif.read_text()
+    loop = text.index("_atom_site.")
+    lines = text[loop:].splitlines()
+    header = [ln for ln in lines if ln.startswith("_atom_site.")]
+    x_col = [h.strip() for h in header].index("_atom_site.Cartn_x")
+    row = lines[len(header) + 2]  # the third atom record
+    fields = row.split()
+    fields[x_col] = value
+    bad = tmp_path / "bad.cif"
+    bad.write_text(text.replace(row, " ".join(fields), 1))
+    with pytest.raises(InputError, match=r"bad\.cif: _atom_site record 3 \(id 3\): .* x coordinate") as err:
+        read_backbones(bad)
+    assert isinstance(err.value, StructureFormatError) and err.value.source == str(bad)
+
+
+def test_truncated_or_garbage_gzip_and_npz_are_structure_format_errors(chains, tmp_path):
+    import gzip
+
+    from flowsci.domains.proteins.data import load_npz, save_npz
+
+    gz = tmp_path / "x.pdb.gz"
+    gz.write_bytes(gzip.compress(chains[0].to_pdb(tmp_path).read_bytes())[:200])
+    with pytest.raises(StructureFormatError, match=r"x\.pdb\.gz: cannot read file"):
+        read_backbones(gz)
+    gz.write_bytes(b"not gzip at all")
+    with pytest.raises(StructureFormatError, match=r"x\.pdb\.gz"):
+        read_backbones(gz)
+    npz = save_npz(chains[:3], tmp_path / "c.npz")
+    npz.write_bytes(npz.read_bytes()[:300])
+    with pytest.raises(StructureFormatError, match=r"c\.npz: not a backbone npz cache"):
+        load_npz(npz)
+    import dataclasses
+
+    bad = dataclasses.replace(chains[0], coords=chains[0].coords.copy())  # the fixture stays intact
+    bad.coords[2, 1, 0] = np.nan
+    with pytest.raises(StructureFormatError, match="non-finite"):
+        load_npz(save_npz([bad], tmp_path / "n.npz"))
+
+
+def test_structure_format_error_is_an_input_error_with_both_call_forms():
+    from flowsci.errors import InputError
+
+    old = StructureFormatError("a.pdb:3: bad")
+    new = StructureFormatError("a.pdb", "line 3: bad")
+    assert isinstance(old, InputError) and isinstance(old, ValueError)
+    assert (old.source, old.problem, str(old)) == ("a.pdb:3", "bad", "a.pdb:3: bad")
+    assert str(new) == "a.pdb: line 3: bad"

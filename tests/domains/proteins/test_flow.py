@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from flowsci.couplings import MinibatchOTCoupling
 from flowsci.domains.proteins.data import BackboneDataset, bundled_backbones, collate_backbones
 from flowsci.domains.proteins.flow import (
     ANG_PER_NM,
+    CPU_BATCH_PAIRS,
+    RepeatedSeedWarning,
     ReQFlow,
+    length_buckets,
     make_reflow_pairs,
     matrix_geodesic,
 )
@@ -418,3 +422,51 @@ def test_sampling_restraint_is_off_by_default_and_lowers_the_energy():
     mask = plain.extras["mask"]
     assert (ca_restraint_energy(held.x[..., :3], mask) < ca_restraint_energy(plain.x[..., :3], mask)).all()
     assert held.nfe == plain.nfe and held.extras["restraint"] == 0.2
+
+
+def _small_model() -> ReQFlow:
+    torch.manual_seed(0)
+    return ReQFlow(net=IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=1)).eval()
+
+
+def test_length_buckets_follow_each_chains_length():
+    # CPU budget 16384 pairs: one 100-residue chain, two of 80, four of 60 per batch; longest bucket first
+    assert length_buckets([100, 60, 60, 60, 60, 80, 80], CPU_BATCH_PAIRS) == [[0], [5, 6], [1, 2, 3, 4]]
+    assert length_buckets([100, 95, 89], 10**9) == [[0, 1], [2]]  # 89 is more than 10 % shorter than 100
+    lengths = [int(n) for n in np.random.default_rng(0).integers(20, 250, 40)]
+    buckets = length_buckets(lengths, 50_000)
+    assert sorted(i for b in buckets for i in b) == list(range(40))
+    for b in buckets:
+        longest = max(lengths[i] for i in b)
+        assert len(b) == 1 or (len(b) * longest**2 <= 50_000 and min(lengths[i] for i in b) >= 0.9 * longest)
+
+
+@pytest.mark.parametrize("final_step", ["euler", "x1"])
+def test_bucketed_mixed_lengths_give_the_padded_batchs_chains(final_step):
+    m = _small_model()
+    lengths = [12, 30, 12, 28, 20]
+    kw = {"lengths": lengths, "steps": 3, "seed": 5, "final_step": final_step, "return_trajectory": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepeatedSeedWarning)
+        a = m.sample(**kw, max_batch_pairs=2000)
+        b = m.sample(**kw, bucket=False)
+    assert a.extras["batches"] == [[1, 3], [4], [0, 2]] and b.extras["batches"] == [[0, 1, 2, 3, 4]]
+    assert torch.equal(a.extras["x0"], b.extras["x0"])  # the seed maps to the same prior draw per chain
+    assert torch.allclose(a.x, b.x, atol=1e-5) and a.x.shape == (5, 30, 7)
+    assert len(a.trajectory) == len(b.trajectory)
+    assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.trajectory, b.trajectory, strict=True))
+    assert [len(bb) for bb in a] == lengths and torch.isfinite(a.x).all()
+    assert np.allclose(a[3].coords, b[3].coords, atol=1e-4)
+
+
+def test_repeating_a_seed_for_a_length_warns():
+    m = _small_model()
+    m.sample(lengths=[10, 12], steps=2, seed=1)
+    with pytest.warns(RepeatedSeedWarning, match=r"seed 1 already sampled length\(s\) \[10\]"):
+        m.sample(lengths=[10], steps=2, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RepeatedSeedWarning)
+        m.sample(lengths=[10], steps=2, seed=2)  # a new seed
+        m.sample(lengths=[14], steps=2, seed=1)  # a new length
+        m.sample(lengths=[10], steps=3, seed=1)  # other sampler settings: a deliberate comparison
+        m.sample(lengths=[10], steps=2)  # unseeded

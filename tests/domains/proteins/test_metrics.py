@@ -11,6 +11,7 @@ pytest.importorskip("tmtools", reason="proteins extra (tmtools) not installed")
 
 from flowsci.domains.proteins import metrics as M  # noqa: E402
 from flowsci.domains.proteins.data import Backbone, bundled_backbones, filter_backbones  # noqa: E402
+from flowsci.manifolds import quaternion_to_matrix  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -179,3 +180,69 @@ def test_plot_samples_writes_a_png_and_rejects_an_empty_set(tmp_path, chains):
     assert not [p for p in out.parent.iterdir() if p != out]  # no temp file left behind
     with pytest.raises(ValueError, match="'reference' set is empty"):
         M.plot_samples(chains[:2], [], tmp_path / "e.png")
+
+
+def _idealised(chain: Backbone, n: int | None = None, name: str = "gen") -> Backbone:
+    """The chain rebuilt from its frames with ideal geometry, as every generated backbone is."""
+    q, trans = chain.frames()
+    rot = quaternion_to_matrix(q.double())
+    return Backbone.from_frames(rot[:n], trans.double()[:n], name=name)
+
+
+def test_clash_count_named_with_its_threshold_and_shared_by_the_figure():
+    line = np.stack([np.arange(12) * 3.8, np.zeros(12), np.zeros(12)], -1)
+    folded = line.copy()
+    folded[9] = folded[2] + np.array([0.0, 1.5, 0.0])
+    folded[11] = folded[5] + np.array([0.0, 0.0, 2.9])
+    c = M.clash_metrics(folded)
+    assert c["num_ca_clashes_3A"] == 2.0 and c["num_ca_ca_clashes"] == 0.0 and c["clash_free"] == 0.0
+    assert M.clash_metrics(folded, cutoff=2.0)["num_ca_clashes_2A"] == 1.0
+    assert M.clash_pairs(folded).tolist() == [[2, 9], [5, 11]]
+    assert (M.CLASH_CUTOFF, M.CLASH_MIN_SEP) == (3.0, 3)
+    for key in ("clash_fraction", "clash_free", "num_ca_clashes_3A", "num_ca_ca_clashes"):
+        assert "3.0 Å" in M.METRIC_DEFINITIONS[key] or "1.0 Å" in M.METRIC_DEFINITIONS[key]
+
+
+def test_evaluate_leaves_out_constant_metrics_and_reports_length_buckets(chains):
+    picks = [c for c in chains if len(c) >= 160][:2] + [c for c in chains if 60 <= len(c) < 100][:2]
+    gen = [_idealised(c, name=f"g{i}") for i, c in enumerate(picks)] + [_idealised(picks[0], 40, "short")]
+    tab = M.evaluate(gen, diversity_per_length=False)
+    assert "angle_N_CA_C_dev" not in tab.summary and tab.constant["angle_N_CA_C_dev"] < 0.01
+    assert tab.summary["angle_N_CA_C_dev"] == tab.constant["angle_N_CA_C_dev"]  # still readable by key
+    assert "angle_CA_C_N_dev" in tab.summary and "Left out" in tab.to_markdown()
+    assert "num_ca_clashes_3A" in tab.summary and tab.summary["duplicate_samples"] == 0.0
+    lengths = [len(c) for c in gen]
+    expected = {
+        "<50": [n for n in lengths if n < 50],
+        "50-99": [n for n in lengths if 50 <= n <= 99],
+        "150-199": [n for n in lengths if 150 <= n <= 199],
+        "200-250": [n for n in lengths if 200 <= n <= 250],
+        ">250": [n for n in lengths if n > 250],
+    }
+    expected = {k: v for k, v in expected.items() if v}
+    assert {k: v["num"] for k, v in tab.by_length.items()} == {k: float(len(v)) for k, v in expected.items()}
+    rows = [r for r in tab.rows if 50 <= r["length"] <= 99]
+    assert tab.by_length["50-99"]["ca_ca_valid"] == pytest.approx(np.mean([r["ca_ca_valid"] for r in rows]))
+    assert "| 50-99 | 2 |" in tab.by_length_markdown()
+    real = M.evaluate(picks, diversity_per_length=False, length_buckets=None)
+    assert real.summary["angle_N_CA_C_dev"] > 0.1 and not real.constant and not real.by_length
+
+
+def test_evaluate_flags_duplicate_samples(chains):
+    a, b = chains[3], chains[4]
+    moved = Backbone(a.coords @ _rot(3).T.astype(np.float32) + 7.0, name="copy")
+    with pytest.warns(M.DuplicateSamplesWarning, match="1 of 3 samples duplicate"):
+        tab = M.evaluate([a, b, moved], diversity_per_length=False)
+    assert tab.summary["duplicate_samples"] == 1.0 and tab.duplicates == [(0, 2)]
+    assert M.duplicate_pairs([a, b]) == []
+
+
+def test_plot_samples_draws_traces_of_generated_and_a_real_chain_of_similar_length(tmp_path, chains):
+    gen = [_idealised(c, name=f"g{i}") for i, c in enumerate(chains[:5])]
+    picked = M.trace_chains(gen, chains[5:], num=3)
+    lens = sorted(len(c) for c in gen)
+    assert [len(c) for _, c in picked[:3]] == sorted([lens[0], lens[2], lens[4]]) or len(picked) == 4
+    assert picked[-1][0].startswith("real") and abs(len(picked[-1][1]) - lens[2]) <= 5
+    out = M.plot_samples(gen, chains[5:], tmp_path / "t.png", traces=3)
+    small = M.plot_samples(gen, chains[5:], tmp_path / "n.png", traces=0)
+    assert out.stat().st_size > small.stat().st_size > 10_000

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Proteins on one GPU (the README's GPU rows): the paper config and the mid-size config trained side by side
 # through `flowsci fit` (configs unchanged; only time limits and output folders set here), then reflow, the
-# sampling sweep and the speed table with the proteins diagnostics. Usage: bash benchmarks/proteins_gpu.sh OUTDIR
+# sampling sweep and the speed table with the proteins diagnostics. Usage: bash domains/proteins/gpu_run.sh OUTDIR
 # [PAPER_SECONDS] [SMALL_SECONDS]. Logs and JSON tables land in OUTDIR. DEVICE=cpu and STAGES="small tiny" (a subset
 # of "paper small tiny") are for trying the script without a GPU.
 set -u
-out=${1:?usage: proteins_gpu.sh OUTDIR [PAPER_SECONDS] [SMALL_SECONDS]}
+out=${1:?usage: gpu_run.sh OUTDIR [PAPER_SECONDS] [SMALL_SECONDS]}
 paper_s=${2:-150}
 small_s=${3:-270}
 mkdir -p "$out"
 work=$(mktemp -d)
-diag="python3 -m flowsci.domains.proteins.benchmark"
+diag="python3 -m flowsci.domains.proteins.diagnostics"
 hms() { printf '00:00:%02d:%02d' $(($1 / 60)) $(($1 % 60)); }
-steps_of() { python3 -c "import torch,sys; c=torch.load(sys.argv[1],weights_only=False,map_location='cpu'); \
+steps_of() { python3 -c "import torch,sys; c=torch.load(sys.argv[1],weights_only=True,map_location='cpu'); \
 print('global_step', c['global_step'], 'epoch', c['epoch'])" "$1"; }
 
 paper() {

@@ -1,0 +1,47 @@
+from importlib import resources
+
+import pytest
+import yaml
+
+from flowsci.benchspec import BenchmarkSpec
+from flowsci.domains.pde.benchmark import SIZES, spec
+
+
+@pytest.mark.parametrize("suite", ["smoke", "quick", "full"])
+def test_specs_are_valid(suite):
+    s = spec(suite)
+    assert isinstance(s, BenchmarkSpec) and s.name == "pde"
+    names = [m.name for m in s.methods]
+    assert {
+        "wdno-sim",
+        "wdno-control-model",
+        "wdno-control-solver",
+        "wdno-unguided",
+        "phys-sim",
+        "phys-control-model",
+    } <= set(names)
+    assert any(m.baseline for m in s.methods)
+    assert s.train_steps == SIZES[suite]["train_steps"]
+    with pytest.raises(ValueError, match="suite"):
+        spec("huge")
+
+
+@pytest.mark.parametrize("name", ["wdno_burgers.yaml", "wdno_burgers_paper.yaml"])
+def test_configs_build_consistent_models(name):
+    from flowsci.domains.pde import UNet, WaveletFlow
+
+    cfg = yaml.safe_load(resources.files("flowsci.configs").joinpath("pde", name).read_text())
+    args = cfg["model"]["init_args"]
+    net = UNet(**args["net"]["init_args"])
+    kwargs = {k: v for k, v in args.items() if k not in ("net", "optimizer")}
+    model = WaveletFlow(net, **kwargs)
+    assert model.data_shape[0] == net.config["in_channels"]
+
+
+def test_domain_object_and_reference():
+    from flowsci.domains.pde import DOMAIN, WaveletFlow, reference
+
+    assert DOMAIN.module is WaveletFlow and DOMAIN.name == "pde"
+    ref = reference(3)
+    assert ref.u.shape == (3, 33, 128) and ref.f.shape == (3, 32, 128)
+    assert resources.files("flowsci.configs").joinpath(DOMAIN.tiny_config).is_file()

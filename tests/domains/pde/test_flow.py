@@ -1,0 +1,227 @@
+import numpy as np
+import pytest
+import torch
+
+from flowsci.domains.pde.flow import WaveletFlow
+from flowsci.domains.pde.model import UNet
+from flowsci.errors import InputError
+from flowsci.guidance import ObjectiveGuidance
+
+
+def _model(wavelet="haar", levels=1, grid=32, steps=8, **kw):
+    bands = 1 if wavelet == "none" else 4**levels
+    net = UNet(in_channels=2 * bands, cond_channels=bands + 2, width=8, mults=(1, 2), time_dim=16)
+    return WaveletFlow(net, wavelet=wavelet, levels=levels, grid=grid, steps=steps, **kw)
+
+
+def _batch(ds):
+    return {"u": torch.as_tensor(ds.u.values), "f": torch.as_tensor(ds.f.values)}
+
+
+def test_encode_decode_round_trip_and_standardisation(small_burgers):
+    m = _model("bior2.4")
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    x = m.encode(b["u"], b["f"])
+    assert x.shape == (6, 8, 4, 16)
+    np.testing.assert_allclose(x.double().mean(dim=(0, 2, 3)).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.double().std(dim=(0, 2, 3)).numpy(), 1.0, atol=1e-4)
+    u, f = m.decode(x)
+    torch.testing.assert_close(u, b["u"][:, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f, b["f"], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_masked_on_known_channels(small_burgers):
+    m = _model(sim_prob=1.0)
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    loss, _ = m.compute_loss(b, generator=torch.Generator().manual_seed(0))
+    # with f known everywhere, changing f's targets cannot change the loss... but f enters the input: check the
+    # mask directly: the gradient of the loss w.r.t. the output on f channels is zero
+    x1 = m.encode(b["u"], b["f"])
+    captured = {}
+
+    def hook(module, args, out):
+        out.retain_grad()
+        captured["out"] = out
+
+    h = m.net.register_forward_hook(hook)
+    loss, _ = m.compute_loss(b, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    h.remove()
+    g = captured["out"].grad
+    assert g[:, 4:].abs().max() == 0 and g[:, :4].abs().max() > 0
+    assert torch.isfinite(loss) and x1.shape[1] == 8
+
+
+def test_simulate_keeps_the_given_control_exactly(small_burgers):
+    m = _model()
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    ds = m.simulate(b["u"][:, 0], b["f"], steps=3, seed=1)
+    np.testing.assert_allclose(ds.f.values, b["f"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(ds.u.values[:, 0], b["u"][:, 0].numpy())
+    np.testing.assert_allclose(ds.u_solver.values, small_burgers.u.values, atol=1e-5)
+    assert ds.attrs["nfe"] == 3 and ds.attrs["task"] == "simulate"
+    with pytest.raises(InputError, match="u0"):
+        m.simulate(torch.zeros(2, 31), b["f"][:2])
+    with pytest.raises(InputError, match="f"):
+        m.simulate(b["u"][:, 0])
+    with pytest.raises(InputError, match="NaN"):
+        m.simulate(torch.full((1, 32), float("nan")), b["f"][:1])
+
+
+def test_guidance_lowers_the_model_objective(small_burgers):
+    torch.manual_seed(0)
+    m = _model()
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    with torch.no_grad():  # a random (untrained) velocity field still gives a distribution to steer
+        for p in m.net.out.parameters():
+            p.normal_(0, 0.05)
+    target = b["u"][:, -1]
+    free = m.control(b["u"][:, 0], target, steps=8, guidance=0.0)
+    guided = m.control(b["u"][:, 0], target, steps=8, guidance=10.0)
+    assert guided.J_model.mean() < 0.5 * free.J_model.mean()
+    assert {"u_solver", "J_solver", "energy", "objective"} <= set(guided.variables)
+    g = ObjectiveGuidance(m.control_objective(target.float()), scale=10.0)
+    same = m.control(b["u"][:, 0], target, steps=8, guidance=g)
+    np.testing.assert_allclose(same.u.values, guided.u.values, atol=1e-5)
+
+
+def test_checkpoint_round_trip_samples_identically(tmp_path, small_burgers):
+    import pytorch_lightning as pl
+
+    m = _model("db2")
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    loader = torch.utils.data.DataLoader([{"u": b["u"][i], "f": b["f"][i]} for i in range(6)], batch_size=3)
+    trainer.fit(m, loader)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = WaveletFlow.from_checkpoint(path)
+    torch.testing.assert_close(loaded.band_mean, m.band_mean)
+    m.eval()
+    a = m.sample(2, steps=2, seed=5)
+    c = loaded.sample(2, steps=2, seed=5)
+    torch.testing.assert_close(a.x, c.x)
+    assert a.dataset.attrs["seed"] == 5 and a.nfe == 2
+
+
+def test_sample_tasks_and_write(tmp_path, small_burgers):
+    m = _model()
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    for task in ("simulate", "control", "joint"):
+        sol = m.sample(2, steps=2, seed=0, task=task)
+        assert sol.dataset.u.shape == (2, 9, 32) and sol.dataset.attrs["task"] == task
+    files = m.write_samples(sol, tmp_path)
+    assert [p.name for p in files] == ["samples.nc", "samples.png"]
+    with pytest.raises(InputError, match="task"):
+        m.sample(1, task="dance")
+    with pytest.raises(InputError, match="num"):
+        m.sample(0)
+
+
+def test_physical_space_baseline_and_config_checks(small_burgers):
+    m = _model("none")
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    assert m.data_shape == [2, 8, 32]
+    assert m.sample(1, steps=1, seed=0).dataset.u.shape == (1, 9, 32)
+    with pytest.raises(ValueError, match="in_channels"):
+        WaveletFlow(UNet(in_channels=3, cond_channels=6), grid=32, steps=8)
+    with pytest.raises(InputError, match="power of two"):
+        _model(grid=30)
+
+
+def test_advection_model_without_control():
+    from flowsci.domains.pde.solvers import advection
+
+    ds = advection.generate(4, grid=32, steps=8, seed=0)
+    net = UNet(in_channels=4, cond_channels=5, width=8, mults=(1, 2), time_dim=16)
+    m = WaveletFlow(net, problem="advection", grid=32, steps=8, horizon=2.0)
+    m.fit_statistics(torch.as_tensor(ds.u.values), torch.as_tensor(ds.f.values))
+    loss, _ = m.compute_loss(_batch(ds))
+    assert torch.isfinite(loss)
+    sol = m.sample(2, steps=2, seed=0)
+    assert sol.dataset.u.shape == (2, 9, 32) and "u_solver" in sol.dataset
+    with pytest.raises(InputError, match="no control"):
+        m.sample(1, task="control")
+
+
+def test_solver_guidance_lowers_the_resimulated_objective(small_burgers):
+    m = _model()
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"], b["f"])
+    with torch.no_grad():
+        for p in m.net.out.parameters():
+            p.normal_(0, 0.05)
+    u0, target = b["u"][:4, 0], b["u"][:4, -1]
+    free = m.control(u0, target, steps=4, guidance=0.0)
+    guided = m.control(u0, target, steps=4, guidance=10.0, objective="solver")
+    assert guided.attrs["guidance_objective"] == "solver"
+    assert guided.J_solver.mean() < 0.7 * free.J_solver.mean()
+    with pytest.raises(InputError, match="objective"):
+        m.control(u0, target, objective="oracle")
+
+
+def test_fno_surrogate_trains_and_simulates(tmp_path, small_burgers):
+    from flowsci.domains.pde.flow import FNOSurrogate
+    from flowsci.domains.pde.model import FNO2d
+
+    b = _batch(small_burgers)
+    m = FNOSurrogate(FNO2d(width=8, modes=(2, 4), layers=2), grid=32, steps=8)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = None
+    for _ in range(15):
+        loss, _ = m.compute_loss(b)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    ds = m.simulate(b["u"][:, 0], b["f"])
+    assert ds.u.shape == (6, 9, 32) and "u_solver" in ds and ds.attrs["nfe"] == 1
+    sol = m.sample(2, seed=0)
+    assert [p.name for p in m.write_samples(sol, tmp_path)] == ["samples.nc", "samples.png"]
+
+
+def test_refinement_keeps_the_coarse_trajectory_exactly(small_burgers):
+    from flowsci.domains.pde.flow import RefineFlow
+
+    m = RefineFlow(UNet(in_channels=6, cond_channels=2, width=8, mults=(1, 2), time_dim=16))
+    b = _batch(small_burgers)
+    fine = m._images(b)
+    approx, detail = m._split(fine)
+    # orthonormal Haar: the approximation band is twice the 2x2 block average
+    torch.testing.assert_close(approx, 2 * torch.nn.functional.avg_pool2d(fine, 2), atol=1e-5, rtol=1e-5)
+    loss, _ = m.compute_loss(b)
+    assert torch.isfinite(loss) and m.detail_std.shape == (6,)
+    with torch.no_grad():
+        for p in m.net.out.parameters():
+            p.normal_(0, 0.1)
+    coarse = torch.nn.functional.avg_pool2d(fine, 2)
+    out = m.refine(coarse, steps=2, seed=0)
+    assert out.shape == fine.shape
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(out, 2), coarse, atol=1e-5, rtol=1e-5)
+    twice = m.refine(out, steps=2, seed=0)  # chained to a resolution never seen in training
+    assert twice.shape == (6, 2, 16, 64)
+    with pytest.raises(InputError, match="coarse"):
+        m.refine(torch.zeros(2, 3, 4, 8))
+
+
+def test_deepcopy_shares_optimizer_factories_and_copies_weights():
+    import copy
+    import threading
+    from functools import partial
+
+    m = _model()
+    m.optimizer_factory = partial(torch.optim.Adam, lr=1e-3)
+    m.optimizer_factory.lock = threading.Lock()  # a factory that cannot be deep-copied (as under LightningCLI/DDP)
+    clone = copy.deepcopy(m)
+    assert clone.optimizer_factory is m.optimizer_factory and clone.net is not m.net
+    assert "__deepcopy__" not in clone.__dict__ and "__deepcopy__" not in m.__dict__
