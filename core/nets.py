@@ -86,6 +86,14 @@ class MLP(nn.Module):
         if activation not in acts:
             raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
         self.dim, self.num_classes = dim, num_classes
+        self.config = {  # plain constructor arguments: the checkpoint loader rebuilds the network from them
+            "dim": dim,
+            "hidden": hidden,
+            "depth": depth,
+            "time_dim": time_dim,
+            "num_classes": num_classes,
+            "activation": activation,
+        }
         self.time_embed = SinusoidalEmbedding(time_dim) if time_dim else None
         self.label_embed = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         width_in = dim + (time_dim or 1) + (hidden if num_classes else 0)

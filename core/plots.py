@@ -11,12 +11,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from flowsci.io import atomic_write
 
-__all__ = ["Panel", "save_panels"]
+__all__ = ["Panel", "draw_panel", "save_panels"]
 
 _KINDS = ("hist", "scatter", "bar")
 
@@ -62,7 +63,8 @@ class Panel:
                 )
 
 
-def _draw(ax, panel: Panel) -> None:
+def draw_panel(ax: Any, panel: Panel) -> None:
+    """Draw ``panel`` on a matplotlib axes (for figures that mix panels with other drawings)."""
     finite = {k: v[np.isfinite(v).all(-1)] if v.ndim == 2 else v[np.isfinite(v)] for k, v in panel.series.items()}
     if panel.kind == "hist":
         nonempty = [v for v in finite.values() if v.size]
@@ -111,7 +113,7 @@ def save_panels(panels: Sequence[Panel], path: str | os.PathLike, title: str | N
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
-        _draw(ax, panel)
+        draw_panel(ax, panel)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if title:

@@ -566,13 +566,13 @@ def _save_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from flowsci.plots import _draw
+    from flowsci.plots import draw_panel
 
     rows = 2 + bool(cells)
     fig = plt.figure(figsize=(12.6, 3.4 * rows))
     grid = fig.add_gridspec(rows, 12)
     for i, panel in enumerate(panels):
-        _draw(fig.add_subplot(grid[i // 3, 4 * (i % 3) : 4 * (i % 3) + 4]), panel)
+        draw_panel(fig.add_subplot(grid[i // 3, 4 * (i % 3) : 4 * (i % 3) + 4]), panel)
     for j, s in enumerate(cells):
         _draw_cell(fig.add_subplot(grid[2, 3 * j : 3 * j + 3]), s, ox)
     if title:

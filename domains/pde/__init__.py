@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from flowsci.contract import Domain
+from flowsci.errors import require
+
+# the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[pde]'`
+require("xarray", "pde")
+require("pywt", "pde")
+require("h5py", "pde")
+
 from flowsci.domains.pde import metrics
 from flowsci.domains.pde.data import PDEDataModule, open_dataset, read_pdebench, read_well, write_dataset
 from flowsci.domains.pde.flow import FNOSurrogate, PDESolution, WaveletFlow

@@ -7,6 +7,13 @@ Public API::
 """
 
 from flowsci.contract import Domain
+from flowsci.errors import require
+
+# the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[proteins]'`
+require("gemmi", "proteins")
+require("tmtools", "proteins")
+require("pydssp", "proteins")
+
 from flowsci.domains.proteins.data import Backbone, ProteinDataModule, bundled_backbones, read_backbones, write_pdb
 from flowsci.domains.proteins.flow import BackboneSamples, ReQFlow
 from flowsci.domains.proteins.metrics import evaluate, plot_samples

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from flowsci.domains.proteins.benchmark import (
     sample_lengths,
     teacher_best_nfe,
 )
+from flowsci.domains.proteins.flow import RepeatedSeedWarning
 
 __all__ = [
     "denoiser_vs_t",
@@ -140,7 +142,9 @@ def time_per_backbone(model: Any, length: int = 100, num: int = 8, steps: int = 
     best = float("inf")
     for r in range(repeats + int(cuda)):
         t0 = time.perf_counter()
-        model.sample(lengths=[length] * num, steps=steps, seed=r, progress=False)
+        with warnings.catch_warnings():  # timing runs reuse seeds on purpose
+            warnings.simplefilter("ignore", RepeatedSeedWarning)
+            model.sample(lengths=[length] * num, steps=steps, seed=r, progress=False)
         if cuda:
             torch.cuda.synchronize(model.device)
         if r or not cuda:

@@ -33,6 +33,9 @@ SO(3) is ``SO3.exp`` = SLERP toward :math:`\\hat q_1` by the fraction :math:`c\\
 ``final_step="x1"`` (the paper's sampler) the grid is linspace(0.01, 1, K), K − 1 Euler steps are taken and the
 K-th network call at t = 1 gives the sample :math:`(\\hat x_1, \\hat q_1)` directly.
 
+Mixed lengths in one call are integrated in length buckets (:func:`length_buckets`), so each chain costs about
+what its own length costs; the prior is drawn once per call, so bucketing leaves every chain's noise unchanged.
+
 Reflow (ReQFlow = QFlow + one rectification): :func:`make_reflow_pairs` stores (prior draw, generated
 backbone)
 pairs; training on a batch that carries ``x0`` uses the stored noise instead of a fresh prior draw.
@@ -770,7 +773,9 @@ class ReQFlow(FlowMatching):
     def write_samples(self, solution: Solution, out_dir: str | os.PathLike) -> list[Path]:
         """One PDB per backbone (N, CA, C, O; poly-GLY), with a trajectory one multi-model PDB per backbone
         (``*_traj.pdb``), and ``samples.png``: the samples against the 177 bundled real chains
-        (:func:`~flowsci.domains.proteins.metrics.plot_samples`).
+        (:func:`~flowsci.domains.proteins.metrics.plot_samples`: six distribution panels, then three generated CA
+        traces and the bundled chain closest to their median length, coloured by DSSP state, clash pairs marked
+        with the tables' definition).
         """
         from flowsci.domains.proteins.data import bundled_backbones
         from flowsci.domains.proteins.metrics import plot_samples

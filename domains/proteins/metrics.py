@@ -1,8 +1,7 @@
 """Protein backbone metrics, computed offline, as defined in FrameDiff / FrameFlow / ReQFlow evaluations.
 
 Every function takes numpy arrays (Å): a backbone ``coords [L, 4, 3]`` (N, CA, C, O) or a CA trace ``[L, 3]``.
-:func:`evaluate` runs all of them on a list of :class:`~flowsci.domains.proteins.data.Backbone` objects and
-returns
+:func:`evaluate` runs all of them on a list of :class:`~flowsci.domains.proteins.data.Backbone` objects and returns
 a :class:`MetricTable`.
 
 Definitions (x_i = CA of residue i, d_i = |x_{i+1} − x_i|):
@@ -18,14 +17,12 @@ Definitions (x_i = CA of residue i, d_i = |x_{i+1} − x_i|):
   ``peptide_break_rate`` = fraction of C(i)–N(i+1) > 2.0 Å.
 * Secondary structure: pydssp 3-state helix / strand / coil fractions (on N, CA, C, O).
 * ``rg`` = sqrt(mean_i |x_i − x̄|²) on CA (Å); ``rg_ratio`` = rg / (2.2 L^0.38).
-* TM-scores with tmtools (TM-align). Diversity: mean pairwise TM among samples of one length, each pair
-  scored as
+* TM-scores with tmtools (TM-align). Diversity: mean pairwise TM among samples of one length, each pair scored as
   the average of both normalisations (lower = more diverse). Novelty: per sample, max TM to a reference set,
   normalised by the *sample's* length; reported as mean, fraction < 0.5 and memorisation fraction (> 0.9).
 * Designability (self-consistency): inverse folding (ProteinMPNN, 8 sequences) → folding (ESMFold) → Kabsch CA
   RMSD to the generated backbone; designable if min RMSD < 2 Å. We report the true RMSD (``sc_rmsd``) and,
-  labelled ``sc_mean_dev_framediff``, the mean per-residue displacement that FrameDiff/FrameFlow/ReQFlow
-  report
+  labelled ``sc_mean_dev_framediff``, the mean per-residue displacement that FrameDiff/FrameFlow/ReQFlow report
   under the name "scRMSD".
 
 :func:`evaluate` also reports the per-chain metrics per length bucket (``MetricTable.by_length``), leaves out of
@@ -46,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flowsci.errors import require
 
 __all__ = [
     "ca_ca_metrics",
@@ -212,7 +211,7 @@ def secondary_structure(coords: np.ndarray) -> dict[str, float]:
     Returns:
         ``helix``, ``strand``, ``coil`` fractions (sum to 1).
     """
-    import pydssp
+    pydssp = require("pydssp", "proteins")
 
     ss = pydssp.assign(np.asarray(coords, dtype=np.float32), out_type="c3")
     ss = np.asarray(ss)
@@ -240,7 +239,7 @@ def tm_score(a: np.ndarray, b: np.ndarray, norm: str = "chain1") -> float:
     Returns:
         TM-score in (0, 1].
     """
-    import tmtools
+    tmtools = require("tmtools", "proteins")
 
     xa, xb = np.ascontiguousarray(_ca(a)), np.ascontiguousarray(_ca(b))
     r = tmtools.tm_align(xa, xb, "A" * len(xa), "A" * len(xb))
@@ -441,7 +440,7 @@ SS_COLOURS = {"H": "tab:red", "E": "tab:blue", "-": "0.6"}
 
 
 def _dssp_states(coords: np.ndarray) -> np.ndarray:
-    import pydssp
+    pydssp = require("pydssp", "proteins")
 
     return np.asarray(pydssp.assign(np.asarray(coords, dtype=np.float32), out_type="c3"))
 
@@ -546,7 +545,7 @@ def plot_samples(
         The written path.
     """
     from flowsci.io import atomic_write
-    from flowsci.plots import Panel, _draw
+    from flowsci.plots import Panel, draw_panel
 
     sets = {labels[0]: samples} if reference is None else {labels[0]: samples, labels[1]: reference}
     coords = {k: [np.asarray(getattr(b, "coords", b), dtype=np.float64) for b in v] for k, v in sets.items()}
@@ -601,7 +600,7 @@ def plot_samples(
     fig = plt.figure(figsize=(13.0, 3.4 * (2 + trace_rows)))
     grid = fig.add_gridspec(2 + trace_rows, 12)
     for k, panel in enumerate(panels):
-        _draw(fig.add_subplot(grid[k // 3, 4 * (k % 3) : 4 * (k % 3) + 4]), panel)
+        draw_panel(fig.add_subplot(grid[k // 3, 4 * (k % 3) : 4 * (k % 3) + 4]), panel)
     if chains:
         lim = 1.08 * max(np.abs(_principal_axes(_ca(c))).max() for _, c in chains)
         for k, (label, c) in enumerate(chains):

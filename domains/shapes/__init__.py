@@ -13,6 +13,13 @@ Heavy dependencies (trimesh, scikit-image, point-cloud-utils, rtree, dask) are t
 from __future__ import annotations
 
 from flowsci.contract import Domain
+from flowsci.errors import require
+
+# the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[shapes]'`
+require("trimesh", "shapes")
+require("skimage", "shapes")
+require("point_cloud_utils", "shapes")
+
 from flowsci.domains.shapes.data import (
     CLASSES,
     ProceduralShape,

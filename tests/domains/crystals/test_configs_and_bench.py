@@ -62,20 +62,6 @@ def test_benchmark_spec_and_metric(perov):
         spec("huge")
 
 
-def test_benchmark_smoke_run(tmp_path):
-    from flowsci.benchmarks.runner import run_spec
-    from flowsci.domains.crystals.benchmark import spec
-
-    torch.set_num_threads(1)
-    doc = run_spec(spec("smoke"), "smoke", out=tmp_path, progress=False, plots=False, cache=False)
-    cells = doc["cells"]
-    # crysbfn, crysbfn-multi-n, crysbfn-residual-lattice and fm-torus at NFE 2 and 5; five NFE-10 ablations
-    assert len(cells) == len(spec("smoke").cells()) == 13
-    assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells]
-    assert {c["nfe"] for c in cells} == {2, 5, 10}
-    assert all(c["nfe_counted"] == c["nfe"] for c in cells)  # NFE = network calls (one batch of crystals)
-
-
 @pytest.mark.parametrize("domain", ["crystals_gen", "crystals_gen_c24"])
 def test_generation_benchmark_smoke_run(tmp_path, domain):
     from flowsci.benchmarks.registry import load_spec
