@@ -266,7 +266,7 @@ class ResumableCheckpoint(Callback):
         tmp = path.with_name(f".{path.name}.tmp")
         if trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             os.replace(tmp, path)
         trainer.strategy.barrier("ResumableCheckpoint.save")

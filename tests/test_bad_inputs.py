@@ -150,3 +150,41 @@ def test_crystal_composition_reader(crystal_files):
 
     bad = ["Xx2O3", "NaCl-", "", " ", "Fe2.5O3", "Na1e9Cl", "H-1", "NaCl)", "Og2", "nan", "Na\x00Cl", "ÄÖ", "12"]
     _run(check_values(lambda v: parse_composition(v, source="composition"), bad, source="composition"))
+
+
+# ------------------------------------------------------------------------------------------- trajectories
+def test_trajectory_text_reader(tmp_path):
+    from importlib import resources
+
+    from flowsci.domains.trajectories.data import read_trajectories
+
+    valid = resources.files("flowsci.domains.trajectories") / "sample_data" / "synth_a.txt"
+    with resources.as_file(valid) as path:
+        _run(check_reader(read_trajectories, path, tmp_path / "fixed"))
+        _run(fuzz_reader(read_trajectories, path, tmp_path / "fuzz", max_examples=10))
+
+
+# ------------------------------------------------------------------------------------------------- shapes
+def test_mesh_reader(tmp_path):
+    pytest.importorskip("trimesh", reason="shapes extra (trimesh) not installed")
+    from flowsci.domains.shapes.data import read_mesh, shipped_meshes
+
+    path = shipped_meshes()[0]
+    # only vertex coordinates: face indices must stay integers for the variant to test the number check
+    numbers = _spread(_numbers_where(path.read_text(), lambda m, line, col: line.startswith("v ")))
+    _run(check_reader(read_mesh, path, tmp_path / "fixed", numbers=numbers))
+
+
+# ---------------------------------------------------------------------------------------------------- pde
+def test_netcdf_reader(tmp_path):
+    pytest.importorskip("xarray", reason="pde extra (xarray) not installed")
+    from importlib import resources
+
+    from flowsci.domains.pde.data import open_dataset
+
+    def read(path: str):
+        return open_dataset(path, check_values=True).load()
+
+    valid = resources.files("flowsci.domains.pde") / "sample_data" / "burgers_test_g128_s32.nc"
+    with resources.as_file(valid) as path:
+        _run(check_reader(read, path, tmp_path / "fixed", number_pattern=None, name="open_dataset"))

@@ -115,6 +115,9 @@ def _lightning_cli(args: list[str] | None) -> None:
             if _is_default_logger(logger):
                 logger["init_args"]["save_dir"] = root
 
+        def before_fit(self) -> None:
+            _epoch_label_without_limit(self.trainer)
+
         def after_fit(self) -> None:
             cb = next((c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)), None)
             if cb is not None and cb.interrupted_by is not None:
@@ -134,6 +137,20 @@ def _lightning_cli(args: list[str] | None) -> None:
         args=args,
         auto_configure_optimizers=False,
     )
+
+
+def _epoch_label_without_limit(trainer: Any) -> None:
+    """Show "Epoch N" instead of Lightning's "Epoch N/-2" when only ``max_steps`` bounds the fit."""
+    import types
+
+    bar = trainer.progress_bar_callback
+    if bar is None or not hasattr(bar, "_get_train_description") or (trainer.max_epochs or -1) > 0:
+        return
+
+    def describe(self: Any, current_epoch: int) -> str:
+        return f"Epoch {current_epoch} (step limit {self.trainer.max_steps})"
+
+    bar._get_train_description = types.MethodType(describe, bar)
 
 
 def _is_default_logger(logger: Any) -> bool:

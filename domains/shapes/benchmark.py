@@ -10,6 +10,7 @@ seeded draw of reference shapes (data-vs-data).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest
+from flowsci.callbacks import EMA
 from flowsci.domains.shapes.data import CLASSES, ShapesDataModule, ShapeSet
 from flowsci.domains.shapes.flow import GridSDFFlow, MosaicFlow, PointCloudFlow, ShapeSolution
 from flowsci.domains.shapes.metrics import evaluate
@@ -30,24 +32,59 @@ __all__ = ["SIZES", "spec"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": dict(classes=["ellipsoid", "rounded_box"], per_class=2, n=32, k=3, width=32, depth=1, steps=4, num=4,
-                  nfe=(2,), points=128, grid=8, patch=4, cloud=64, res=24, baselines=False),
-    "quick": dict(classes=list(CLASSES), per_class=24, n=128, k=5, width=128, depth=4, steps=400, num=30,
-                  nfe=(5, 10, 20, 50), points=512, grid=24, patch=4, cloud=512, res=48, baselines=True),
+                  nfe=(2,), points=128, grid=8, patch=4, cloud=64, res=24, batch=16, lr=5e-4, baselines=False,
+                  reflow=0, pairs=0),
+    "quick": dict(classes=["rounded_box", "cylinder", "torus", "dumbbell"], per_class=48, n=64, k=5, width=96,
+                  depth=3, steps=1200, num=40, nfe=(5, 10, 20, 50), points=128, grid=24, patch=6, cloud=128, res=40,
+                  batch=32, lr=1e-3, baselines=True, reflow=400, pairs=768),
     "full": dict(classes=list(CLASSES), per_class=200, n=128, k=5, width=192, depth=6, steps=1500, num=100,
-                 nfe=(5, 10, 20, 50), points=2048, grid=32, patch=4, cloud=2048, res=96, baselines=True),
+                 nfe=(5, 10, 20, 50), points=2048, grid=32, patch=4, cloud=2048, res=96, batch=32, lr=5e-4,
+                 baselines=True, reflow=1000, pairs=4096),
 }  # fmt: skip
-"""Per-suite sizes (classes, shapes per class, mosaic n/k, network, training steps, samples, NFE, points...)."""
+"""Per-suite sizes (classes, shapes per class, mosaic n/k, network, training steps, samples, NFE, points...).
+
+``quick`` is sized for ~15 minutes on 2 CPU cores: four procedural classes whose refits are valid at ``n = 64``
+(no thin legs or walls), 64 tokens per shape for the mosaic and the grid (``24^3`` grid in ``6^3`` patches), 1,200
+steps of batch 32 with warm-up + cosine learning rate and an EMA of the weights, 40 samples (10 per class).
+"""
+
+
+class WarmupCosineAdamW(torch.optim.AdamW):
+    """AdamW whose learning rate follows a linear warm-up then a cosine decay to ``final * lr`` over ``total`` steps.
+
+    The schedule lives in the optimizer (per optimiser step), so it needs no Lightning scheduler config.
+    """
+
+    def __init__(self, params: Any, lr: float, total: int, warmup: int = 50, final: float = 0.05) -> None:
+        super().__init__(params, lr=lr, weight_decay=0.0)
+        self.peak, self.total, self.warmup, self.final, self.done = lr, max(int(total), 1), int(warmup), final, 0
+
+    def rate(self, step: int) -> float:
+        """Learning rate at optimiser step ``step``."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        frac = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
+        return self.peak * (self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102
+        for group in self.param_groups:
+            group["lr"] = self.rate(self.done)
+        self.done += 1
+        return super().step(closure)
 
 
 def _net(size: dict[str, Any], dim: int, positions: int = 0) -> SetTransformer:
     return SetTransformer(dim, size["width"], size["depth"], 4, num_classes=len(CLASSES), num_positions=positions)
 
 
-def _build(size: dict[str, Any], rep: str) -> Any:
+def _build(size: dict[str, Any], rep: str, total: int | None = None, lr: float | None = None) -> Any:
     drop = ConditionDropout(0.1, keys=["y"], null_label=len(CLASSES))
+    steps = size["steps"] if total is None else total
+    peak = size["lr"] if lr is None else lr
 
     def opt(p: Any) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(p, lr=5e-4, weight_decay=0.0)
+        return WarmupCosineAdamW(p, lr=peak, total=steps, warmup=min(50, max(steps // 10, 1)))
 
     common = dict(cond_dropout=drop, optimizer=opt, resolution=size["res"])
     tokens = (size["grid"] // size["patch"]) ** 3
@@ -68,14 +105,56 @@ def _build(size: dict[str, Any], rep: str) -> Any:
     return build
 
 
-def _fit_on(rep: str) -> Any:
-    """A ``Method.fit`` that trains on the same shapes in another representation."""
+def _trainer(steps: int, ema: bool) -> pl.Trainer:
+    callbacks = [EMA(0.995)] if ema else []
+    return pl.Trainer(
+        max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, gradient_clip_val=1.0, callbacks=callbacks,
+        **QUIET_TRAINER,
+    )  # fmt: skip
+
+
+def _fit_on(rep: str, ema: bool = True) -> Any:
+    """A ``Method.fit`` that trains on the same shapes in representation ``rep`` (EMA of the weights if ``ema``).
+
+    The standardisation statistics are set before training, so the EMA copy carries the right ones.
+    """
 
     def fit(model: Any, dm: ShapesDataModule, steps: int) -> None:
         other = ShapesDataModule(**{**dm.hparams, "representation": rep})
-        pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER).fit(
-            model, datamodule=other
-        )
+        model.set_statistics(*other.statistics())
+        _trainer(steps, ema).fit(model, datamodule=other)
+
+    return fit
+
+
+def _reflow_fit(size: dict[str, Any]) -> Any:
+    """A ``Method.fit`` for ``init_from="msdf"``: one reflow (Liu et al., 2023) of the trained mosaic flow.
+
+    The teacher (the weights ``init_from`` loaded) maps ``size["pairs"]`` prior draws to mosaics with 20 Euler
+    steps at CFG ``w = 1``, labels round-robin over the trained classes; :func:`flowsci.reflow.rectify` then
+    fine-tunes a copy on those pairs, and its weights are copied back into ``model``.
+    """
+
+    def fit(model: Any, dm: ShapesDataModule, steps: int) -> None:
+        from flowsci.module import FlowMatching
+        from flowsci.reflow import ReflowPairs, rectify
+
+        model.set_statistics(*dm.statistics())
+        model.class_names, model.trained_classes = list(dm.class_names), list(dm.class_ids)
+        model.eval()
+        labels = torch.as_tensor([dm.class_ids[i % len(dm.class_ids)] for i in range(size["pairs"])])
+        x0s, x1s = [], []
+        with torch.no_grad():
+            for i, start in enumerate(range(0, size["pairs"], 256)):
+                y = labels[start : start + 256]
+                sol = FlowMatching.sample(model, len(y), steps=20, solver="euler", cond={"y": y}, seed=10_000 + i)
+                x0s.append(sol.x0)
+                x1s.append(sol.x * model.x_std + model.x_mean)  # batches are standardised again when unpacked
+        pairs = ReflowPairs(torch.cat(x0s), torch.cat(x1s), {"y": labels}, {"steps": 20, "solver": "euler"})
+        trainer_kwargs = {"accelerator": "cpu", "gradient_clip_val": 1.0, "max_epochs": -1}
+        student = rectify(model, pairs, max_steps=steps, batch_size=size["batch"], trainer_kwargs=trainer_kwargs)
+        model.load_state_dict(student.state_dict())
+        model.train()
 
     return fit
 
@@ -138,7 +217,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
     def datamodule() -> ShapesDataModule:
         return ShapesDataModule(
             source="procedural", n=size["n"], k=size["k"], classes=size["classes"], train_per_class=size["per_class"],
-            val_per_class=1, batch_size=16, grid=size["grid"], patch=size["patch"], points=size["cloud"],
+            val_per_class=1, batch_size=size["batch"], grid=size["grid"], patch=size["patch"], points=size["cloud"],
             progress=False,
         )  # fmt: skip
 
@@ -146,13 +225,21 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         return dm.reference(num, seed=seed, resolution=size["res"])
 
     methods = [
-        Method("msdf", _build(size, "mosaic"), description="Mosaic-SDF flow, CFG w=1", sample=_sampler(1.0)),
+        Method("msdf", _build(size, "mosaic"), description="Mosaic-SDF flow, CFG w=1", sample=_sampler(1.0),
+               fit=_fit_on("mosaic")),
         Method("msdf-cfg2", _build(size, "mosaic"), description="same weights, CFG w=2", sample=_sampler(2.0),
                weights_of="msdf"),
         Method("msdf-fit", _build(size, "mosaic"), description="reference meshes fitted to mosaics and decoded "
                "(representation floor; sample time = fitting time)", train_steps=0, sample=_refit_sampler(size),
                nfe_grid=(1,)),
     ]  # fmt: skip
+    if size["reflow"]:
+        methods.append(
+            Method("msdf-reflow", _build(size, "mosaic", size["reflow"], size["lr"] / 3), init_from="msdf",
+                   train_steps=size["reflow"], fit=_reflow_fit(size), sample=_sampler(1.0), nfe_grid=(1, 2),
+                   description=f"msdf after one reflow ({size['pairs']} teacher pairs at 20 NFE, {size['reflow']} "
+                   "steps), CFG w=1"),
+        )  # fmt: skip
     if size["baselines"]:
         methods += [
             Method("grid-sdf", _build(size, "grid"), baseline=True, fit=_fit_on("grid"), sample=_sampler(1.0),
@@ -181,5 +268,6 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
         packages=("trimesh", "scikit-image", "point-cloud-utils"),
         warmup_samples=0,
+        version="2",
         noise_floor=True,
     )
