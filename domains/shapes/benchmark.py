@@ -28,7 +28,7 @@ from flowsci.domains.shapes.mosaic import MosaicSDF
 from flowsci.guidance import ConditionDropout
 from flowsci.module import QUIET_TRAINER
 
-__all__ = ["SIZES", "spec"]
+__all__ = ["SIZES", "WarmupCosineAdamW", "spec"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": dict(classes=["ellipsoid", "rounded_box"], per_class=2, n=32, k=3, width=32, depth=1, steps=4, num=4,

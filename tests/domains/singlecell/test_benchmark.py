@@ -1,0 +1,47 @@
+"""The benchmark spec: suites, methods, the reference/floor convention and the metric columns."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowsci.benchspec import BenchmarkSpec
+from flowsci.domains.singlecell import benchmark
+
+
+@pytest.mark.parametrize("suite", ["smoke", "quick", "full"])
+def test_spec_builds_for_every_suite(suite):
+    s = benchmark.spec(suite)
+    assert isinstance(s, BenchmarkSpec) and s.name == "singlecell" and s.noise_floor
+    names = [m.name for m in s.methods]
+    assert "wbdit-flow" in names and "gaussian-pca" in names
+    if suite != "smoke":
+        assert {"dit-flow", "wbdit-ddpm", "latent-mlp-flow"} <= set(names)
+        assert s.method("wbdit-reflow").init_from == "wbdit-flow"
+    assert s.num_samples == 112  # the test split of the shipped PBMC set
+    with pytest.raises(ValueError):
+        benchmark.spec("huge")
+
+
+def test_reference_and_floor_convention():
+    dm = benchmark._datamodule()
+    ref = benchmark.reference_data(dm, 112, 0)
+    floor = benchmark.reference_data(dm, 112, 1)
+    assert not ref.is_train and floor.is_train
+    assert ref.heldout.n_obs == floor.heldout.n_obs == 112
+    assert set(ref.heldout.obs_names).isdisjoint(ref.train.obs_names)
+    counts = ref.heldout.obs["cell_type"].value_counts().to_dict()
+    assert floor.heldout.obs["cell_type"].value_counts().to_dict() == counts
+    scores = benchmark.score(floor, ref, markers=False)
+    assert scores["clf_acc_gen"] == scores["clf_acc_real"]  # the floor's classifier value is held-out accuracy
+    assert 0.4 < scores["knn_auc"] < 0.8 and "basis" in ref.cache
+
+
+def test_smoke_models_build_and_sample():
+    dm = benchmark._datamodule()
+    ref = benchmark.reference_data(dm, 112, 0)
+    from flowsci.benchspec import SampleRequest
+
+    for build in (benchmark.build_gaussian, benchmark.build_latent):
+        model = build(dm)
+        sol = benchmark.sample_cells(model, SampleRequest(dm, ref, 112, "euler", 2, 2, 0))
+        assert sol.adata.n_obs == 112 and sol.adata.uns["flowsci"]["params"] >= 0

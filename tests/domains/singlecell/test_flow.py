@@ -1,0 +1,160 @@
+"""The generative modules: training step, sampling to AnnData, conditioning, checkpoints, DDIM, latent, floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from flowsci.domains.singlecell import (
+    GaussianBaseline,
+    LatentFlow,
+    WBDiT,
+    WhiteBoxDiffusion,
+    WhiteBoxFlow,
+)
+from flowsci.errors import InputError
+from flowsci.module import QUIET_TRAINER
+from flowsci.nets import MLP
+
+
+def _fit(model, dm, steps=3):
+    pl.Trainer(**QUIET_TRAINER, max_steps=steps, accelerator="cpu", devices=1).fit(model, datamodule=dm)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def flow(synth_dm):
+    torch.manual_seed(0)
+    return _fit(WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)), synth_dm)
+
+
+def test_fit_takes_statistics_from_the_datamodule(flow, synth_dm):
+    assert flow.meta["genes"] == synth_dm.genes and flow.data_shape == [60]
+    z = flow.standardize(torch.from_numpy(synth_dm.train_matrix()[0]))
+    assert z.mean().abs() < 1e-4  # standardised training data
+    torch.testing.assert_close(flow.unstandardize(z), torch.from_numpy(synth_dm.train_matrix()[0]), atol=1e-5, rtol=0)
+
+
+def test_sample_returns_cells_as_anndata(flow):
+    sol = flow.sample(5, steps=2, seed=3, cells={"type2": 4, "type0": 2})
+    adata = sol.adata
+    assert adata.shape == (6, 60) and sol.nfe == 2 and sol.seed == 3
+    assert adata.obs["cell_type"].astype(str).tolist() == ["type2"] * 4 + ["type0"] * 2
+    assert adata.obs["generated"].all() and list(adata.var_names) == flow.meta["genes"]
+    counts = adata.layers["counts"].toarray()
+    assert (counts >= 0).all() and np.array_equal(counts, np.round(counts))
+    # X is log1p(normalize_total) of the counts with the drawn library sizes
+    lib = adata.obs["library_size"].to_numpy(np.float64)
+    np.testing.assert_allclose(adata.X, np.log1p(counts * (1e4 / lib)[:, None]), rtol=1e-5, atol=1e-6)
+    assert adata.uns["flowsci"]["nfe"] == 2
+
+
+def test_sampling_is_seeded(flow):
+    a = flow.sample(4, steps=2, seed=1).adata
+    b = flow.sample(4, steps=2, seed=1).adata
+    c = flow.sample(4, steps=2, seed=2).adata
+    np.testing.assert_array_equal(a.X, b.X)
+    assert not np.array_equal(a.X, c.X)
+
+
+@pytest.mark.parametrize("cells", [{"nope": 3}, {"type0": -1}, {"type0": 0}, {"type0": 1.5}, ["type0"]], ids=str)
+def test_bad_cells_are_rejected(flow, cells):
+    with pytest.raises(InputError, match="cells"):
+        flow.sample(2, steps=1, cells=cells)
+
+
+def test_bad_sample_arguments(flow):
+    with pytest.raises(InputError):
+        flow.sample(0)
+    with pytest.raises(InputError):
+        flow.sample(2, steps=0)
+    with pytest.raises(InputError):
+        flow.sample(2, solver="leapfrog")
+
+
+def test_checkpoint_round_trip_samples_identically(flow, tmp_path, synth_dm):
+    trainer = pl.Trainer(**QUIET_TRAINER, max_steps=1, accelerator="cpu", devices=1)
+    trainer.fit(WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)), datamodule=synth_dm)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    model = trainer.lightning_module.eval()
+    loaded = WhiteBoxFlow.from_checkpoint(path)
+    assert loaded.meta["cell_types"] == ["type0", "type1", "type2"]
+    a = model.generate({"type1": 3}, steps=2, seed=5)
+    b = loaded.generate({"type1": 3}, steps=2, seed=5)
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+def test_write_samples_writes_h5ad_and_png(flow, tmp_path):
+    import anndata as ad
+
+    sol = flow.sample(6, steps=1, seed=0)
+    files = flow.write_samples(sol, tmp_path / "out")
+    assert sorted(p.name for p in files) == ["samples.h5ad", "samples.png"]
+    back = ad.read_h5ad(tmp_path / "out" / "samples.h5ad")
+    np.testing.assert_array_equal(back.X, sol.adata.X)
+    assert (tmp_path / "out" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classifier_free_guidance_doubles_nfe(flow):
+    assert flow.sample(2, steps=2, seed=0, cfg_scale=2.0).nfe == 4
+
+
+def test_reflow_pairs_live_in_flow_space(flow):
+    from flowsci.reflow import generate_pairs
+
+    pairs = generate_pairs(flow, 5, steps=2, cond={"y": torch.tensor([0, 1, 2, 0, 1])}, seed=0)
+    assert pairs.x0.shape == pairs.x1.shape == (5, 60)
+    batch = {"x1": pairs.x1, "x0": pairs.x0, "y": pairs.cond["y"]}
+    loss, _ = flow.compute_loss(batch)
+    assert torch.isfinite(loss)
+
+
+def test_ddim_with_eta0_is_deterministic_and_counts_nfe(synth_dm):
+    model = _fit(WhiteBoxDiffusion(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)), synth_dm, steps=2)
+    a = model.sample(3, steps=4, seed=0)
+    b = model.sample(3, steps=4, seed=0)
+    assert a.nfe == 4 and a.adata.shape == (3, 60)
+    np.testing.assert_array_equal(a.adata.X, b.adata.X)
+    assert model.sample(3, steps=4, seed=0, solver="ddpm").nfe == 4
+    with pytest.raises(InputError):
+        model.sample(3, solver="euler")
+
+
+def test_ddpm_schedule_is_the_papers():
+    model = WhiteBoxDiffusion(WBDiT(10, 0, patch=5, hidden=8, depth=1, heads=2))
+    betas = 1 - model.alpha_bar[1:] / model.alpha_bar[:-1]
+    assert float(1 - model.alpha_bar[0]) == pytest.approx(1e-4, rel=1e-3)
+    assert float(betas[-1]) == pytest.approx(0.02, rel=1e-3) and len(model.alpha_bar) == 1000
+
+
+def test_latent_flow_encodes_onto_the_principal_axes(synth_dm):
+    model = LatentFlow(MLP(dim=10, hidden=16, depth=2, num_classes=3))
+    model.set_metadata(synth_dm.metadata())
+    assert model.conditional and model.unpack_batch(next(iter(synth_dm.train_dataloader())))[1]["y"].shape == (32,)
+    x = torch.from_numpy(synth_dm.train_matrix()[0])
+    z = model.encode(x)
+    assert z.shape == (x.shape[0], 10)
+    torch.testing.assert_close(z.std(0), torch.ones(10), atol=1e-3, rtol=0)  # standardised PC scores
+    # decode(encode(x)) is the projection onto the top PCs: idempotent
+    xr = model.decode(z)
+    torch.testing.assert_close(model.decode(model.encode(xr)), xr, atol=1e-4, rtol=0)
+    _fit(model, synth_dm, steps=2)
+    assert model.sample(4, steps=2, seed=0).adata.shape == (4, 60)
+
+
+def test_network_that_does_not_fit_the_data_is_rejected(synth_dm):
+    model = WhiteBoxFlow(WBDiT(61, 3, patch=6, hidden=16, depth=1, heads=2))
+    with pytest.raises(InputError, match="n_genes"):
+        model.set_metadata(synth_dm.metadata())
+
+
+def test_gaussian_baseline_matches_per_type_moments(synth_dm):
+    g = GaussianBaseline(n_pcs=5).fit(synth_dm)
+    sol = g.sample(2000, seed=0, cells={"type1": 2000}, round_counts=False)
+    z = LatentFlow.encode(g, torch.from_numpy(np.asarray(sol.adata.X)))
+    # clipping at 0 moves the mean a little; without clipped genes the moments are those fitted
+    assert sol.nfe == 0
+    torch.testing.assert_close(z.mean(0), g.mu[1], atol=0.25, rtol=0)
