@@ -287,7 +287,7 @@ def _map(fn: Any, items: Sequence[Any], processes: int, progress: bool, desc: st
 
         bar = tqdm(total=len(items), desc=desc)
     out = []
-    if processes <= 1 or len(items) < 4:
+    if processes <= 1 or len(items) < 64:  # a pool costs seconds to start (workers import pymatgen)
         for it in items:
             out.append(fn(it))
             if bar is not None:

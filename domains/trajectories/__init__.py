@@ -12,6 +12,17 @@ The ETH/UCY files are research-use data and are not shipped: point the data modu
 
 from flowsci.contract import Domain
 from flowsci.domains.trajectories.data import TrajectoryDataModule, TrajectoryWindows, read_trajectories
+from flowsci.domains.trajectories.driving import (
+    DrivingGoalFlow,
+    DrivingGoalFlowNet,
+    DrivingWindows,
+    FlowPlanner,
+    HighwayConfig,
+    HighwayDataModule,
+    closed_loop,
+    collect_highway,
+    rollout,
+)
 from flowsci.domains.trajectories.flow import ConstantVelocity, GoalFlow, TrajectorySolution, scene_windows
 from flowsci.domains.trajectories.metrics import evaluate, plot_scene
 from flowsci.domains.trajectories.model import GoalFlowNet
@@ -19,15 +30,24 @@ from flowsci.domains.trajectories.model import GoalFlowNet
 __all__ = [
     "DOMAIN",
     "ConstantVelocity",
+    "DrivingGoalFlow",
+    "DrivingGoalFlowNet",
+    "DrivingWindows",
+    "FlowPlanner",
+    "HighwayConfig",
+    "HighwayDataModule",
     "GoalFlow",
     "GoalFlowNet",
     "TrajectoryDataModule",
     "TrajectorySolution",
     "TrajectoryWindows",
+    "closed_loop",
+    "collect_highway",
     "evaluate",
     "plot_scene",
     "read_trajectories",
     "reference",
+    "rollout",
 ]
 
 
