@@ -86,6 +86,15 @@ def _model_for(domain, steps: int | None, work: Path):  # noqa: ANN001, ANN202
     return cls.from_checkpoint(ckpt), f"`{' '.join(cmd[:4])}`" + (f" with {steps} steps" if steps else "")
 
 
+def _sample_options(domain) -> dict:  # noqa: ANN001
+    """The ``--set`` options of the domain's contract draw (e.g. a CSP composition), minus those fixing the count."""
+    from flowsci.cli.sample import parse_set
+
+    args = list(domain.sample_args)
+    options = parse_set([args[i + 1] for i, a in enumerate(args) if a == "--set"])
+    return {k: v for k, v in options.items() if k not in ("lengths", "cells")}
+
+
 def domain_figure(name: str, path: Path, steps: int | None, num: int) -> dict:
     """Sample a registered domain and plot the samples against its shipped reference data."""
     from flowsci.registry import load_domain
@@ -94,7 +103,7 @@ def domain_figure(name: str, path: Path, steps: int | None, num: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model, source = _model_for(domain, steps, Path(tmp))
         model.eval()
-        samples = model.sample(num, seed=0)
+        samples = model.sample(num, seed=0, **_sample_options(domain))
         reference = domain.reference(num)
         domain.plot(samples, reference, path)
     return {"model": source, "samples": f"{num}, the model's default solver and steps, seed 0"}
