@@ -170,6 +170,15 @@ class CrystalSamples(Solution):
     """
 
     structures: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    def __iter__(self) -> Any:
+        return iter(self.structures)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.structures[i]
     ids: list[str] = field(default_factory=list)
     samples_per_crystal: int = 1
     references: list[Any] | None = None
