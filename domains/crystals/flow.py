@@ -179,6 +179,7 @@ class CrystalSamples(Solution):
 
     def __getitem__(self, i: int) -> Any:
         return self.structures[i]
+
     ids: list[str] = field(default_factory=list)
     samples_per_crystal: int = 1
     references: list[Any] | None = None
