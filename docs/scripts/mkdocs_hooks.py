@@ -36,6 +36,11 @@ def stage_package() -> Path:
     return pkg
 
 
+# Staged when MkDocs loads this hook, before any plugin's on_config: mkdocstrings resolves its ``paths`` there and
+# silently drops one that does not exist yet (a fresh clone's first build then failed to find flowsci.benchmarks).
+stage_package()
+
+
 def on_config(config):  # noqa: ANN001, ANN201
     """MkDocs event: stage the package before any page is rendered."""
     stage_package()
