@@ -20,6 +20,7 @@ __all__ = [
     "NonFiniteError",
     "check_finite",
     "require",
+    "require_extra",
 ]
 
 
@@ -75,6 +76,21 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtraError(
             f"{module!r} is not installed; it comes with the {extra!r} extra: pip install 'flowsci[{extra}]'"
         ) from err
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Raise :class:`MissingExtraError` if any of ``modules`` is not installed, without importing them.
+
+    Domains call it first in their ``__init__``, so a missing package is one error naming
+    ``pip install 'flowsci[extra]'`` while importing the domain stays as cheap as its own lazy imports.
+    """
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(
+                f"{module!r} is not installed; it comes with the {extra!r} extra: pip install 'flowsci[{extra}]'"
+            )
 
 
 def check_finite(values: Any, source: str | os.PathLike, what: str = "values") -> None:

@@ -13,12 +13,10 @@ Heavy dependencies (pymatgen, torch-geometric, smact, matminer) are the ``crysta
 from typing import Any
 
 from flowsci.contract import Domain
-from flowsci.errors import require
+from flowsci.errors import require_extra
 
 # the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[crystals]'`
-require("pymatgen", "crystals")
-require("smact", "crystals")
-require("torch_geometric", "crystals")
+require_extra("crystals", "pymatgen", "smact", "torch_geometric")
 
 from flowsci.domains.crystals import metrics
 from flowsci.domains.crystals.data import CrystalDataModule, read_structures, write_cif

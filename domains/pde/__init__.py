@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from flowsci.contract import Domain
-from flowsci.errors import require
+from flowsci.errors import require_extra
 
 # the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[pde]'`
-require("xarray", "pde")
-require("pywt", "pde")
-require("h5py", "pde")
+require_extra("pde", "xarray", "pywt", "h5py")
 
 from flowsci.domains.pde import metrics
 from flowsci.domains.pde.data import PDEDataModule, open_dataset, read_pdebench, read_well, write_dataset

@@ -7,12 +7,10 @@ Public API::
 """
 
 from flowsci.contract import Domain
-from flowsci.errors import require
+from flowsci.errors import require_extra
 
 # the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[proteins]'`
-require("gemmi", "proteins")
-require("tmtools", "proteins")
-require("pydssp", "proteins")
+require_extra("proteins", "gemmi", "tmtools", "pydssp")
 
 from flowsci.domains.proteins.data import Backbone, ProteinDataModule, bundled_backbones, read_backbones, write_pdb
 from flowsci.domains.proteins.flow import BackboneSamples, ReQFlow

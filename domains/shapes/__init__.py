@@ -13,12 +13,10 @@ Heavy dependencies (trimesh, scikit-image, point-cloud-utils, rtree, dask) are t
 from __future__ import annotations
 
 from flowsci.contract import Domain
-from flowsci.errors import require
+from flowsci.errors import require_extra
 
 # the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[shapes]'`
-require("trimesh", "shapes")
-require("skimage", "shapes")
-require("point_cloud_utils", "shapes")
+require_extra("shapes", "trimesh", "skimage", "point_cloud_utils")
 
 from flowsci.domains.shapes.data import (
     CLASSES,

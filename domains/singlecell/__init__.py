@@ -14,11 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from flowsci.contract import Domain
-from flowsci.errors import require
+from flowsci.errors import require_extra
 
 # the extra's packages, checked first: a missing one is one error naming `pip install 'flowsci[singlecell]'`
-require("anndata", "singlecell")
-require("scanpy", "singlecell")
+require_extra("singlecell", "anndata", "scanpy")
 
 from flowsci.domains.singlecell.data import SingleCellDataModule, read_counts, synthetic_counts
 from flowsci.domains.singlecell.flow import (

@@ -438,7 +438,38 @@ class WindowDataset(Dataset):
         return self.windows.tensors(i)
 
 
-class TrajectoryDataModule(pl.LightningDataModule):
+class WindowLoaders:
+    """Data loaders over the data module's own ``windows(split)``: shuffled ``train``, and ``val``; ``test`` and
+    ``predict`` read the split :attr:`test_split`. Shared by the pedestrian and driving data modules.
+    """
+
+    test_split = "test"
+    batch_size: int
+    num_workers: int
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = WindowDataset(self.windows(split))
+        drop = shuffle and len(ds) > self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training windows."""
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation windows."""
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The windows of :attr:`test_split`."""
+        return self._loader(self.test_split, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The windows of :attr:`test_split`."""
+        return self._loader(self.test_split, False)
+
+
+class TrajectoryDataModule(WindowLoaders, pl.LightningDataModule):
     """ETH/UCY leave-one-scene-out data (or the shipped synthetic scenes) as agent-window batches.
 
     Batches are dicts of float32 tensors in world coordinates (metres): ``obs [B, 8, 2]``, ``fut [B, 12, 2]``,
@@ -501,27 +532,6 @@ class TrajectoryDataModule(pl.LightningDataModule):
             self.windows("val")
         if stage in (None, "test", "predict"):
             self.windows("test")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = WindowDataset(self.windows(split))
-        drop = shuffle and len(ds) > self.batch_size
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows."""
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation windows (the tails of the training scenes)."""
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The held-out scene's windows."""
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The held-out scene's windows."""
-        return self._loader("test", False)
 
 
 # ------------------------------------------------------------------------------------------------ synthetic

@@ -56,9 +56,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from flowsci.domains.trajectories.data import TrajectoryWindows, WindowDataset
+from flowsci.domains.trajectories.data import TrajectoryWindows, WindowLoaders
 from flowsci.domains.trajectories.flow import GoalFlow
 from flowsci.domains.trajectories.metrics import comfort_ok, pdm_score
 from flowsci.domains.trajectories.model import GoalFlowNet
@@ -577,7 +576,7 @@ def collect_highway(
     return out
 
 
-class HighwayDataModule(pl.LightningDataModule):
+class HighwayDataModule(WindowLoaders, pl.LightningDataModule):
     """Simulated highway windows as batches of the pedestrian format with lanes packed as extra neighbour slots.
 
     Args:
@@ -593,6 +592,8 @@ class HighwayDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
 
     """
+
+    test_split = "val"  # the simulated data has no held-out scene: test and predict read the validation episodes
 
     def __init__(
         self,
@@ -634,27 +635,6 @@ class HighwayDataModule(pl.LightningDataModule):
         """Collect (or load) the splits."""
         self.windows("train")
         self.windows("val")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = WindowDataset(self.windows(split))
-        drop = shuffle and len(ds) > self.batch_size
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows."""
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation windows."""
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Validation windows."""
-        return self._loader("val", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Validation windows."""
-        return self._loader("val", False)
 
 
 # ------------------------------------------------------------------------------------------------ planner

@@ -8,7 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from flowsci.errors import CheckpointError, InputError, MissingCheckpointError, MissingExtraError, check_finite, require
+from flowsci.errors import (
+    CheckpointError,
+    InputError,
+    MissingCheckpointError,
+    MissingExtraError,
+    check_finite,
+    require,
+    require_extra,
+)
 
 
 def test_input_error_names_its_source_and_survives_pickling() -> None:
@@ -31,6 +39,9 @@ def test_require_names_the_extra() -> None:
     assert require("numpy", "core") is np
     with pytest.raises(MissingExtraError, match=r"pip install 'flowsci\[shapes\]'"):
         require("no_such_package_xyz", "shapes")
+    require_extra("core", "numpy", "scipy")
+    with pytest.raises(MissingExtraError, match=r"'no_such_package_xyz'.*flowsci\[pde\]"):
+        require_extra("pde", "numpy", "no_such_package_xyz")
 
 
 def test_a_domain_without_its_extra_fails_with_one_clear_error() -> None:
