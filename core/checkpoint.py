@@ -10,6 +10,7 @@ domain package before it is imported, unless the caller passes ``trust=True``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
@@ -22,7 +23,15 @@ import torch
 
 from flowsci.errors import CheckpointError, MissingCheckpointError
 
-__all__ = ["allow_globals", "class_paths", "load_module", "read_checkpoint", "resolve_class", "save_module"]
+__all__ = [
+    "allow_globals",
+    "allowed_globals",
+    "class_paths",
+    "load_module",
+    "read_checkpoint",
+    "resolve_class",
+    "save_module",
+]
 
 _SAFE_GLOBALS: list[Any] = []
 _INSTANTIATORS = {"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"}
@@ -33,6 +42,11 @@ def allow_globals(*objects: Any) -> None:
     for obj in objects:
         if obj not in _SAFE_GLOBALS:
             _SAFE_GLOBALS.append(obj)
+
+
+def allowed_globals() -> contextlib.AbstractContextManager[None]:
+    """Context in which ``torch.load(weights_only=True)`` (Lightning's resume included) accepts the allow-list."""
+    return torch.serialization.safe_globals(_SAFE_GLOBALS)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -51,7 +65,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if p.stat().st_size == 0:
         raise CheckpointError(p, "is empty (0 bytes): the checkpoint was not written completely")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with allowed_globals():
             ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -153,7 +167,7 @@ def load_module(
         raise CheckpointError(p, f"holds a {cls.__name__}, not a {expected.__name__}")
     try:
         if "_class_path" in hparams:  # written by flowsci fit: Lightning rebuilds it from the config
-            with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            with allowed_globals():
                 model = cls.load_from_checkpoint(p, map_location=map_location, weights_only=True)
         else:  # written from Python: the record holds the network and plain constructor options
             kwargs = dict(record.get("init") or {})

@@ -96,11 +96,15 @@ def run(argv: list[str], from_sys: bool = False) -> None:
         _lightning_cli(args)
 
 
+_LIGHTNING_CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+
+
 def _lightning_cli(args: list[str] | None) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
     from flowsci.callbacks import ResumableCheckpoint, StopOnNonFiniteGradient
+    from flowsci.checkpoint import allowed_globals, read_checkpoint
 
     class FlowsciCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -114,6 +118,26 @@ def _lightning_cli(args: list[str] | None) -> None:
             logger = trainer.get("logger")
             if _is_default_logger(logger):
                 logger["init_args"]["save_dir"] = root
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if "weights_only" in kwargs:
+                kwargs["weights_only"] = True  # flowsci never unpickles a checkpoint it is handed
+            return kwargs
+
+        def _parse_ckpt_path(self) -> None:
+            # --ckpt_path is read like every flowsci checkpoint: weights_only with the allow-list, and a missing,
+            # truncated or foreign file fails with one error naming it before Lightning reads it.
+            sub = self.config.get("subcommand")
+            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt is not None and str(ckpt) not in _LIGHTNING_CKPT_ALIASES:
+                read_checkpoint(ckpt)
+            with allowed_globals():
+                super()._parse_ckpt_path()
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            with allowed_globals():
+                super()._run_subcommand(subcommand)
 
         def before_fit(self) -> None:
             _epoch_label_without_limit(self.trainer)

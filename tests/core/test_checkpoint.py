@@ -58,6 +58,22 @@ def test_the_cli_refuses_it_with_one_line(good: Path, tmp_path: Path, capsys) ->
     assert err.startswith("flowsci sample: error:") and "evil.ckpt" in err and "Traceback" not in err
 
 
+def test_fit_resume_refuses_it_before_lightning_loads_it(good: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from flowsci.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["evil"] = _Payload(str(marker))
+    bad = tmp_path / "resume.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", "toy2d/fm.yaml", "--trainer.max_steps=2", f"--ckpt_path={bad}"])
+    assert exc.value.code == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("flowsci fit: error:") and "resume.ckpt" in err and "never unpickles" in err
+
+
 @pytest.mark.parametrize(
     ("where", "name"),
     [
