@@ -24,6 +24,7 @@ require_extra("pde", "xarray", "pywt", "h5py")
 
 from flowsci.domains.pde import metrics
 from flowsci.domains.pde.data import PDEDataModule, open_dataset, read_pdebench, read_well, write_dataset
+from flowsci.domains.pde.ddpm import WaveletDDPM
 from flowsci.domains.pde.flow import FNOSurrogate, PDESolution, WaveletFlow
 from flowsci.domains.pde.metrics import evaluate, plot_fields
 from flowsci.domains.pde.model import FNO2d, UNet
@@ -36,6 +37,7 @@ __all__ = [
     "PDEDataModule",
     "PDESolution",
     "UNet",
+    "WaveletDDPM",
     "WaveletFlow",
     "advection",
     "burgers",

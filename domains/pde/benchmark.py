@@ -6,8 +6,10 @@ cached as netCDF.
 
 Methods (same U-Net, optimiser, batch and number of optimiser steps):
 
-- ``wdno-sim``: :class:`~flowsci.domains.pde.flow.WaveletFlow` (Haar, J = 1) predicting u from (u0, f) of the
-  test trajectories; scored against the solver's trajectory for the same (u0, f);
+- ``wdno-sim``: :class:`~flowsci.domains.pde.flow.WaveletFlow` (bior2.4, J = 1, band scales
+  :math:`\\sqrt{\\sigma_b\\sigma_F}`) predicting u from (u0, f) of the test trajectories; scored against the solver's
+  trajectory for the same (u0, f); ``wdno-sim-2w``: the same at twice the width, i.e. at the physical-space U-Net's
+  FLOPs per step (the wavelet image is 4x smaller);
 - ``wdno-control-model``: the same weights, control by objective guidance on the model's own u(T) (WDNO; target =
   the test trajectory's u(T)); J is computed by re-simulating the generated control with the solver;
 - ``wdno-unguided``: the same weights sampling (u, f) from u0 without guidance (the control baseline the
@@ -17,6 +19,12 @@ Methods (same U-Net, optimiser, batch and number of optimiser steps):
 - ``phys-sim`` / ``phys-control-model`` / ``phys-control-solver`` (baseline): the same model in physical space
   (``wavelet="none"``, the paper's "DDPM" row);
 - ``fno-sim`` (baseline): a Fourier neural operator over (t, x) mapping (u0 tiled, f) to u, relative-L2 loss;
+- ``wdno-ddim-sim`` / ``wdno-ddim-control-solver``: WDNO's own recipe for parity, the same wavelet U-Net trained as a
+  DDPM (linear betas, K = 1000, noise prediction) and sampled by deterministic DDIM
+  (:class:`~flowsci.domains.pde.ddpm.WaveletDDPM`; the cells' solver label is "euler", one evaluation per step);
+- ``wdno-advection`` / ``phys-advection`` (baseline): wavelet vs physical-space flow on 1D periodic advection with
+  the fixed speed :data:`ADVECTION_BETA` (T = 2, sines plus square pulses: sharp fronts), u from u0, scored against
+  the exact solution (trained with their own data module, :func:`fit_advection`);
 - ``solver-torch`` / ``solver-numpy``: the numerical solver itself on the test (u0, f), torch vs the NumPy
   implementation of the same scheme (seconds per trajectory; rel_l2 = 0 by definition for the torch row).
 
@@ -94,26 +102,52 @@ REFERENCES: tuple[ReferenceRow, ...] = (
 )
 
 
-def build_flow(dm: Any, wavelet: str, size: dict[str, Any]) -> Any:
-    """A fresh :class:`WaveletFlow` (``wavelet="none"``: physical space) sized by ``size``; AdamW 1e-3."""
+WAVELET = "bior2.4"
+"""The wavelet of the ``wdno-*`` rows (WDNO's Burgers choice), one level."""
+
+SCALE_POWER = 0.5
+"""Band scales :math:`s_b = \\sigma_b^{1/2}\\sigma_F^{1/2}` of the ``wdno-*`` rows (``WaveletFlow(scale_power)``):
+full per-band standardisation lifts the tiny detail bands to the prior noise's variance, and what the model has
+not learnt of them is then generated as noise at full amplitude (measured: the high-band error doubled)."""
+
+ADVECTION_BETA = 0.4
+"""Advection speed of the advection rows (fixed, as in one PDEBench advection file: u0 then determines u)."""
+
+
+def build_flow(
+    dm: Any,
+    wavelet: str,
+    size: dict[str, Any],
+    problem: str = "burgers",
+    diffusion: bool = False,
+    width: int | None = None,
+) -> Any:
+    """A fresh :class:`WaveletFlow` (``wavelet="none"``: physical space; ``diffusion``: the DDPM/DDIM variant
+    :class:`~flowsci.domains.pde.ddpm.WaveletDDPM`) sized by ``size``; AdamW 1e-3; ``scale_power=SCALE_POWER``.
+    """
+    from flowsci.domains.pde.ddpm import WaveletDDPM
     from flowsci.domains.pde.flow import WaveletFlow
     from flowsci.domains.pde.model import UNet
 
     bands = 1 if wavelet == "none" else 4
+    fields = 2 if problem == "burgers" else 1
     net = UNet(
-        in_channels=2 * bands,
-        cond_channels=bands + 2,
-        width=size["width"],
+        in_channels=fields * bands,
+        cond_channels=bands + fields,
+        width=width or size["width"],
         mults=tuple(size["mults"]),
         time_dim=32,
     )
-    return WaveletFlow(
+    return (WaveletDDPM if diffusion else WaveletFlow)(
         net,
         wavelet=wavelet,
         levels=1,
+        problem=problem,
         grid=size["grid"],
         steps=size["steps"],
+        horizon=1.0 if problem == "burgers" else 2.0,
         guidance_scale=size["guidance"],
+        scale_power=SCALE_POWER,
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
 
@@ -145,17 +179,25 @@ def _u0_f(reference: Any, num: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return u[:, 0], f, u[:, -1]
 
 
-def sample_simulate(model: Any, request: SampleRequest) -> Any:
-    """Simulate every test trajectory from its (u0, f)."""
+def sample_simulate(model: Any, request: SampleRequest, solver: str | None = None) -> Any:
+    """Simulate every test trajectory from its (u0, f) (``solver`` overrides the cell's, e.g. ``"ddim"``)."""
     from flowsci.domains.pde.flow import PDESolution
 
     u0, f, _ = _u0_f(request.reference, request.num)
-    ds = model.simulate(u0, f, steps=request.steps, solver=request.solver, seed=request.seed)
+    ds = model.simulate(u0, f, steps=request.steps, solver=solver or request.solver, seed=request.seed)
     return PDESolution(x=torch.as_tensor(ds.u.values), nfe=int(ds.attrs["nfe"]), times=torch.zeros(1), dataset=ds)
 
 
-def sample_control(model: Any, request: SampleRequest, guidance: float | None = None, objective: str = "model") -> Any:
-    """Control every test u0 towards the test trajectory's final state (``guidance=0``: unguided)."""
+def sample_control(
+    model: Any,
+    request: SampleRequest,
+    guidance: float | None = None,
+    objective: str = "model",
+    solver: str | None = None,
+) -> Any:
+    """Control every test u0 towards the test trajectory's final state (``guidance=0``: unguided; ``solver``
+    overrides the cell's).
+    """
     from flowsci.domains.pde.flow import PDESolution
 
     u0, _, target = _u0_f(request.reference, request.num)
@@ -164,10 +206,62 @@ def sample_control(model: Any, request: SampleRequest, guidance: float | None = 
         target,
         steps=request.steps,
         guidance=guidance,
-        solver=request.solver,
+        solver=solver or request.solver,
         seed=request.seed,
         objective=objective,
     )
+    return PDESolution(x=torch.as_tensor(ds.u.values), nfe=int(ds.attrs["nfe"]), times=torch.zeros(1), dataset=ds)
+
+
+def advection_problem() -> Any:
+    """Periodic advection with the fixed speed :data:`ADVECTION_BETA` (T = 2; sines plus square pulses)."""
+    from flowsci.domains.pde.solvers import Advection
+
+    return Advection(beta_range=(ADVECTION_BETA, ADVECTION_BETA))
+
+
+def advection_file(size: dict[str, Any], num: int, seed: int) -> Any:
+    """Path of ``num`` exact advection trajectories (seed ``seed``) on the suite's grid, cached as netCDF."""
+    from flowsci.domains.pde.data import default_cache_dir, write_dataset
+
+    path = default_cache_dir() / (
+        f"advection_beta{ADVECTION_BETA}_n{num}_g{size['grid']}_s{size['steps']}_seed{seed}.nc"
+    )
+    if not path.exists():
+        with torch.random.fork_rng():
+            write_dataset(advection_problem().generate(num, size["grid"], size["steps"], seed=seed), path)
+    return path
+
+
+def fit_advection(model: Any, dm: Any, max_steps: int, size: dict[str, Any]) -> None:
+    """Train ``model`` on advection data (``dm``, the spec's Burgers data, is not used); same trainer settings."""
+    import pytorch_lightning as pl
+
+    from flowsci.domains.pde.data import PDEDataModule
+    from flowsci.module import QUIET_TRAINER
+
+    adm = PDEDataModule(
+        train=str(advection_file(size, size["num_train"], 0)),
+        val=str(advection_file(size, 16, 1)),
+        problem="advection",
+        grid=size["grid"],
+        steps=size["steps"],
+        batch_size=size["batch_size"],
+    )
+    trainer = pl.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator="auto", devices=1, gradient_clip_val=1.0, **QUIET_TRAINER
+    )
+    trainer.fit(model, datamodule=adm)
+
+
+def sample_advection(model: Any, request: SampleRequest) -> Any:
+    """Simulate held-out advection trajectories (seed ``TEST_SEED``) from their u0; truth = the exact solution."""
+    from flowsci.domains.pde.flow import PDESolution
+
+    ref = advection_problem().generate(request.num, model.grid, model.steps, seed=TEST_SEED)
+    u0 = torch.as_tensor(ref["u"].values[:, 0])
+    ds = model.simulate(u0, None, steps=request.steps, solver=request.solver, seed=request.seed, resimulate=False)
+    ds["u_solver"] = (("sample", "time", "x"), ref["u"].values, {"units": "1", "long_name": "exact solution"})
     return PDESolution(x=torch.as_tensor(ds.u.values), nfe=int(ds.attrs["nfe"]), times=torch.zeros(1), dataset=ds)
 
 
@@ -240,11 +334,11 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             batch_size=size["batch_size"],
         )
 
-    wdno = partial(build_flow, wavelet="haar", size=size)
+    wdno = partial(build_flow, wavelet=WAVELET, size=size)
     phys = partial(build_flow, wavelet="none", size=size)
     guided = partial(sample_control, guidance=size["guidance"])
     methods = [
-        Method("wdno-sim", wdno, sample=sample_simulate, description="wavelet flow (Haar J=1), simulation"),
+        Method("wdno-sim", wdno, sample=sample_simulate, description=f"wavelet flow ({WAVELET}, J=1), simulation"),
         Method(
             "wdno-control-model",
             wdno,
@@ -297,6 +391,50 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             description="FNO over (t, x) mapping (u0, f) to u (deterministic, one evaluation)",
         )
     )
+    methods.append(
+        Method(
+            "wdno-sim-2w",
+            partial(build_flow, wavelet=WAVELET, size=size, width=2 * size["width"]),
+            sample=sample_simulate,
+            description="wavelet flow at the physical U-Net's compute: twice the width on the 4x smaller coefficient "
+            "image (same FLOPs per step, 1.01x measured)",
+        )
+    )
+    ddpm = partial(build_flow, wavelet=WAVELET, size=size, diffusion=True)
+    methods += [
+        # the cells' solver label stays "euler" (one network evaluation per step, so NFE-matched); they sample by DDIM
+        Method(
+            "wdno-ddim-sim",
+            ddpm,
+            sample=partial(sample_simulate, solver="ddim"),
+            description="the same wavelet U-Net trained as a DDPM (linear betas, K = 1000), DDIM sampling (WDNO)",
+        ),
+        Method(
+            "wdno-ddim-control-solver",
+            ddpm,
+            sample=partial(solver_guided, solver="ddim"),
+            weights_of="wdno-ddim-sim",
+            description="wavelet DDPM + DDIM with solver-objective guidance",
+        ),
+    ]
+    fit_adv = partial(fit_advection, size=size)
+    methods += [
+        Method(
+            "wdno-advection",
+            partial(build_flow, wavelet=WAVELET, size=size, problem="advection"),
+            fit=fit_adv,
+            sample=sample_advection,
+            description=f"wavelet flow, 1D advection (beta = {ADVECTION_BETA}, T = 2), u from u0",
+        ),
+        Method(
+            "phys-advection",
+            partial(build_flow, wavelet="none", size=size, problem="advection"),
+            baseline=True,
+            fit=fit_adv,
+            sample=sample_advection,
+            description="physical-space flow, 1D advection",
+        ),
+    ]
     if suite != "smoke":
         for backend in ("torch", "numpy"):
             methods.append(
@@ -335,6 +473,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         description=__doc__.split("\n\n")[0],
         packages=("PyWavelets", "xarray", "h5py", "h5netcdf", "zarr"),
         warmup_samples=2,
+        version="2",
     )
 
 
@@ -392,4 +531,86 @@ def resolution_generalisation(
             "refine_rel_l2_f": rel_l2(x[:, 1], target[:, 1]),
             "bilinear_rel_l2_f": rel_l2(bil[:, 1], target[:, 1]),
         }
+    return out
+
+
+def ablation(
+    wavelet: str = WAVELET,
+    levels: int = 1,
+    train_steps: int = 800,
+    width: int | None = None,
+    num_test: int = 32,
+    nfe: tuple[int, ...] = (5, 20),
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """Train one simulation model on the quick suite's Burgers data and score it (the diagnosis of the docs).
+
+    Same data (1,024 trajectories, 64 x 16), U-Net (width 16 unless ``width``, mults (1, 2)), AdamW 1e-3, batch 32
+    and gradient clipping as the quick suite; ``model_kwargs`` go to :class:`WaveletFlow` (``loss_weight``,
+    ``scale_power``...). Scored on ``num_test`` held-out trajectories (seed 10,000) at each NFE; plus, at NFE 10,
+    the RMS error of each u band in the model's coordinates and the fRMSE after zeroing the u detail bands.
+    """
+    import time
+
+    import pytorch_lightning as pl
+
+    from flowsci.domains.pde.data import PDEDataModule
+    from flowsci.domains.pde.flow import WaveletFlow
+    from flowsci.domains.pde.metrics import frmse, simulation_metrics
+    from flowsci.domains.pde.model import UNet
+    from flowsci.domains.pde.solvers import burgers
+    from flowsci.module import QUIET_TRAINER
+
+    size = SIZES["quick"]
+    pl.seed_everything(0, verbose=False)
+    dm = PDEDataModule(
+        problem="burgers",
+        num_train=size["num_train"],
+        num_val=16,
+        grid=size["grid"],
+        steps=size["steps"],
+        seed=0,
+        batch_size=size["batch_size"],
+    )
+    bands = 1 if wavelet == "none" else 4**levels
+    net = UNet(
+        in_channels=2 * bands,
+        cond_channels=bands + 2,
+        width=width or size["width"],
+        mults=tuple(size["mults"]),
+        time_dim=32,
+    )
+    model = WaveletFlow(
+        net,
+        wavelet=wavelet,
+        levels=levels,
+        grid=size["grid"],
+        steps=size["steps"],
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        **model_kwargs,
+    )
+    t0 = time.perf_counter()
+    trainer = pl.Trainer(
+        max_steps=train_steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER
+    )
+    trainer.fit(model, datamodule=dm)
+    out: dict[str, Any] = {"train_s": time.perf_counter() - t0}
+    model.eval()
+    ref = burgers.generate(num_test, size["grid"], size["steps"], seed=TEST_SEED)
+    u, f = torch.as_tensor(ref.u.values), torch.as_tensor(ref.f.values)
+    for n in nfe:
+        ds = model.simulate(u[:, 0], f, steps=n, seed=0)
+        m = simulation_metrics(ds.u.values, ds.u_solver.values)
+        out[f"nfe{n}"] = {k: m[k] for k in ("rel_l2", "frmse_low", "frmse_mid", "frmse_high")}
+    if wavelet != "none":
+        ds = model.simulate(u[:, 0], f, steps=10, seed=0)
+        gen, truth = torch.as_tensor(ds.u.values).float(), torch.as_tensor(ds.u_solver.values).float()
+        with torch.no_grad():
+            c, ct = model.encode(gen, f.float()), model.encode(truth, f.float())
+            nb = model.transform.bands
+            out["band_rms_error"] = (c - ct)[:, :nb].pow(2).mean(dim=(0, 2, 3)).sqrt().tolist()
+            c[:, 1:nb] = 0.0
+            smooth, _ = model.decode(c)
+        out["frmse_nfe10"] = frmse(gen[:, 1:], truth[:, 1:])
+        out["frmse_nfe10_details_zeroed"] = frmse(smooth, truth[:, 1:])
     return out

@@ -4,10 +4,12 @@ Following the Wavelet Diffusion Neural Operator (Hu et al., ICLR 2025), a trajec
 :math:`u_{1..N_t}` and the control :math:`f_{0..N_t-1}` is one image :math:`X \in \mathbb R^{F \times N_t \times
 N_x}` (:math:`F = 2` fields; 1 without control). A separable periodised DWT over (t, x) with :math:`J` packet
 levels (:class:`~flowsci.domains.pde.wavelets.WaveletTransform`) gives :math:`F\,4^J` sub-band channels of size
-:math:`N_t/2^J \times N_x/2^J`, each standardised with its mean and standard deviation over training data
-(:math:`\tilde c = (c - \mu_b)/\sigma_b`, statistics stored in the checkpoint). A U-Net learns the rectified-flow
-velocity :math:`x_t = (1-t)\,\varepsilon + t\,x_1`, :math:`v = x_1 - \varepsilon` on these channels, where WDNO uses
-DDPM.
+:math:`N_t/2^J \times N_x/2^J`, each standardised with statistics of the training data:
+:math:`\tilde c = (c - \mu_b)/s_b` (stored in the checkpoint), the scale :math:`s_b = \sigma_b^p\sigma_F^{1-p}` being
+the band's standard deviation for ``scale_power`` :math:`p = 1`; :math:`p = 1/2` leaves the small detail bands below
+the prior noise's unit variance, as WDNO's hand-set constants do. A U-Net learns the rectified-flow velocity
+:math:`x_t = (1-t)\,\varepsilon + t\,x_1`, :math:`v = x_1 - \varepsilon` on these channels, where WDNO uses DDPM
+(:mod:`~flowsci.domains.pde.ddpm` has that variant).
 
 Conditioning (WDNO's in-painting, adapted to flow matching):
 
@@ -42,7 +44,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from flowsci.contract import GenerativeModule, check_sample_args, outside_cli
-from flowsci.domains.pde.solvers import Advection, Burgers, Problem
+from flowsci.domains.pde.solvers import NS2D, Advection, Burgers, Problem, solve_ns2d
 from flowsci.domains.pde.wavelets import WaveletTransform
 from flowsci.errors import InputError, NonFiniteError
 from flowsci.guidance import GUIDANCE_SCHEDULES, ObjectiveGuidance
@@ -53,6 +55,9 @@ from flowsci.timesteps import TimeSampler, UniformTime
 
 __all__ = ["FNOSurrogate", "PDESolution", "RefineFlow", "WaveletFlow", "TASKS"]
 
+
+LOSS_WEIGHTS = ("uniform", "std", "variance")
+"""Per-band loss weightings of :class:`WaveletFlow` (see its ``loss_weight`` argument)."""
 
 TASKS = ("simulate", "control", "joint")
 """Sampling tasks: simulate (u given u0 and f), control (u and f given u0 and a target), joint (u and f given u0)."""
@@ -71,7 +76,9 @@ def make_problem(problem: str, nu: float, horizon: float) -> Problem:
         return Burgers(nu=nu, horizon=horizon)
     if problem == "advection":
         return Advection(horizon=horizon)
-    raise InputError("problem", f"WaveletFlow supports 'burgers' and 'advection', got {problem!r}")
+    if problem == "ns2d":
+        return NS2D(nu=nu, horizon=horizon)
+    raise InputError("problem", f"WaveletFlow supports 'burgers', 'advection' and 'ns2d', got {problem!r}")
 
 
 def _as_tensor(value: Any, name: str, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -94,11 +101,12 @@ class WaveletFlow(FlowMatching):
             ``cond_channels = 4**levels + fields``.
         wavelet: PyWavelets wavelet name (``"haar"``, ``"bior2.4"``, ``"db4"``...) or ``"none"`` (physical space).
         levels: Packet levels :math:`J`.
-        problem: ``"burgers"`` (u and control f) or ``"advection"`` (u only).
-        grid: Grid points :math:`N_x` (power of two).
+        problem: ``"burgers"`` (u and control f), ``"advection"`` (u only) or ``"ns2d"`` (2D vorticity and forcing
+            on an ``grid x grid`` torus; a 3D transform over (t, y, x) and a ``dims=3`` U-Net; simulation only).
+        grid: Grid points :math:`N_x` per spatial axis (power of two).
         steps: Recording intervals :math:`N_t` (power of two).
         horizon: Final time :math:`T`.
-        nu: Viscosity (Burgers), for re-simulation.
+        nu: Viscosity (Burgers, Navier--Stokes), for re-simulation.
         sim_prob: Probability that a training trajectory is a simulation example (control channels known).
         control_weight: :math:`w_f` of the control objective.
         guidance_scale: Default :class:`~flowsci.guidance.ObjectiveGuidance` scale of :meth:`control`.
@@ -109,6 +117,14 @@ class WaveletFlow(FlowMatching):
         sample_steps: Default ODE steps.
         sample_solver: Default ODE solver.
         stats_samples: Training trajectories used for the per-band statistics.
+        loss_weight: Weight :math:`w_b` of band :math:`b` in the loss on standardised coefficients: ``"uniform"``
+            (1), ``"std"`` (:math:`\\propto\\sigma_b`, WDNO's choice: its normalising constants are also its loss
+            weights) or ``"variance"`` (:math:`\\propto\\sigma_b^2`: the physical-space MSE for an orthonormal
+            wavelet); normalised to mean 1 per field.
+        scale_power: Exponent :math:`p` of the band scale :math:`s_b = \\sigma_b^p\\,\\sigma_F^{1-p}` that divides band
+            :math:`b` (:math:`\\sigma_b` its training std, :math:`\\sigma_F` the RMS of its field's :math:`\\sigma_b`):
+            1 standardises every band to unit variance; below 1 the small detail bands keep a variance below the
+            prior noise's, as with WDNO's constant scales.
 
     """
 
@@ -134,13 +150,16 @@ class WaveletFlow(FlowMatching):
         sample_steps: int = 20,
         sample_solver: str = "euler",
         stats_samples: int = 512,
+        loss_weight: str = "uniform",
+        scale_power: float = 1.0,
     ) -> None:
         for name, v in (("grid", grid), ("steps", steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 2 or v & (v - 1):
                 raise InputError(name, f"must be a power of two >= 2 (the wavelet transform halves it), got {v!r}")
-        transform = WaveletTransform(wavelet, levels, ndim=2)
-        transform.check_shape((steps, grid), "grid/steps")
-        fields = 2 if problem == "burgers" else 1
+        space = 2 if problem == "ns2d" else 1
+        transform = WaveletTransform(wavelet, levels, ndim=1 + space)
+        transform.check_shape((steps, *[grid] * space), "grid/steps")
+        fields = 1 if problem == "advection" else 2
         factor = 2**transform.level
         super().__init__(
             net=net,
@@ -150,7 +169,7 @@ class WaveletFlow(FlowMatching):
             lr_scheduler=lr_scheduler,
             sample_steps=sample_steps,
             sample_solver=sample_solver,
-            data_shape=[fields * transform.bands, steps // factor, grid // factor],
+            data_shape=[fields * transform.bands, steps // factor, *[grid // factor] * space],
         )
         self.save_hyperparameters(
             ignore=["net", "optimizer", "lr_scheduler", "time_sampler"] if outside_cli() else None
@@ -159,8 +178,16 @@ class WaveletFlow(FlowMatching):
             raise ValueError(f"sim_prob must be in [0, 1], got {sim_prob}")
         if guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
-        self.fields = fields
+        if loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {loss_weight!r}")
+        self.loss_weight = loss_weight
+        if not 0.0 <= scale_power <= 1.0:
+            raise ValueError(f"scale_power must be in [0, 1], got {scale_power}")
+        self.scale_power = float(scale_power)
+        self.fields, self.space = fields, space
         cfg = getattr(net, "config", {}) or {}
+        if cfg and cfg.get("dims", 1 + space) != 1 + space:
+            raise ValueError(f"problem {problem!r} needs a U-Net with dims={1 + space}, got {cfg.get('dims')}")
         want_in, want_cond = self.fields * transform.bands, transform.bands + self.fields
         if cfg and (cfg.get("in_channels") != want_in or cfg.get("cond_channels") != want_cond):
             raise ValueError(
@@ -198,8 +225,11 @@ class WaveletFlow(FlowMatching):
         """Set the per-band mean and standard deviation from trajectories ``u [n, Nt+1, Nx]``, ``f [n, Nt, Nx]``."""
         with torch.no_grad():
             c = self.transform(self._stack(u.double(), f.double()))
-            self.band_mean = c.mean(dim=(0, 2, 3))
-            self.band_std = c.std(dim=(0, 2, 3)).clamp_min(1e-6)
+            axes = (0, *range(2, c.dim()))
+            self.band_mean = c.mean(dim=axes)
+            sigma = c.std(dim=axes).clamp_min(1e-6).reshape(self.fields, -1)
+            field = sigma.pow(2).mean(dim=1, keepdim=True).sqrt()  # RMS over a field's bands
+            self.band_std = (sigma**self.scale_power * field ** (1 - self.scale_power)).reshape(-1)
 
     def on_fit_start(self) -> None:
         """Per-band statistics from ``trainer.datamodule`` (the first ``stats_samples`` training trajectories)."""
@@ -216,14 +246,17 @@ class WaveletFlow(FlowMatching):
                 f"{type(self).__name__} has no per-band statistics: fit it with a PDEDataModule or call "
                 "fit_statistics(u, f) first"
             )
-        shape = (1, -1, 1, 1)
-        return self.band_mean.to(x).reshape(shape), self.band_std.to(x).reshape(shape)
+        return self._per_channel(self.band_mean.to(x))[None], self._per_channel(self.band_std.to(x))[None]
+
+    def _per_channel(self, v: Tensor) -> Tensor:
+        """``[..., C]`` -> ``[..., C, 1, ...]``, broadcastable over the coefficient image's (t, space) axes."""
+        return v.reshape(*v.shape, *([1] * (1 + self.space)))
 
     # ------------------------------------------------------------------------------------------- encoding
     def _stack(self, u: Tensor, f: Tensor | None) -> Tensor:
         fields = [u[:, 1:]]
         if self.fields == 2:
-            fields.append(f if f is not None else torch.zeros_like(u[:, 1:]))
+            fields.append(f if f is not None else torch.zeros_like(u[:, 1:]))  # [B, Nt, *space] each
         return torch.stack(fields, dim=1)
 
     def encode(self, u: Tensor, f: Tensor | None) -> Tensor:
@@ -243,13 +276,21 @@ class WaveletFlow(FlowMatching):
         known-field mask ``known [B, F]`` as constant channels.
         """
         b = u0.shape[0]
-        tiled = u0[:, None, None, :].expand(b, 1, self.steps, u0.shape[-1])
+        tiled = u0[:, None, None].expand(b, 1, self.steps, *u0.shape[1:])
         c = self.transform(tiled)
         nb = self.transform.bands
         mean, std = self._stats(c)
         c = (c - mean[:, :nb]) / std[:, :nb]
-        mask = known.to(c.dtype)[:, :, None, None].expand(b, self.fields, *c.shape[2:])
+        mask = self._per_channel(known.to(c.dtype)).expand(b, self.fields, *c.shape[2:])
         return torch.cat([c, mask], dim=1)
+
+    def band_weights(self) -> Tensor:
+        """Loss weight per coefficient channel ``[C]`` (``loss_weight``; mean 1 over each field's bands)."""
+        if self.band_std is None:
+            raise RuntimeError(f"{type(self).__name__} has no per-band statistics")
+        power = {"uniform": 0, "std": 1, "variance": 2}[self.loss_weight]
+        w = self.band_std.reshape(self.fields, -1) ** power
+        return (w / w.mean(dim=1, keepdim=True)).reshape(-1)
 
     def _known_channels(self, known: Tensor) -> Tensor:
         """Per-channel mask ``[B, C]`` from the per-field mask ``known [B, F]`` (channels are field-major)."""
@@ -258,6 +299,18 @@ class WaveletFlow(FlowMatching):
     # ------------------------------------------------------------------------------------------- training
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Masked flow-matching loss on the channels that are not given (see the module docstring)."""
+        x1, kc, cond = self._training_example(batch, generator)
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        t = self.time_sampler.sample(x1.shape[0], device=x1.device, generator=generator).to(x1.dtype)
+        ps = self.path.sample(x0, x1, t)
+        out = self.net(torch.where(kc, x1, ps.x_t), t, cond=cond)
+        loss = self.masked_loss(out, ps.dx_t, kc)
+        return loss, {"loss": loss.detach()}
+
+    def _training_example(self, batch: Any, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Clean coefficients ``[B, C, h, w]``, the known-channel mask ``[B, C, 1, 1]`` (f known with probability
+        ``sim_prob``) and the condition image of a training batch.
+        """
         if self.band_mean is None:  # fitted without a PDEDataModule: use the first batch
             self.fit_statistics(batch["u"], batch.get("f"))
         u, f = batch["u"], batch.get("f")
@@ -266,14 +319,12 @@ class WaveletFlow(FlowMatching):
         known = torch.zeros(b, self.fields, dtype=torch.bool, device=x1.device)
         if self.fields == 2:
             known[:, 1] = torch.rand(b, generator=generator, device=x1.device) < self.sim_prob
-        kc = self._known_channels(known)[:, :, None, None]
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        t = self.time_sampler.sample(b, device=x1.device, generator=generator).to(x1.dtype)
-        ps = self.path.sample(x0, x1, t)
-        x_t = torch.where(kc, x1, ps.x_t)
-        out = self.net(x_t, t, cond=self.condition(u[:, 0], known))
-        loss = masked_mean((out - ps.dx_t) ** 2, ~kc.expand_as(x1))
-        return loss, {"loss": loss.detach()}
+        return x1, self._per_channel(self._known_channels(known)), self.condition(u[:, 0], known)
+
+    def masked_loss(self, pred: Tensor, target: Tensor, known: Tensor) -> Tensor:
+        """Band-weighted (``loss_weight``) squared error averaged over the unknown channels (``known [B, C, 1, 1]``)."""
+        w = self._per_channel(self.band_weights().to(pred))
+        return masked_mean(w * (pred - target) ** 2, ~known.expand_as(pred))
 
     def num_examples(self, batch: Any) -> int:
         """Trajectories in a batch."""
@@ -333,36 +384,20 @@ class WaveletFlow(FlowMatching):
         dev, dtype = self.device, torch.float32
         u0 = u0.to(dev, dtype)
         known = torch.zeros(b, self.fields, dtype=torch.bool, device=dev)
-        u_dummy = torch.zeros(b, self.steps + 1, self.grid, device=dev, dtype=dtype)
+        u_dummy = torch.zeros(b, self.steps + 1, *u0.shape[1:], device=dev, dtype=dtype)
         if f is not None and self.fields == 2:
             known[:, 1] = True
             x_known = self.encode(u_dummy, f.to(dev, dtype))
         else:
             x_known = torch.zeros(b, *self.data_shape, device=dev, dtype=dtype)
-        kc = self._known_channels(known)[:, :, None, None].expand(b, *self.data_shape)
+        kc = self._per_channel(self._known_channels(known)).expand(b, *self.data_shape)
         cond = self.condition(u0, known)
         gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
         x0 = torch.randn((b, *self.data_shape), generator=gen, device=dev, dtype=dtype)
         x0 = torch.where(kc, x_known, x0)
-
-        def velocity(x: Tensor, t: Tensor, **c: Any) -> Tensor:
-            return self.net(x, t, cond=c["cond"]).masked_fill(kc, 0.0)
-
-        guided = velocity if guidance is None else guidance.guide(velocity, self.path)
-
-        def final(x: Tensor, t: Tensor, **c: Any) -> Tensor:
-            return guided(x, t, **c).masked_fill(kc, 0.0)
-
-        sol = solve_ode(
-            final,
-            x0,
-            method=solver or self.sample_solver,
-            steps=steps if steps is not None else self.sample_steps,
-            progress=progress,
-            cond=cond,
-        )
-        nfe = sol.nfe * (guidance.network_evals if guidance is not None else 1)
-        x = torch.where(kc, x_known, sol.x)
+        n_steps = steps if steps is not None else self.sample_steps
+        x, nfe = self._integrate(x0, cond, kc, x_known, n_steps, solver, guidance, progress, gen)
+        x = torch.where(kc, x_known, x)
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError(f"{type(self).__name__}: sampling produced non-finite values (NFE {nfe})")
         u_gen, f_gen = self.decode(x)
@@ -371,19 +406,50 @@ class WaveletFlow(FlowMatching):
             f_gen = f.to(dev, dtype)
         return u, f_gen, nfe, x
 
+    def _integrate(
+        self,
+        x0: Tensor,
+        cond: Tensor,
+        known: Tensor,
+        x_known: Tensor,
+        steps: int,
+        solver: str | None,
+        guidance: ObjectiveGuidance | None,
+        progress: bool | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, int]:
+        """Integrate the (guided) velocity from the prior draw ``x0`` to t = 1; known channels stay fixed.
+
+        Returns the final coefficients ``[B, C, h, w]`` and the NFE.
+        """
+
+        def velocity(x: Tensor, t: Tensor, **c: Any) -> Tensor:
+            return self.net(x, t, cond=c["cond"]).masked_fill(known, 0.0)
+
+        guided = velocity if guidance is None else guidance.guide(velocity, self.path)
+
+        def final(x: Tensor, t: Tensor, **c: Any) -> Tensor:
+            return guided(x, t, **c).masked_fill(known, 0.0)
+
+        sol = solve_ode(final, x0, method=solver or self.sample_solver, steps=steps, progress=progress, cond=cond)
+        return sol.x, sol.nfe * (guidance.network_evals if guidance is not None else 1)
+
     def _inputs(self, u0: Any, f: Any = None) -> tuple[Tensor, Tensor | None]:
+        space = (self.grid,) * self.space
         u0 = _as_tensor(u0, "u0")
-        if u0.dim() == 1:
+        if u0.dim() == self.space:
             u0 = u0[None]
-        if u0.dim() != 2 or u0.shape[1] != self.grid:
-            raise InputError("u0", f"must be [B, {self.grid}] (the model's grid), got {tuple(u0.shape)}")
+        if tuple(u0.shape[1:]) != space:
+            shape = ", ".join(map(str, space))
+            raise InputError("u0", f"must be [B, {shape}] (the model's grid), got {tuple(u0.shape)}")
         if f is None:
             return u0, None
         f = _as_tensor(f, "f")
-        if f.dim() == 2:
+        if f.dim() == 1 + self.space:
             f = f[None]
-        if f.shape != (u0.shape[0], self.steps, self.grid):
-            raise InputError("f", f"must be [{u0.shape[0]}, {self.steps}, {self.grid}], got {tuple(f.shape)}")
+        want = (u0.shape[0], self.steps, *space)
+        if tuple(f.shape) != want:
+            raise InputError("f", f"must be {list(want)}, got {tuple(f.shape)}")
         return u0, f
 
     @torch.no_grad()
@@ -448,6 +514,8 @@ class WaveletFlow(FlowMatching):
         """
         if self.fields != 2:
             raise InputError("control", f"problem {self.problem_name!r} has no control field")
+        if self.space != 1:
+            raise InputError("control", f"guided control is implemented for 1D problems, not {self.problem_name!r}")
         if objective not in ("model", "solver"):
             raise InputError("objective", f"must be 'model' or 'solver', got {objective!r}")
         check_sample_args(1, steps, solver, self.solvers)
@@ -481,6 +549,9 @@ class WaveletFlow(FlowMatching):
         return ds
 
     def _resimulate(self, u0: Tensor, f: Tensor | None) -> Tensor | None:
+        if self.problem_name == "ns2d":
+            p = self.problem
+            return solve_ns2d(u0.double().cpu(), f.double().cpu(), nu=p.nu, horizon=p.horizon, dt=p.dt).float()
         if self.problem_name != "burgers":
             return None
         return self.problem.solve(u0.double().cpu(), f.double().cpu()).float()
@@ -499,12 +570,16 @@ class WaveletFlow(FlowMatching):
         from flowsci.domains.pde.data import make_dataset
         from flowsci.domains.pde.metrics import control_cost
 
-        x = self.problem.grid(self.grid)
+        if self.space == 2:  # the periodic NS grid on [0, 2 pi)
+            x = y = np.arange(self.grid) * (2 * np.pi / self.grid)
+        else:
+            x, y = self.problem.grid(self.grid), None
+        space = ("x",) if y is None else ("y", "x")
         f_np = (f if f is not None else torch.zeros_like(u[:, 1:])).detach().cpu().numpy()
         extra: dict[str, Any] = {}
         if u_solver is not None:
             extra["u_solver"] = (
-                ("sample", "time", "x"),
+                ("sample", "time", *space),
                 u_solver.detach().cpu().numpy().astype(np.float32),
                 {"units": "1", "long_name": "numerical solver trajectory for the same u0 and f"},
             )
@@ -524,6 +599,7 @@ class WaveletFlow(FlowMatching):
             u=u.detach().cpu().numpy(),
             f=f_np,
             x=x,
+            y=y,
             horizon=self.horizon,
             attrs={
                 "task": task,
@@ -531,7 +607,7 @@ class WaveletFlow(FlowMatching):
                 "seed": -1 if seed is None else int(seed),
                 "model": f"WaveletFlow(wavelet={self.transform.wavelet}, levels={self.transform.level})",
                 **({"control_weight": float(control_weight)} if control_weight is not None else {}),
-                **({"nu": self.nu} if self.problem_name == "burgers" else {}),
+                **({"nu": self.nu} if self.problem_name in ("burgers", "ns2d") else {}),
             },
             extra=extra,
         )
@@ -584,7 +660,8 @@ class WaveletFlow(FlowMatching):
         n_steps = steps if steps is not None else self.sample_steps
         if task == "simulate":
             ds = self.simulate(u_ref[:, 0], f_ref if self.fields == 2 else None, n_steps, solver, seed, False)
-            ds["u_solver"] = (("sample", "time", "x"), u_ref.numpy(), {"units": "1", "long_name": "solver trajectory"})
+            dims = ("sample", "time", *(("y", "x") if self.space == 2 else ("x",)))
+            ds["u_solver"] = (dims, u_ref.numpy(), {"units": "1", "long_name": "solver trajectory"})
         elif task == "control":
             ds = self.control(
                 u_ref[:, 0], u_ref[:, -1], n_steps, guidance_scale, solver=solver, seed=seed, objective=objective

@@ -201,7 +201,8 @@ def plot_fields(
     """Space-time heatmaps (x horizontal, t vertical) of the true vs generated state and the control (PNG).
 
     Columns: truth (``u_solver``, or ``reference.u``), generated ``u``, their difference, and ``f``; one row per
-    trajectory (the first ``num``).
+    trajectory (the first ``num``). For 2D problems (``u (sample, time, y, x)``) the panels show the final state and
+    the last control interval over (x, y) instead.
     """
     import matplotlib
 
@@ -216,12 +217,16 @@ def plot_fields(
     elif reference is not None and "u" in reference.variables and reference["u"].shape[1:] == ds["u"].shape[1:]:
         truth = np.asarray(reference["u"].values)[: u.shape[0]]
     f = np.asarray(ds["f"].values) if "f" in ds.variables else None
+    two_d = u.ndim == 4
+    if two_d:  # final snapshots over (y, x)
+        u, truth, f = u[:, -1], None if truth is None else truth[:, -1], None if f is None else f[:, -1]
     rows = max(1, min(num, u.shape[0]))
     panels = [("truth (solver)", truth), ("generated u", u), ("generated - truth", None), ("control f", f)]
     panels = [p for p in panels if p[1] is not None or (p[0].startswith("generated -") and truth is not None)]
     fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 2.4 * rows), squeeze=False)
     x = np.asarray(ds["x"].values)
     t_u = np.asarray(ds["time"].values)
+    y = np.asarray(ds["y"].values) if two_d else None
     for i in range(rows):
         vmax = float(np.abs(u[i]).max()) if truth is None else float(max(np.abs(u[i]).max(), np.abs(truth[i]).max()))
         for j, (name, arr) in enumerate(panels):
@@ -231,7 +236,10 @@ def plot_fields(
             else:
                 img = arr[i]
                 vm, cmap = (vmax if name != "control f" else None), "RdBu_r"
-            extent = (x[0], x[-1], t_u[0], t_u[-1] if img.shape[0] == t_u.size else t_u[-2])
+            if y is not None:
+                extent = (x[0], x[-1], y[0], y[-1])
+            else:
+                extent = (x[0], x[-1], t_u[0], t_u[-1] if img.shape[0] == t_u.size else t_u[-2])
             m = ax.imshow(
                 img, origin="lower", aspect="auto", cmap=cmap, extent=extent, vmin=-vm if vm else None, vmax=vm
             )
@@ -239,7 +247,7 @@ def plot_fields(
             if i == 0:
                 ax.set_title(name, fontsize=9)
             ax.set_xlabel("x")
-            ax.set_ylabel("t")
+            ax.set_ylabel("y" if two_d else "t")
     fig.suptitle(title or f"{ds.attrs.get('problem', '')} {ds.attrs.get('task', '')} (NFE {ds.attrs.get('nfe', '?')})")
     fig.tight_layout()
     try:

@@ -2,12 +2,14 @@ r"""An exact, size-preserving, differentiable periodised discrete wavelet transf
 
 WDNO represents a whole space-time trajectory by its separable DWT over (t, x) (or (t, y, x)). On power-of-two
 grids we want PyWavelets' ``mode="periodization"`` (each level halves every axis exactly, no boundary padding),
-which ptwt's convolution API does not offer (it raises for ``"periodization"``; its ``"periodic"`` mode grows the
-arrays). We therefore build, once per (wavelet, length), the analysis matrix :math:`A` of one periodised level
-from PyWavelets itself (columns = transforms of unit vectors, float64) and apply it with a batched matrix
-product; the synthesis matrix :math:`S` comes from ``pywt.idwt`` the same way (:math:`S = A^{-1}`, and
-:math:`S = A^\top` for orthogonal wavelets). This is exact by construction (agreement with ``pywt`` to 1e-12 in
-float64 is tested), works for every discrete wavelet PyWavelets knows (Haar, Daubechies, biorthogonal...), and at
+which ptwt (checked with 1.0.1) does not offer: ``wavedec``/``wavedec2``/``wavedec3`` raise for
+``"periodization"``, their ``"periodic"`` mode grows each axis to :math:`\lfloor (n + L - 1)/2\rfloor`, and the
+size-preserving ``MatrixWavedec`` uses boundary wavelets (``boundary="qr"``), not periodisation. We therefore
+build, once per (wavelet, length), the analysis matrix :math:`A` of one periodised level from PyWavelets itself
+(columns = transforms of unit vectors, float64) and apply it with a batched matrix product; the synthesis matrix
+:math:`S` comes from ``pywt.idwt`` the same way (:math:`S = A^{-1}`, and :math:`S = A^\top` for orthogonal
+wavelets). This is exact by construction (agreement with ``pywt`` to 1e-12 in float64 is tested), works for every
+discrete wavelet PyWavelets knows (Haar, Daubechies, biorthogonal...), and at
 our lengths (32--512) the dense product is as fast as a strided convolution on a CPU.
 
 One level along ``d`` axes splits each channel into :math:`2^d` sub-bands (``"a"``/``"d"`` per axis, in

@@ -179,11 +179,11 @@ def test_fno_surrogate_trains_and_simulates(tmp_path, small_burgers):
     first = None
     for _ in range(15):
         loss, _ = m.compute_loss(b)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first
+    assert float(loss.detach()) < first
     ds = m.simulate(b["u"][:, 0], b["f"])
     assert ds.u.shape == (6, 9, 32) and "u_solver" in ds and ds.attrs["nfe"] == 1
     sol = m.sample(2, seed=0)
@@ -225,3 +225,95 @@ def test_deepcopy_shares_optimizer_factories_and_copies_weights():
     clone = copy.deepcopy(m)
     assert clone.optimizer_factory is m.optimizer_factory and clone.net is not m.net
     assert "__deepcopy__" not in clone.__dict__ and "__deepcopy__" not in m.__dict__
+
+
+@pytest.mark.parametrize("wavelet", ["haar", "db4"])
+def test_variance_loss_weight_is_the_physical_mse_for_orthonormal_wavelets(small_burgers, wavelet):
+    # Parseval: with w_b proportional to sigma_b^2 the band-weighted coefficient error equals the physical MSE / mean
+    m = _model(wavelet, loss_weight="variance")
+    b = _batch(small_burgers)
+    m.fit_statistics(b["u"].double(), b["f"].double())
+    m.band_mean, m.band_std = m.band_mean.float(), m.band_std.float()
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.randn(3, 8, 4, 16, generator=g), torch.randn(3, 8, 4, 16, generator=g)
+    known = torch.zeros(3, 8, 1, 1, dtype=torch.bool)
+    known[:, 4:] = True  # f given: only u's bands count
+    loss = m.masked_loss(pred, target, known)
+    u_err = m.transform.inverse((pred - target) * m.band_std.reshape(1, -1, 1, 1))[:, 0]
+    physical = u_err.pow(2).mean() / m.band_std[:4].pow(2).mean()
+    torch.testing.assert_close(loss, physical, rtol=1e-5, atol=1e-7)
+
+
+def test_band_weights_follow_the_training_statistics(small_burgers):
+    b = _batch(small_burgers)
+    weights = {}
+    for name in ("uniform", "std", "variance"):
+        m = _model("bior2.4", loss_weight=name)
+        m.fit_statistics(b["u"], b["f"])
+        w = m.band_weights()
+        torch.testing.assert_close(w.reshape(2, 4).mean(1), torch.ones(2, dtype=w.dtype))
+        weights[name] = w
+    assert torch.all(weights["uniform"] == 1)
+    ratio = weights["std"] / m.band_std
+    torch.testing.assert_close(ratio[:4], ratio[:1].expand(4))  # proportional to sigma_b within a field
+    assert weights["variance"][0] > weights["std"][0] > 1 > weights["std"][3] > weights["variance"][3]
+    with pytest.raises(ValueError, match="loss_weight"):
+        _model(loss_weight="energy")
+
+
+def test_scale_power_interpolates_between_per_field_and_per_band_scales(small_burgers):
+    b = _batch(small_burgers)
+    scales = {}
+    for p in (0.0, 0.5, 1.0):
+        m = _model("bior2.4", scale_power=p)
+        m.fit_statistics(b["u"], b["f"])
+        scales[p] = m.band_std.reshape(2, 4)
+    sigma = scales[1.0]
+    field = sigma.pow(2).mean(1, keepdim=True).sqrt()
+    torch.testing.assert_close(scales[0.0], field.expand(2, 4))
+    torch.testing.assert_close(scales[0.5], (sigma * field).sqrt())
+    # with p = 1/2 a detail band keeps variance sigma_b / sigma_F < 1 in the model's coordinates
+    m = _model("bior2.4", scale_power=0.5)
+    m.fit_statistics(b["u"], b["f"])
+    var = m.encode(b["u"], b["f"]).double().var(dim=(0, 2, 3)).reshape(2, 4)
+    torch.testing.assert_close(var, (sigma / field).double(), rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="scale_power"):
+        _model(scale_power=1.5)
+
+
+@pytest.fixture(scope="module")
+def small_ns2d():
+    from flowsci.domains.pde.solvers import NS2D
+
+    return NS2D(horizon=1.0).generate(4, grid=16, steps=8, seed=0)
+
+
+def _ns2d_model(**kw):
+    net = UNet(in_channels=16, cond_channels=10, width=8, mults=(1, 2), time_dim=16, dims=3)
+    return WaveletFlow(net, wavelet="bior2.4", problem="ns2d", grid=16, steps=8, horizon=1.0, nu=1e-3, **kw)
+
+
+def test_ns2d_model_transforms_over_t_y_x_and_simulates(small_ns2d, tmp_path):
+    from flowsci.domains.pde.metrics import plot_fields
+
+    u, f = torch.as_tensor(small_ns2d.u.values), torch.as_tensor(small_ns2d.f.values)
+    m = _ns2d_model(scale_power=0.5)
+    m.fit_statistics(u, f)
+    x = m.encode(u, f)
+    assert x.shape == (4, 16, 4, 8, 8) and tuple(m.data_shape) == (16, 4, 8, 8)
+    uu, ff = m.decode(x)
+    torch.testing.assert_close(uu, u[:, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ff, f, atol=1e-5, rtol=1e-5)
+    loss, _ = m.compute_loss({"u": u, "f": f}, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    ds = m.simulate(u[:, 0], f, steps=2)
+    assert ds.u.dims == ("sample", "time", "y", "x") and ds.u.shape == (4, 9, 16, 16)
+    np.testing.assert_array_equal(ds.f.values, f.numpy())
+    np.testing.assert_allclose(ds.u_solver.values, u.numpy(), atol=1e-5)  # re-simulation = the data's solver
+    assert plot_fields(ds, tmp_path / "ns.png").stat().st_size > 0
+    with pytest.raises(InputError, match="1D"):
+        m.control(u[:, 0], u[:, -1], steps=2)
+    with pytest.raises(InputError, match="u0"):
+        m.simulate(u[:, 0, 0], f, steps=2)
+    with pytest.raises(ValueError, match="dims=3"):
+        WaveletFlow(UNet(in_channels=16, cond_channels=10, width=8, dims=2), problem="ns2d", grid=16, steps=8)

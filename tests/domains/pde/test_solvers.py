@@ -165,3 +165,11 @@ def test_burgers_autograd_path_equals_fast_path_and_is_differentiable():
     torch.testing.assert_close(slow.detach(), fast, atol=1e-13, rtol=0)
     (slow[:, -1] ** 2).sum().backward()
     assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+def test_ns2d_default_trajectories_stay_bounded():
+    # the explicit nonlinear term blew up half of the trajectories at dt = 1e-2 (32^2, T = 10)
+    from flowsci.domains.pde.solvers import NS2D
+
+    w = NS2D().generate(4, grid=32, steps=8, seed=0).u.values
+    assert np.isfinite(w).all() and np.abs(w).max() < 20
