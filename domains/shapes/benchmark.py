@@ -271,6 +271,6 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
         packages=("trimesh", "scikit-image", "point-cloud-utils"),
         warmup_samples=0,
-        version="3",
+        version="4",
         noise_floor=True,
     )

@@ -5,9 +5,10 @@ r"""Shape data: mesh readers, normalisation, the SDF oracle, the procedural clas
   NaN/Inf vertices, face indices out of range, zero extent, absurd size).
 * :func:`normalise` centres the bounding box and scales the largest half-extent to ``0.9`` (inside ``[-1, 1]^3``
   with room for the mosaic's patch cubes).
-* :func:`sdf_oracle` is the ground-truth SDF (negative inside): pysdf where it is installed, else
-  point-cloud-utils' ``signed_distance_to_mesh`` (exact distance, sign from the fast generalised winding number,
-  hence correct on open meshes and on unions of overlapping parts). The oracle checks the sign on points far
+* :func:`sdf_oracle` is the ground-truth SDF (negative inside): pysdf where it is installed and the mesh is fine
+  enough (its distance is made exact to one split edge, its sign a per-part winding number), else
+  point-cloud-utils' ``signed_distance_to_mesh`` (exact distance, sign from the fast generalised winding number);
+  both are right on open meshes and on unions of overlapping parts. The oracle checks the sign on points far
   outside the shape and that the mesh encloses volume, so a wrong-signed field never passes in silence.
 * :class:`ProceduralShape`: ten seeded, class-labelled CSG shapes with analytic SDFs (:data:`CLASSES`).
 * :class:`ShapesDataModule`: mosaics of the procedural family (class-conditional) or of a folder of meshes
@@ -44,6 +45,7 @@ __all__ = [
     "procedural_set",
     "read_mesh",
     "real_mesh_dir",
+    "refinement_factor",
     "sdf_oracle",
     "shipped_meshes",
 ]
@@ -167,29 +169,83 @@ def shipped_meshes() -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- SDF oracle
 class _Oracle:
-    """Picklable ground-truth SDF of a mesh (negative inside)."""
+    r"""Picklable ground-truth SDF of a mesh (negative inside).
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, backend: str) -> None:
+    ``pysdf`` backend: pysdf measures the distance to the triangles around the *nearest vertex* only, which is
+    wrong by up to the triangle size on coarse meshes (0.2 on a pybullet object normalised to ``[-0.9, 0.9]^3``);
+    the mesh is therefore first split until no edge is longer than ``max_edge`` times its largest extent
+    (``trimesh.remesh.subdivide_to_size``), which bounds the error: the result is the distance to some triangle,
+    so at least the true distance, and at most the true distance plus one edge. The sign is the generalised
+    winding number of closed parts, :math:`|\sum_c o_c\,[x \in c]| \ge 1`, with one
+    pysdf inside test (ray parity, majority of several rays) per connected component ``c`` and ``o_c`` the sign of
+    its enclosed volume. pysdf's own sign is the parity over the whole mesh, which reads a point inside two
+    overlapping parts as outside; per component, parity is right, overlapping parts add up and an inverted inner
+    shell (a cavity) cancels its outer shell, as with point-cloud-utils' winding number. A mesh of one component
+    takes pysdf's signed distance directly.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, backend: str, max_edge: float = 0.02) -> None:
         self.v = np.ascontiguousarray(vertices, dtype=np.float64)
         self.f = np.ascontiguousarray(faces, dtype=np.int64)
-        self.backend = backend
+        self.backend, self.max_edge = backend, float(max_edge)
         self._impl: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"v": self.v, "f": self.f, "backend": self.backend, "_impl": None}
+        return {"v": self.v, "f": self.f, "backend": self.backend, "max_edge": self.max_edge, "_impl": None}
+
+    def _pysdf(self) -> tuple[Any, list[tuple[Any, float]]]:
+        """The pysdf of the whole mesh and ``(pysdf, orientation)`` per connected component (empty if only one)."""
+        import pysdf
+        import trimesh
+
+        edge = self.max_edge * float(np.ptp(self.v, axis=0).max())
+        v, f = trimesh.remesh.subdivide_to_size(self.v, self.f, max_edge=edge, max_iter=20)
+        whole = pysdf.SDF(np.asarray(v, np.float32), np.asarray(f, np.uint32))
+        merged = trimesh.Trimesh(self.v, self.f, process=True)  # welds duplicated vertices (STL, soups)
+        parts = merged.split(only_watertight=False) if len(merged.faces) else []
+        if len(parts) <= 1:
+            return whole, []
+        out = []
+        for c in parts:
+            part = pysdf.SDF(np.asarray(c.vertices, np.float32), np.asarray(c.faces, np.uint32))
+            out.append((part, -1.0 if c.volume < 0 else 1.0))
+        return whole, out
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
         if self.backend == "pysdf":
             if self._impl is None:
-                import pysdf
-
-                self._impl = pysdf.SDF(self.v.astype(np.float32), self.f.astype(np.uint32))
-            return -np.asarray(self._impl(q.astype(np.float32)), dtype=np.float64)  # pysdf: positive inside
+                self._impl = self._pysdf()
+            whole, parts = self._impl
+            qf = np.ascontiguousarray(q, dtype=np.float32)
+            d = -np.asarray(whole(qf), dtype=np.float64)  # pysdf: positive inside
+            if not parts:
+                return d
+            winding = sum(o * np.asarray(c.contains(qf), dtype=np.float64) for c, o in parts)
+            return np.where(np.abs(winding) >= 0.5, -np.abs(d), np.abs(d))
         import point_cloud_utils as pcu
 
         d, _, _ = pcu.signed_distance_to_mesh(q, self.v, self.f.astype(np.int32))
         return np.asarray(d, dtype=np.float64)
+
+
+def refinement_factor(vertices: np.ndarray, faces: np.ndarray, max_edge: float = 0.02) -> float:
+    r"""Estimated face count after splitting every edge to ``max_edge`` x the largest extent, over the face count.
+
+    A face whose longest edge is ``e`` is split into :math:`4^{\lceil \log_2(e / h) \rceil}` faces
+    (``trimesh.remesh.subdivide_to_size`` halves edges per round).
+    """
+    v, f = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+    if len(f) == 0:
+        return 1.0
+    h = max_edge * float(np.ptp(v, axis=0).max())
+    longest = np.linalg.norm(v[f] - v[np.roll(f, 1, axis=1)], axis=-1).max(1)
+    return float((4.0 ** np.ceil(np.log2(np.maximum(longest / max(h, 1e-12), 1.0)))).mean())
+
+
+AUTO_MAX_REFINEMENT = 20.0
+"""``backend="auto"`` leaves pysdf for point-cloud-utils above this :func:`refinement_factor`: on coarse CAD-like
+meshes (the pybullet objects: 150-570x) the split mesh makes pysdf slower than point-cloud-utils."""
 
 
 def sdf_oracle(mesh: Any, backend: str = "auto", check: bool = True) -> Callable[[np.ndarray], np.ndarray]:
@@ -197,7 +253,9 @@ def sdf_oracle(mesh: Any, backend: str = "auto", check: bool = True) -> Callable
 
     Args:
         mesh: A ``trimesh.Trimesh`` (need not be watertight: the sign comes from the generalised winding number).
-        backend: ``"pysdf"``, ``"pcu"`` or ``"auto"`` (pysdf if importable, else point-cloud-utils).
+        backend: ``"pysdf"``, ``"pcu"`` or ``"auto"``: pysdf if it is importable and the mesh needs at most
+            :data:`AUTO_MAX_REFINEMENT` x its faces to bound pysdf's distance error (see :class:`_Oracle`), else
+            point-cloud-utils. Both read negative inside.
         check: Verify the sign: the 8 corners of the enlarged bounding box must read positive and some point of
             the bounding box must read negative (the mesh encloses volume).
 
@@ -209,7 +267,8 @@ def sdf_oracle(mesh: Any, backend: str = "auto", check: bool = True) -> Callable
         try:
             import pysdf  # noqa: F401
 
-            backend = "pysdf"
+            fine = refinement_factor(mesh.vertices, mesh.faces) <= AUTO_MAX_REFINEMENT
+            backend = "pysdf" if fine else "pcu"
         except ImportError:
             backend = "pcu"
     if backend not in ("pysdf", "pcu"):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from flowsci.domains.shapes.mosaic import farthest_point_sampling
+from flowsci.errors import InputError
 
 __all__ = [
     "chamfer_distance",
@@ -50,6 +51,13 @@ def sample_points(shape: Any, num: int = 2048, seed: int = 0, oversample: int = 
     """``num`` surface points of a mesh (area-weighted ``oversample * num`` samples, then FPS) -> ``[num, 3]``.
 
     A point cloud (no faces) is sub-sampled by FPS; an empty shape gives ``[0, 3]``.
+
+    Raises:
+        InputError: a point cloud with fewer than ``num`` points. Padding it by repetition would compare a sparse
+            cloud with dense references: its Chamfer distances to other sparse clouds grow, so in 1-NNA its nearest
+            neighbour tends to be a reference and the sparse set looks like the data. Generate ``num`` points or
+            evaluate at a smaller ``num``.
+
     """
     verts = np.asarray(getattr(shape, "vertices", np.zeros((0, 3))), dtype=np.float64)
     if len(verts) == 0:
@@ -61,8 +69,11 @@ def sample_points(shape: Any, num: int = 2048, seed: int = 0, oversample: int = 
         pts = np.asarray(pts, dtype=np.float64)
     else:
         pts = verts
-    if len(pts) < num:
-        pts = pts[np.random.default_rng(seed).integers(len(pts), size=num)]
+        if len(pts) < num:
+            raise InputError(
+                "point cloud", f"has {len(pts)} points, fewer than the {num} per shape of the metric; generate at "
+                f"least {num} points or evaluate with num_points <= {len(pts)}"
+            )  # fmt: skip
     return pts[farthest_point_sampling(pts, num, seed=seed)]
 
 

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,37 +82,102 @@ def test_obj_168_is_rejected_by_name():
         read_mesh(p)
 
 
-def test_sdf_oracle_sign_and_distance_on_sphere():
+def _has_pysdf():
+    try:
+        import pysdf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS = [
+    "pcu",
+    pytest.param("pysdf", marks=pytest.mark.skipif(not _has_pysdf(), reason="pysdf not installed (needs Eigen)")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdf_oracle_sign_and_distance_on_sphere(backend):
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
-    sdf = sdf_oracle(mesh)
+    sdf = sdf_oracle(mesh, backend=backend)
     pts = np.array([[0, 0, 0], [0.9, 0, 0], [0, 0.2, 0]])
     np.testing.assert_allclose(sdf(pts), [-0.5, 0.4, -0.3], atol=5e-3)
+    q = np.random.default_rng(0).uniform(-1, 1, size=(2000, 3))
+    exact = np.linalg.norm(q, axis=1) - 0.5  # analytic sphere; the mesh is inscribed (chord error < 3e-3)
+    d = sdf(q)
+    far = np.abs(exact) > 5e-3
+    assert (np.sign(d[far]) == np.sign(exact[far])).all()
+    np.testing.assert_allclose(d, exact, atol=5e-3)
 
 
-def test_sdf_oracle_sign_on_overlapping_parts():
-    # two overlapping closed boxes, not merged: the inside of the overlap must read negative (winding number 2)
+@pytest.mark.skipif(not _has_pysdf(), reason="pysdf not installed (needs Eigen)")
+def test_sdf_oracle_backends_agree_on_a_closed_mesh_and_auto_picks_pysdf(monkeypatch):
+    mesh = ProceduralShape.random(CLASSES.index("torus"), 3).mesh(48)[0]
+    q = np.random.default_rng(1).uniform(-1, 1, size=(3000, 3))
+    a, b = sdf_oracle(mesh, backend="pysdf")(q), sdf_oracle(mesh, backend="pcu")(q)
+    clear = np.abs(b) > 1e-3
+    assert (np.sign(a[clear]) == np.sign(b[clear])).all()  # same sign convention: negative inside
+    np.testing.assert_allclose(a, b, atol=5e-3)
+    assert sdf_oracle(mesh).backend == "pysdf"
+    coarse = trimesh.creation.box(extents=(1, 1, 1))  # diagonals sqrt(2) = 71 x 0.02: 7 rounds, 4^7 x the faces
+    assert sdata.refinement_factor(coarse.vertices, coarse.faces) == 4.0**7
+    assert sdf_oracle(coarse).backend == "pcu"
+    monkeypatch.setitem(sys.modules, "pysdf", None)  # as if pysdf were not installed
+    assert sdf_oracle(mesh).backend == "pcu"
+
+
+def test_refinement_factor_and_pysdf_error_bound():
+    box = trimesh.creation.box(extents=(1, 1, 1))  # longest edge of every face: the diagonal sqrt(2)
+    assert sdata.refinement_factor(box.vertices, box.faces, max_edge=0.5) == 16.0  # ceil(log2(2.83)) = 2 rounds
+    if not _has_pysdf():
+        pytest.skip("pysdf not installed (needs Eigen)")
+    q = np.random.default_rng(0).uniform(-0.75, 0.75, size=(4000, 3))
+    exact = sdata._box(q, (0.5, 0.5, 0.5))
+    for edge in (0.2, 0.05):
+        d = sdata._Oracle(box.vertices, box.faces, "pysdf", max_edge=edge)(q)
+        assert np.all(np.sign(d) == np.sign(exact))
+        err = np.abs(d) - np.abs(exact)  # distance to some triangle: not below the true one, at most an edge above
+        assert err.min() > -1e-5 and err.max() <= edge * 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdf_oracle_sign_on_overlapping_parts(backend):
+    # two overlapping closed boxes, not merged: the inside of the overlap must read negative (winding number 2;
+    # ray parity over the whole mesh, pysdf's own sign, reads it as outside)
     a = trimesh.creation.box(extents=(1, 1, 1))
     b = trimesh.creation.box(extents=(1, 1, 1))
     b.apply_translation((0.5, 0, 0))
     union = trimesh.util.concatenate([a, b])
-    sdf = sdf_oracle(union)
+    sdf = sdf_oracle(union, backend=backend)
     pts = np.array([[0.25, 0, 0], [-0.3, 0, 0], [0.8, 0, 0], [2, 0, 0], [0.25, 0.7, 0]])
     d = sdf(pts)
     assert (d[:3] < 0).all() and (d[3:] > 0).all()
+    np.testing.assert_allclose(np.abs(d[1:]), [0.2, 0.2, 1.0, 0.2], atol=2e-3)
 
 
-def test_sdf_oracle_sign_on_open_mesh_is_robust():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdf_oracle_inverted_inner_shell_is_a_cavity(backend):
+    outer = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    inner = trimesh.creation.icosphere(subdivisions=3, radius=0.4)
+    inner.invert()  # inward-facing: the winding numbers cancel inside it
+    d = sdf_oracle(trimesh.util.concatenate([outer, inner]), backend=backend)(np.array([[0, 0, 0], [0.6, 0, 0]]))
+    assert d[0] > 0 > d[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdf_oracle_sign_on_open_mesh_is_robust(backend):
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     holed = trimesh.Trimesh(sphere.vertices, sphere.faces[5:], process=False)  # a few triangles missing
     assert not holed.is_watertight
-    d = sdf_oracle(holed)(np.array([[0, 0, 0], [0.1, 0.1, 0.1], [0.8, 0, 0]]))
+    d = sdf_oracle(holed, backend=backend)(np.array([[0, 0, 0], [0.1, 0.1, 0.1], [0.8, 0, 0]]))
     assert d[0] < 0 and d[1] < 0 and d[2] > 0
 
 
-def test_sdf_oracle_sign_ignores_face_orientation():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdf_oracle_sign_ignores_face_orientation(backend):
     inverted = trimesh.creation.box(extents=(1, 1, 1))
     inverted.invert()
-    d = sdf_oracle(inverted)(np.array([[0.0, 0, 0], [2, 0, 0]]))
+    d = sdf_oracle(inverted, backend=backend)(np.array([[0.0, 0, 0], [2, 0, 0]]))
     assert d[0] < 0 < d[1]
 
 

@@ -56,6 +56,21 @@ def test_training_takes_statistics_and_lowers_loss(tmp_path):
     assert after < before
 
 
+def test_geometry_columns_are_standardised_to_geometry_scale(tmp_path):
+    dm = _dm(tmp_path)
+    dm.setup("fit")
+    mats = torch.as_tensor(dm.train["matrices"]).reshape(-1, 31).double()
+    for scale in (1.0, 3.0):
+        model = _model(geometry_scale=scale)
+        model.set_statistics(*dm.statistics())
+        x = (mats - model.x_mean.double()) / model.x_std.double()
+        np.testing.assert_allclose(x[:, :4].std(0).numpy(), scale, rtol=1e-4)  # centres and half-widths
+        assert x[:, 4:].std().item() == pytest.approx(1.0, rel=1e-4)  # the k^3 values share one scale
+        np.testing.assert_allclose((x * model.x_std.double() + model.x_mean.double()).numpy(), mats.numpy(), atol=1e-5)
+    with pytest.raises(InputError, match="geometry_scale"):
+        _model(geometry_scale=0.0)
+
+
 def test_sample_returns_meshes_labels_and_counts_cfg_nfe(trained):
     model, _, _ = trained
     assert bool(model.stats_ready) and model.trained_classes == [4, 8]

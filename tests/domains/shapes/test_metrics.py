@@ -7,6 +7,7 @@ from flowsci.domains.shapes.data import ShapeSet
 from flowsci.domains.shapes.metrics import (
     chamfer_distance,
     chamfer_l1,
+    cloud_set,
     coverage_mmd_1nna,
     emd,
     evaluate,
@@ -17,6 +18,7 @@ from flowsci.domains.shapes.metrics import (
     sample_points,
     validity_rate,
 )
+from flowsci.errors import InputError
 
 
 def test_chamfer_closed_forms():
@@ -87,6 +89,19 @@ def test_sampling_and_normalisation():
     n = normalise_cloud(pts * 3 + 7)
     assert np.abs(n).max() == pytest.approx(1.0)
     assert sample_points(trimesh.Trimesh(), 8).shape == (0, 3)
+
+
+def test_point_clouds_are_scored_like_meshes_and_never_padded():
+    sphere = trimesh.creation.icosphere(3, radius=0.7)
+    raw = sample_points(sphere, 64, seed=3)
+    cloud = trimesh.PointCloud(raw * 2.0 + 1.0)  # another scale and place: normalisation must undo both
+    cg, ok = cloud_set([cloud, sphere], 64)
+    assert ok.all() and cg.shape == (2, 64, 3)
+    np.testing.assert_allclose(np.sort(cg[0].numpy(), axis=0), np.sort(normalise_cloud(raw), axis=0), atol=1e-12)
+    assert np.abs(cg.numpy()).max(axis=(1, 2)) == pytest.approx([1.0, 1.0])
+    # a 64-point cloud is not padded to 128 points against dense references
+    with pytest.raises(InputError, match="64 points, fewer than the 128"):
+        evaluate(ShapeSet([cloud], None, ()), ShapeSet([sphere], None, ()), num_points=128)
 
 
 def test_fidelity_scores():

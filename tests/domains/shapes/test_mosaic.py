@@ -5,7 +5,13 @@ import pytest
 import torch
 import trimesh
 
-from flowsci.domains.shapes.mosaic import MosaicCache, MosaicSDF, farthest_point_sampling, fit_many
+from flowsci.domains.shapes.mosaic import (
+    MosaicCache,
+    MosaicSDF,
+    farthest_point_sampling,
+    fit_many,
+    patch_disagreement,
+)
 from flowsci.errors import InputError
 
 
@@ -36,6 +42,17 @@ def test_partition_of_unity_reproduces_linear_field_exactly():
     m = MosaicSDF.fit(mesh, n=64, k=3, sdf=plane)
     pts, _ = trimesh.sample.sample_surface(mesh, 500, seed=1)
     np.testing.assert_allclose(m.sdf(pts).numpy(), plane(pts), atol=1e-5)
+
+
+def test_patch_disagreement_zero_for_affine_field_and_grows_with_noise():
+    mesh, sdf = _sphere()
+    plane = MosaicSDF.fit(mesh, n=48, k=3, sdf=lambda x: np.asarray(x) @ np.array([0.3, -0.5, 0.8]) + 0.1)
+    assert patch_disagreement(plane) < 1e-5  # every patch interpolates the same affine field exactly
+    fit = MosaicSDF.fit(mesh, n=48, k=4, sdf=sdf)
+    clean = patch_disagreement(fit)
+    noise = torch.randn(fit.values.shape, generator=torch.Generator().manual_seed(0))
+    noisy = MosaicSDF(fit.centers, fit.scales, fit.values + 0.05 * noise)
+    assert clean < 0.01 < patch_disagreement(noisy)
 
 
 @pytest.mark.parametrize("shape", [_sphere, _box])
