@@ -14,6 +14,10 @@ budget; they differ only in what is compared:
   ~15 min on 2 cores): ``qflow`` trained with ReQFlow's IGSO(3)(σ=1.5) rotation prior around the data
   (sampling still starts from the uniform prior: the released code's train/test mismatch);
 - ``frameflow-path`` (baseline): FrameFlow's matrix exp/log rotation path and targets, same everything else;
+- ``reqflow-long``: the ``reqflow`` weights fine-tuned on whole chains (40–251 residues, length-aware batches
+  of at most 8 chains and 65,536 padded residue pairs) with the length-aware translation prior
+  (``trans_prior="rg"``: prior radius of gyration 2.2·L^0.38 Å), sampled across 50–250 residues (the
+  ``bucket`` metrics report each length bucket). Not rectified again: a QFlow fine-tune of the ReQFlow weights;
 - ``reqflow``: ``qflow`` + one rectification: (noise, sample) pairs from ``qflow`` at ``reflow_nfe`` Euler
   steps (coil ≤ 0.9 filter; none in ``smoke``), then fine-tuning from the ``qflow`` weights on the stored pairs
   at lr 1e-4 (the paper's). ``reflow_nfe`` is the teacher's best measured NFE at the suite's training budget
@@ -42,8 +46,12 @@ from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest
 
 __all__ = [
     "LENGTHS",
+    "LONG_BATCH_PAIRS",
+    "bucket_lengths",
     "build_model",
     "datamodule",
+    "fit_long",
+    "long_datamodule",
     "fit_qflow",
     "fit_reqflow",
     "sample_lengths",
@@ -52,9 +60,14 @@ __all__ = [
 ]
 
 LENGTHS: tuple[int, ...] = (60, 80, 100)
+#: Padded residue pairs per long-chain training batch (batch × longest²): one 250-residue chain, four of 128,
+#: eight of ≤ 90.
+LONG_BATCH_PAIRS = 65_536
 
 _SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
+        "long_steps": 4,
+        "long_lr": 1e-4,
         "train_steps": 20,
         "num_samples": 3,
         "nfe_grid": (2, 4),
@@ -67,6 +80,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "igso3": True,
     },
     "quick": {
+        "long_steps": 600,
+        "long_lr": 1e-4,
         "train_steps": 1600,
         "num_samples": 12,
         "nfe_grid": (10, 20, 50, 100),
@@ -79,6 +94,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "igso3": False,
     },
     "full": {
+        "long_steps": 5000,
+        "long_lr": 1e-4,
         "train_steps": 20000,
         "num_samples": 48,
         "nfe_grid": (10, 20, 50, 100, 500),
@@ -98,6 +115,36 @@ _NOVELTY_REFS = 40
 def sample_lengths(num: int) -> list[int]:
     """Lengths of a cell's samples: 60, 80, 100, 60, ... (``num`` of them)."""
     return [LENGTHS[i % len(LENGTHS)] for i in range(num)]
+
+
+def bucket_lengths(num: int, lo: int = 50, hi: int = 250) -> list[int]:
+    """``num`` lengths evenly spaced over ``lo..hi`` (both included), e.g. 12 → 50, 68, 86, …, 250: three in each
+    of the length buckets 50–99, 100–149, 150–199, 200–250.
+    """
+    if num == 1:
+        return [lo]
+    return [int(round(lo + k * (hi - lo) / (num - 1))) for k in range(num)]
+
+
+def long_datamodule(seed: int = 0) -> Any:
+    """Whole bundled chains (no crop; 40–251 residues; the suite's seeded 10 % chain split) in length-aware batches:
+    :class:`~flowsci.domains.proteins.data.LengthBatchSampler` with at most 8 chains and :data:`LONG_BATCH_PAIRS`
+    padded residue pairs per batch.
+    """
+    from flowsci.domains.proteins.data import ProteinDataModule
+
+    return ProteinDataModule(crop_length=None, batch_size=8, max_coil=None, seed=seed, max_res_squared=LONG_BATCH_PAIRS)
+
+
+def fit_long(model: Any, dm: Any, steps: int, lr: float = 1e-4, callbacks: Sequence[Any] = ()) -> None:
+    """Fine-tune ``model`` in place for ``steps`` on whole chains (:func:`long_datamodule`; ``dm`` is not used, the
+    runner passes the suite's crops) with a fresh AdamW at ``lr`` and gradient clipping 1.0.
+    """
+    model.train()
+    model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr)
+    trainer = _trainer(steps)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(model, datamodule=long_datamodule())
 
 
 def datamodule(res_idx_from: str = "chain") -> Any:
@@ -124,6 +171,7 @@ def _build(
     train_rot_prior: str = "uniform",
     final_step: str = "euler",
     aux_t: float = 0.5,
+    trans_prior: str = "fixed",
 ) -> Any:
     from flowsci.domains.proteins.flow import ReQFlow
     from flowsci.domains.proteins.model import IPAFrameNet
@@ -137,6 +185,7 @@ def _build(
         sample_steps=10,
         final_step=final_step,
         aux_t=aux_t,
+        trans_prior=trans_prior,
     )
 
 
@@ -248,6 +297,12 @@ def _sample(model: Any, request: SampleRequest, restraint: float = 0.0) -> Any:
     )
 
 
+def _sample_long(model: Any, request: SampleRequest) -> Any:
+    return model.sample(
+        lengths=bucket_lengths(request.num), steps=request.steps, solver=request.solver, seed=request.seed
+    )
+
+
 def _postprocess(solution: Any) -> list:
     return list(solution)
 
@@ -291,6 +346,29 @@ def _geometry(samples: list, reference: Any) -> dict[str, float]:
     return {k: s[k] for k in _GEOMETRY_KEYS}
 
 
+#: Per-bucket columns (``<key>@<bucket>``) of the ``bucket`` metric, higher-is-better flags.
+_BUCKET_KEYS = {
+    "ca_ca_valid": True,
+    "clash_free": True,
+    "num_ca_clashes_3A": False,
+    "helix": True,
+    "strand": True,
+    "rg_ratio_median": False,
+}
+
+
+def _buckets(samples: list, reference: Any) -> dict[str, float]:
+    """``evaluate(...).by_length`` flattened to ``<key>@<bucket>`` (NaN for a bucket without samples)."""
+    from flowsci.domains.proteins.metrics import LENGTH_BUCKETS, evaluate
+
+    by = evaluate(samples, diversity_per_length=False).by_length
+    return {
+        f"{k}@{lo}-{hi}": float(by.get(f"{lo}-{hi}", {}).get(k, float("nan")))
+        for lo, hi in LENGTH_BUCKETS
+        for k in _BUCKET_KEYS
+    }
+
+
 def _set_level(samples: list, reference: Any) -> dict[str, float]:
     from flowsci.domains.proteins.metrics import angle_histogram_w1, diversity, novelty
 
@@ -326,6 +404,8 @@ def _pair_nfe_text(nfe: int | Sequence[int]) -> str:
 
 def spec(suite: str = "quick") -> BenchmarkSpec:
     """The proteins benchmark sized for ``suite`` (``smoke``, ``quick`` or ``full``)."""
+    from flowsci.domains.proteins.metrics import LENGTH_BUCKETS
+
     sz = _SIZES[suite]
     reflow_fit = functools.partial(
         fit_reqflow,
@@ -378,6 +458,19 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             "enforces the CA geometry the metrics score)",
         ),
     ]
+    methods.append(
+        Method(
+            "reqflow-long",
+            build=lambda dm: _build(trans_prior="rg"),
+            init_from="reqflow",
+            fit=functools.partial(fit_long, lr=sz["long_lr"]),
+            train_steps=sz["long_steps"],
+            nfe_grid=(min(full_grid),),
+            sample=_sample_long,
+            description=f"reqflow weights + {sz['long_steps']} steps on whole chains (length-aware batches) with the "
+            "length-aware prior (Rg 2.2 L^0.38 A); sampled at 50-250 residues",
+        )
+    )
     if sz["igso3"]:
         methods.append(
             Method(
@@ -407,6 +500,13 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
                 description="CA-CA validity (+-0.1 A), clashes (CA<3 A, |i-j|>=3), angles, DSSP, Rg",
             ),
             Metric(
+                "bucket",
+                _buckets,
+                higher_is_better={f"{k}@{lo}-{hi}": v for lo, hi in LENGTH_BUCKETS for k, v in _BUCKET_KEYS.items()},
+                description="per length bucket (residues): CA-CA validity, clash-free, CA pairs < 3 A, helix, "
+                "strand, median Rg / (2.2 L^0.38)",
+            ),
+            Metric(
                 "set",
                 _set_level,
                 higher_is_better={
@@ -432,7 +532,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         description=__doc__.split("\n\n")[0] + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
         packages=("gemmi", "tmtools", "pydssp"),
         nfe_counter="net",
-        version="5",
+        version="6",
         warmup_samples=1,
     )
 

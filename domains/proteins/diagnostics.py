@@ -5,7 +5,9 @@ Each is a function here and a subcommand of ``python -m flowsci.domains.proteins
 :func:`denoiser_vs_t` (teacher-forced x̂1 on held-out chains), :func:`training_curve` (one run scored at several
 step counts), :func:`real_reference` (the metrics of real chains), :func:`path_stability` (float32 stability of the
 two rotation paths near π), :func:`reflow_checkpoint` (turn any QFlow checkpoint into ReQFlow) and
-:func:`pretrain` (the shipped ``ReQFlow.pretrained()`` weights). The benchmark spec itself is
+:func:`pretrain` (the shipped ``ReQFlow.pretrained()`` weights), :func:`bucket_table` (quality per length bucket)
+and :func:`long_curve` (fine-tuning on whole chains with the length-aware prior, scored per length bucket). The
+benchmark spec itself is
 :mod:`flowsci.domains.proteins.benchmark`.
 """
 
@@ -29,8 +31,10 @@ from flowsci.domains.proteins.benchmark import (
     _reference,
     _set_level,
     _trainer,
+    bucket_lengths,
     build_model,
     datamodule,
+    fit_long,
     fit_qflow,
     fit_reqflow,
     sample_lengths,
@@ -39,7 +43,9 @@ from flowsci.domains.proteins.benchmark import (
 from flowsci.domains.proteins.flow import RepeatedSeedWarning
 
 __all__ = [
+    "bucket_table",
     "denoiser_vs_t",
+    "long_curve",
     "main",
     "path_stability",
     "pretrain",
@@ -383,6 +389,115 @@ def training_curve(
     return rows
 
 
+_BUCKET_TABLE_KEYS = (
+    "ca_ca_valid",
+    "ca_ca_valid_0.25",
+    "clash_free",
+    "num_ca_clashes_3A",
+    "helix",
+    "strand",
+    "coil",
+    "rg_ratio_median",
+)
+
+
+def bucket_table(
+    model: Any, per_bucket: int = 8, nfe: int = 10, seed: int = 0, restraint: float = 0.0
+) -> list[dict[str, Any]]:
+    """Sample quality per length bucket (50–99, 100–149, 150–199, 200–250 residues), the proteins page's table.
+
+    ``per_bucket`` chains at evenly spaced lengths in each bucket (:func:`bucket_lengths`), all in one
+    :meth:`~flowsci.domains.proteins.flow.ReQFlow.sample` call (prior seed ``seed``, Euler, ``nfe`` steps), scored
+    by ``evaluate(...).by_length``.
+
+    Returns:
+        One row per bucket: ``bucket``, ``num``, per-chain means of ``ca_ca_valid`` (±0.1 Å), ``ca_ca_valid_0.25``,
+        ``clash_free``, ``num_ca_clashes_3A`` (CA pairs with |i − j| ≥ 3 under 3 Å, per chain), ``helix``,
+        ``strand``, ``coil``, the median ``rg_ratio_median`` (Rg / 2.2·L^0.38) and the call's ``seconds``.
+    """
+    from flowsci.domains.proteins.metrics import LENGTH_BUCKETS, evaluate
+
+    lengths = [n for lo, hi in LENGTH_BUCKETS for n in bucket_lengths(per_bucket, lo, hi)]
+    model.eval()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepeatedSeedWarning)  # a curve re-samples the same seed on new weights
+        sol = model.sample(lengths=lengths, steps=nfe, seed=seed, restraint=restraint, progress=False)
+    dt = time.perf_counter() - t0
+    by = evaluate(list(sol), diversity_per_length=False).by_length
+    return [
+        {"bucket": label, "num": int(v["num"]), **{k: float(v[k]) for k in _BUCKET_TABLE_KEYS}, "seconds": dt}
+        for label, v in by.items()
+    ]
+
+
+def long_curve(
+    ckpt: str | None = None,
+    checkpoints: Sequence[int] = (150, 300, 600),
+    lr: float = 1e-4,
+    per_bucket: int = 4,
+    trans_prior: str = "rg",
+    out: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Fine-tune a trained model on whole chains (:func:`fit_long`) and score snapshots per length bucket.
+
+    The model (``ckpt``; None: ``ReQFlow.pretrained()``) switches to the translation prior ``trans_prior`` (``"rg"``:
+    length-aware, :func:`~flowsci.domains.proteins.flow.translation_prior_std`) for training and sampling, is
+    trained for ``max(checkpoints)`` steps at ``lr`` and scored by :func:`bucket_table` (NFE 10, prior seed 0) at
+    step 0 and after each step count in ``checkpoints``.
+
+    Args:
+        ckpt: Starting checkpoint.
+        checkpoints: Optimizer steps at which to snapshot.
+        lr: AdamW learning rate of the fine-tuning (fresh optimizer).
+        per_bucket: Chains per length bucket in each scored cell.
+        trans_prior: Translation prior of fine-tuning and sampling.
+        out: Write the final weights here (:func:`flowsci.checkpoint.save_module`, with the run's metadata).
+        seed: ``pl.seed_everything`` seed of the run.
+
+    Returns:
+        :func:`bucket_table` rows with ``train_steps`` and ``train_seconds`` (wall time of training so far).
+    """
+    import pytorch_lightning as pl
+
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    model = ReQFlow.pretrained() if ckpt is None else ReQFlow.from_checkpoint(ckpt)
+    model.trans_prior = trans_prior
+    wanted = sorted({int(c) for c in checkpoints})
+    snaps: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+    t0 = time.perf_counter()
+
+    class _Snap(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            if trainer.global_step in wanted and trainer.global_step not in snaps:
+                snaps[trainer.global_step] = (copy.deepcopy(pl_module.state_dict()), time.perf_counter() - t0)
+
+    rows = [{"train_steps": 0, "train_seconds": 0.0, **r} for r in bucket_table(model, per_bucket)]
+    pl.seed_everything(seed, verbose=False)
+    t0 = time.perf_counter()
+    fit_long(model, None, wanted[-1], lr, callbacks=[_Snap()])
+    for step in wanted:
+        state, sec = snaps[step]
+        model.load_state_dict(state)
+        rows += [{"train_steps": step, "train_seconds": sec, **r} for r in bucket_table(model, per_bucket)]
+    if out:
+        meta = {
+            "base": ckpt or "ReQFlow.pretrained()",
+            "long_steps": wanted[-1],
+            "long_lr": lr,
+            "trans_prior": trans_prior,
+            "train_seconds": snaps[wanted[-1]][1],
+            "parameters": sum(p.numel() for p in model.net.parameters()),
+            "command": "python -m flowsci.domains.proteins.diagnostics long "
+            + (f"--ckpt {ckpt} " if ckpt else "")
+            + f"--checkpoints {','.join(map(str, wanted))} --lr {lr:g} --out {out}",
+        }
+        save_module(model.eval(), out, meta)
+    return rows
+
+
 def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out: str | None = None) -> dict[str, Any]:
     """Train the suite's ReQFlow (QFlow ``steps`` + one reflow, as the ``reqflow`` method) and save it small.
 
@@ -457,6 +572,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     :func:`training_curve`;
     ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`;
     ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
+    ``buckets --ckpt C [--num 8] [--nfe 10] [--seeds 0] [--restraint 0]``: :func:`bucket_table` (``--num`` chains per
+    bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH]``: :func:`long_curve`;
     ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
     :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
     speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also
@@ -469,7 +586,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return [int(v) for v in s.split(",")]
 
     p = argparse.ArgumentParser(prog="python -m flowsci.domains.proteins.diagnostics")
-    p.add_argument("what", choices=("sweep", "denoiser", "curve", "pretrain", "real", "speed", "reflow"))
+    p.add_argument(
+        "what", choices=("sweep", "denoiser", "curve", "pretrain", "real", "speed", "reflow", "buckets", "long")
+    )
+    p.add_argument("--lr", type=float, default=1e-4, help="long: fine-tuning learning rate")
     p.add_argument("--out", help="pretrain: output .pt file")
     p.add_argument("--qflow-out", help="pretrain: also write the QFlow teacher here")
     p.add_argument(
@@ -483,13 +603,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--lengths", type=ints, default=None, help="speed / reflow: backbone lengths")
     p.add_argument("--batches", type=ints, default=[1, 8], help="speed: batch sizes")
     p.add_argument("--device", default="cpu", help="sweep / speed / reflow: cpu or cuda")
-    p.add_argument("--ckpt", help="ReQFlow checkpoint (sweep, denoiser)")
+    p.add_argument("--ckpt", help="ReQFlow checkpoint (sweep, denoiser, ...; buckets, long: default the shipped one)")
     p.add_argument("--nfe", type=ints, default=[10, 100])
     p.add_argument("--seeds", type=ints, default=[0])
     p.add_argument("--num", type=int, default=12)
     p.add_argument("--final-steps", default="euler")
     p.add_argument("--times", default="0.1,0.3,0.5,0.7,0.9,0.99,1.0")
-    p.add_argument("--checkpoints", type=ints, default=[800, 1200, 1600, 2000])
+    p.add_argument("--checkpoints", type=ints, default=None, help="curve: 800,1200,1600,2000; long: 150,300,600")
     p.add_argument("--train-seed", type=int, default=0, help="curve: seed of the training run")
     p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
     p.add_argument("--train-rot-prior", default="uniform", choices=("uniform", "igso3"), help="curve: training prior")
@@ -523,18 +643,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if a.what == "real":
         rows = [real_reference(a.num)]
+    elif a.what == "long":
+        rows = long_curve(a.ckpt, a.checkpoints or (150, 300, 600), a.lr, a.num, out=a.out, seed=a.train_seed)
     elif a.what == "curve":
         rows = training_curve(
-            a.checkpoints, a.nfe, a.num, a.train_seed, finals, a.seeds, a.res_idx, a.train_rot_prior, a.aux_t
+            a.checkpoints or (800, 1200, 1600, 2000),
+            a.nfe,
+            a.num,
+            a.train_seed,
+            finals,
+            a.seeds,
+            a.res_idx,
+            a.train_rot_prior,
+            a.aux_t,
         )
     else:
-        if not a.ckpt:
-            p.error(f"{a.what} needs --ckpt")
         from flowsci.domains.proteins.flow import ReQFlow
 
-        model = ReQFlow.from_checkpoint(a.ckpt).to(a.device)
+        if not a.ckpt and a.what != "buckets":
+            p.error(f"{a.what} needs --ckpt")
+        model = (ReQFlow.from_checkpoint(a.ckpt) if a.ckpt else ReQFlow.pretrained()).to(a.device)
         if a.what == "sweep":
             rows = sampling_sweep(model, a.nfe, a.seeds, a.num, finals, restraint=a.restraint)
+        elif a.what == "buckets":
+            rows = [{"seed": s, **r} for s in a.seeds for r in bucket_table(model, a.num, a.nfe[0], s, a.restraint)]
         elif a.what == "speed":
             rows = sampling_speed(model, a.lengths or (50, 100, 150, 200, 250), a.batches, a.nfe[0])
         else:

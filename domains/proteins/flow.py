@@ -7,8 +7,11 @@ tangents ``[B, L, 6]`` (translation velocity ‖ body angular velocity). The pat
 rotations,
 :math:`q_t = q_0 \\otimes \\exp(t \\log(q_0^* \\otimes q_1))` (Yue et al., ICML 2025).
 
-Priors: translations :math:`x_0 = \\epsilon - \\bar\\epsilon`, :math:`\\epsilon \\sim N(0, I)` nm (= 10 Å,
-centred);
+Priors: translations :math:`x_0 = \\sigma(L)(\\epsilon - \\bar\\epsilon)`, :math:`\\epsilon \\sim N(0, I)`, with
+:math:`\\sigma = 1` nm (= 10 Å, the paper's; ``trans_prior="fixed"``, the default) or, with ``trans_prior="rg"``,
+:math:`\\sigma(L) = R_g(L) / \\sqrt{3 (L - 1) / L}`, :math:`R_g(L) = 2.2 L^{0.38}` Å, so that the prior's mean
+squared radius of gyration equals that of globular chains of length L (a fixed σ gives 17.3 Å at every L:
+1.8× too large at 50 residues, right at 250) — used alike in training (L = crop length) and sampling;
 rotations Haar-uniform (default, consistent at train and sample time) or, with ``train_rot_prior="igso3"``,
 IGSO(3)
 with σ = 1.5 around the data rotation during training only (ReQFlow/FrameFlow's mismatch, reproduced as an
@@ -83,11 +86,17 @@ __all__ = [
     "length_buckets",
     "RepeatedSeedWarning",
     "ANG_PER_NM",
+    "RG_PREFACTOR",
+    "RG_EXPONENT",
+    "translation_prior_std",
     "CPU_BATCH_PAIRS",
     "GPU_BATCH_PAIRS",
 ]
 
 ANG_PER_NM = 10.0
+#: Radius of gyration of globular chains, :math:`R_g(L) = 2.2\\,L^{0.38}` Å (the metrics' Rg ratio divides by it).
+RG_PREFACTOR, RG_EXPONENT = 2.2, 0.38
+TRANS_PRIORS = ("fixed", "rg")
 ROT_SCHEDULES = ("exp", "linear")
 FINAL_STEPS = ("x1", "euler")
 #: Residue pairs (chains × longest length²) per sampler batch on a CPU: the tiny trunk on one thread is fastest per
@@ -130,6 +139,31 @@ def length_buckets(lengths: Sequence[int], max_pairs: int, pad: float = BUCKET_P
             buckets.append([i])
             lead = n
     return [sorted(b) for b in buckets]
+
+
+def translation_prior_std(lengths: Tensor, trans_prior: str = "rg") -> Tensor:
+    """Per-axis standard deviation (nm) of the centred Gaussian translation prior of chains of ``lengths``.
+
+    For :math:`x_i = \\sigma(\\epsilon_i - \\bar\\epsilon)`, :math:`\\epsilon_i \\sim N(0, I_3)`, i = 1..L, the
+    expected squared radius of gyration is :math:`E[R_g^2] = 3\\sigma^2 (L - 1)/L`. ``"rg"`` sets it to the
+    globular-chain value :math:`R_g(L)^2`, :math:`R_g(L) = 2.2 L^{0.38}` Å, i.e.
+    :math:`\\sigma(L) = R_g(L)/\\sqrt{3 (L-1)/L}`; ``"fixed"`` is ReQFlow's σ = 1 nm at every length.
+
+    Args:
+        lengths: Residues per chain ``[B]`` (any shape; values ≥ 2).
+        trans_prior: ``"rg"`` or ``"fixed"``.
+
+    Returns:
+        σ in nm (float64), same shape as ``lengths``.
+    """
+    n = lengths.to(torch.float64)
+    if trans_prior == "fixed":
+        return torch.ones_like(n)
+    if trans_prior != "rg":
+        raise ValueError(f"trans_prior must be one of {TRANS_PRIORS}, got {trans_prior!r}")
+    n = n.clamp_min(2)
+    rg_nm = RG_PREFACTOR * n**RG_EXPONENT / ANG_PER_NM
+    return rg_nm / torch.sqrt(3 * (n - 1) / n)
 
 
 def frame_manifold() -> Product:
@@ -252,6 +286,9 @@ class ReQFlow(FlowMatching):
         loss_clamp: Per-sample clamp of the translation and auxiliary losses (5.0).
         self_condition_prob: Probability of a self-conditioning pass in training (0 disables).
         train_rot_prior: ``"uniform"`` (Haar, default) or ``"igso3"`` (IGSO(3)(σ) around the data; the paper).
+        trans_prior: Translation prior scale, in training and sampling alike: ``"fixed"`` (σ = 1 nm = 10 Å per axis
+            at every length; ReQFlow's, the default) or ``"rg"`` (σ(L) from :func:`translation_prior_std`, so the
+            prior's radius of gyration is the globular value 2.2·L^0.38 Å at every length L).
         igso3_sigma: σ of the IGSO(3) training prior.
         rot_path: ``"quaternion"`` (SLERP-exp, ReQFlow) or ``"matrix"`` (FrameFlow's matrix exp/log) for the
             training path.
@@ -302,7 +339,10 @@ class ReQFlow(FlowMatching):
         clash_weight: float = 0.0,
         clash_dist: float = 3.4,
         clash_t: float | None = None,
+        trans_prior: str = "fixed",
     ) -> None:
+        if trans_prior not in TRANS_PRIORS:
+            raise ValueError(f"trans_prior must be one of {TRANS_PRIORS}, got {trans_prior!r}")
         if train_rot_prior not in ("uniform", "igso3"):
             raise ValueError(f"train_rot_prior must be 'uniform' or 'igso3', got {train_rot_prior!r}")
         if rot_path not in ("quaternion", "matrix"):
@@ -333,6 +373,7 @@ class ReQFlow(FlowMatching):
         self.aux_t, self.t_clip, self.loss_clamp = aux_t, t_clip, loss_clamp
         self.self_condition_prob = self_condition_prob
         self.train_rot_prior, self.igso3_sigma, self.rot_path = train_rot_prior, igso3_sigma, rot_path
+        self.trans_prior = trans_prior
         self.rot_schedule, self.exp_rate, self.t_min = rot_schedule, exp_rate, t_min
         self.default_length = default_length
         if final_step not in FINAL_STEPS:
@@ -366,9 +407,10 @@ class ReQFlow(FlowMatching):
         return x1, cond, mask
 
     def sample_prior(self, n: int | Tensor, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
-        """Prior frames ``[B, L, 7]``: centred N(0, I) nm translations and Haar rotations (padding zeroed /
-        identity). The mask comes from ``cond["mask"]`` (else ``n`` chains of ``default_length``, as the core
-        reflow utilities call it); a tensor ``n`` gives the dtype.
+        """Prior frames ``[B, L, 7]``: centred Gaussian translations (nm; per-chain σ from ``trans_prior``, see
+        :func:`translation_prior_std`) and Haar rotations (padding zeroed / identity). The mask comes from
+        ``cond["mask"]`` (else ``n`` chains of ``default_length``, as the core reflow utilities call it); a tensor
+        ``n`` gives the dtype.
         """
         dtype = n.dtype if isinstance(n, Tensor) else torch.get_default_dtype()
         if "mask" in cond:
@@ -378,6 +420,8 @@ class ReQFlow(FlowMatching):
         b, length = mask.shape
         dev = mask.device
         eps = torch.randn((b, length, 3), generator=generator, device=dev, dtype=dtype)
+        if self.trans_prior != "fixed":
+            eps = eps * translation_prior_std(mask.sum(-1), self.trans_prior).to(eps)[:, None, None]
         trans = remove_com(eps, mask.bool())
         quat = self.so3.random_base((b, length), generator=generator, device=dev, dtype=dtype)
         quat = torch.where(mask.bool()[..., None], quat, self.so3.origin((b, length), device=dev, dtype=dtype))
@@ -826,6 +870,7 @@ class ReQFlow(FlowMatching):
             "clash_weight",
             "clash_dist",
             "clash_t",
+            "trans_prior",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -833,9 +878,11 @@ class ReQFlow(FlowMatching):
     def pretrained(cls, name: str = "reqflow_tiny") -> ReQFlow:
         """A small trained model shipped in ``sample_data`` (samples offline, no training needed).
 
-        ``"reqflow_tiny"``: the quick suite's ReQFlow (tiny trunk, 1600 QFlow steps + one reflow on the 159
-        bundled training chains), written by ``python -m flowsci.domains.proteins.diagnostics pretrain``; its
-        sample quality is the proteins page's ``reqflow`` rows (not protein-like: see there).
+        ``"reqflow_tiny"``: the quick suite's ReQFlow (tiny trunk, 1600 QFlow steps on 48-residue crops + one
+        reflow, ``diagnostics pretrain``) fine-tuned for 600 steps on whole chains (40–251 residues) with the
+        length-aware translation prior (``trans_prior="rg"``; ``diagnostics long``). Not protein-like: no
+        clash-free plain sample at 50–250 residues and chains beyond 100 residues ~20 % too compact (the proteins
+        page's per-length-bucket table).
 
         Raises:
             FileNotFoundError: no such shipped model.

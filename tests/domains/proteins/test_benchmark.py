@@ -21,8 +21,20 @@ def test_spec_for_every_suite():
         assert isinstance(s, BenchmarkSpec) and s.name == "proteins"
         names = [m.name for m in s.methods]
         igso3 = [] if suite == "quick" else ["qflow-igso3"]  # quick drops the third training run
-        assert names == ["qflow", "qflow-x1", "qflow-linear", "reqflow", "reqflow-restraint", *igso3, "frameflow-path"]
+        assert names == [
+            "qflow",
+            "qflow-x1",
+            "qflow-linear",
+            "reqflow",
+            "reqflow-restraint",
+            "reqflow-long",
+            *igso3,
+            "frameflow-path",
+        ]
         assert s.method("reqflow-restraint").weights_of == "reqflow"
+        long = s.method("reqflow-long")
+        assert long.init_from == "reqflow" and long.train_steps == B._SIZES[suite]["long_steps"]
+        assert long.build(None).trans_prior == "rg" and s.method("reqflow").build(None).trans_prior == "fixed"
         assert [m.name for m in s.methods if m.baseline] == ["frameflow-path"]
         # the reflow teacher NFE (or the candidates it is chosen from) is measured for the teacher too
         pair_nfe = B._SIZES[suite]["reflow_nfe"]
@@ -30,7 +42,7 @@ def test_spec_for_every_suite():
     quick = B.spec("quick")
     cells = {m: [c.nfe for c in quick.cells() if c.method == m] for m in names}
     assert cells["qflow"] == cells["frameflow-path"] == [10, 20, 50, 100]
-    assert cells["reqflow"] == [10, 20, 50] and cells["reqflow-restraint"] == [10]
+    assert cells["reqflow"] == [10, 20, 50] and cells["reqflow-restraint"] == [10] == cells["reqflow-long"]
     assert cells["qflow-x1"] == cells["qflow-linear"] == [10, 100]
     x1 = quick.methods[1].build(None)
     assert x1.final_step == "x1" and quick.methods[0].build(None).final_step == "euler"
@@ -38,6 +50,44 @@ def test_spec_for_every_suite():
 
 def test_sample_lengths_cycle():
     assert B.sample_lengths(7) == [60, 80, 100, 60, 80, 100, 60]
+
+
+def test_bucket_lengths_cover_50_to_250_evenly():
+    assert B.bucket_lengths(12) == [50, 68, 86, 105, 123, 141, 159, 177, 195, 214, 232, 250]
+    assert B.bucket_lengths(3, 100, 149) == [100, 124, 149] and B.bucket_lengths(1) == [50]
+    lengths = B.bucket_lengths(12)
+    for lo, hi in ((50, 99), (100, 149), (150, 199), (200, 250)):
+        assert sum(lo <= n <= hi for n in lengths) == 3
+
+
+def test_long_datamodule_gives_whole_chains_in_length_aware_batches():
+    dm = B.long_datamodule()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    full = sorted(len(b) for b in dm.train_backbones)
+    seen = []
+    for batch in loader:
+        n = batch["mask"].shape
+        assert n[0] <= 8 and (n[0] == 1 or n[0] * n[1] ** 2 <= B.LONG_BATCH_PAIRS)
+        seen += [int(v) for v in batch["mask"].sum(-1)]
+    assert sorted(seen) == full and max(full) > 240  # every chain once per epoch, uncropped
+
+
+def test_bucket_metric_reports_each_length_bucket_and_nan_for_empty_ones():
+    from flowsci.domains.proteins.data import bundled_backbones
+
+    s = B.spec("smoke")
+    metric = next(m for m in s.metrics if m.name == "bucket")
+    chains = [c for c in bundled_backbones() if 50 <= len(c) <= 149][:4]
+    out = metric.fn(chains, None)
+    assert set(out) == {f"{k}@{b}" for b in ("50-99", "100-149", "150-199", "200-250") for k in B._BUCKET_KEYS}
+    by = evaluate(chains, diversity_per_length=False).by_length
+    for b in ("50-99", "100-149"):
+        if b in by:
+            assert out[f"clash_free@{b}"] == by[b]["clash_free"] == 1.0
+            assert out[f"rg_ratio_median@{b}"] == pytest.approx(by[b]["rg_ratio_median"])
+    assert all(out[f"{k}@200-250"] != out[f"{k}@200-250"] for k in B._BUCKET_KEYS)  # no chain there: NaN
+    assert metric.direction("clash_free@50-99") and not metric.direction("rg_ratio_median@50-99")
 
 
 def test_sampler_and_metrics_plumbing_on_untrained_model():
@@ -51,7 +101,7 @@ def test_sampler_and_metrics_plumbing_on_untrained_model():
     assert [len(b) for b in samples] == [60, 80, 100] and sol.nfe == 2
     geo = s.metrics[0].fn(samples, ref)
     assert set(geo) == set(B._GEOMETRY_KEYS) and geo["finite"] == 1.0
-    nan = s.metrics[1].fn([Backbone(torch.full((5, 4, 3), float("nan")).numpy())], ref)
+    nan = next(m for m in s.metrics if m.name == "set").fn([Backbone(torch.full((5, 4, 3), float("nan")).numpy())], ref)
     assert all(v != v for v in nan.values())  # all NaN, no crash
     assert evaluate([]).summary["num_samples"] == 0.0
 

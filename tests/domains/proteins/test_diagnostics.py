@@ -136,3 +136,24 @@ def test_reflow_checkpoint_and_speed_cli_turn_a_saved_qflow_into_a_loadable_reqf
     capsys.readouterr()
     D.main(["speed", "--ckpt", str(out), "--lengths", "10", "--batches", "1", "--nfe", "2"])
     assert "| length | batch | nfe | s_per_backbone | ms_per_nfe |" in capsys.readouterr().out
+
+
+def test_long_curve_fine_tunes_with_the_length_aware_prior_and_scores_every_bucket(tmp_path, capsys):
+    from flowsci.domains.proteins.flow import ReQFlow
+    from flowsci.domains.proteins.model import IPAFrameNet
+
+    torch.manual_seed(0)
+    base = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
+    save_module(base, tmp_path / "base.pt", {})
+    out = tmp_path / "long.pt"
+    rows = D.long_curve(str(tmp_path / "base.pt"), checkpoints=(1,), per_bucket=1, out=str(out))
+    assert [(r["train_steps"], r["bucket"]) for r in rows] == [
+        (s, b) for s in (0, 1) for b in ("50-99", "100-149", "150-199", "200-250")
+    ]
+    assert all(r["num"] == 1 and 0 <= r["clash_free"] <= 1 and r["rg_ratio_median"] > 0 for r in rows)
+    tuned = ReQFlow.from_checkpoint(out)
+    assert tuned.trans_prior == "rg" and base.trans_prior == "fixed"
+    pairs = zip(base.state_dict().values(), tuned.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the fine-tuning changed the weights
+    D.main(["buckets", "--ckpt", str(out), "--num", "1", "--nfe", "2"])
+    assert "| seed | bucket | num | ca_ca_valid |" in capsys.readouterr().out

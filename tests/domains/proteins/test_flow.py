@@ -20,6 +20,7 @@ from flowsci.domains.proteins.flow import (
     length_buckets,
     make_reflow_pairs,
     matrix_geodesic,
+    translation_prior_std,
 )
 from flowsci.domains.proteins.metrics import kabsch_rmsd
 from flowsci.domains.proteins.model import IPAFrameNet
@@ -215,6 +216,33 @@ def test_igso3_training_prior_is_centred_on_data(batch):
     assert d.mean() < 0.6  # uniform would give mean angle pi/2 + 2/pi ~ 2.2 rad
 
 
+def test_length_aware_translation_prior_matches_globular_rg_and_keeps_the_fixed_one():
+    lengths = torch.tensor([2, 50, 250])
+    sig = translation_prior_std(lengths)
+    # closed form: 3 sigma^2 (L - 1) / L = (2.2 L^0.38 / 10)^2 nm^2
+    assert torch.allclose(3 * sig**2 * (lengths - 1) / lengths, (0.22 * lengths.double() ** 0.38) ** 2)
+    assert (translation_prior_std(lengths, "fixed") == 1).all()
+    with pytest.raises(ValueError, match="trans_prior"):
+        translation_prior_std(lengths, "wide")
+    with pytest.raises(ValueError, match="trans_prior"):
+        ReQFlow(trans_prior="wide")
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    mask = torch.zeros(3000, 120, dtype=torch.float64)
+    mask[:1500, :40] = 1.0  # 1500 chains of 40 residues, 1500 of 120 (padded)
+    mask[1500:] = 1.0
+    g = torch.Generator().manual_seed(0)
+    rg_ms = {}
+    for prior in ("rg", "fixed"):
+        x0 = ReQFlow(net=net, trans_prior=prior).sample_prior(torch.empty((), dtype=torch.float64), {"mask": mask}, g)
+        sq = (x0[..., :3] * ANG_PER_NM).pow(2).sum(-1)  # centred per chain, padding at 0
+        assert (x0[:1500, 40:, :3] == 0).all()
+        rg_ms[prior] = ((sq[:1500].sum(-1) / 40).mean(), (sq[1500:].sum(-1) / 120).mean())  # E[Rg^2], A^2
+    for got, n in zip(rg_ms["rg"], (40, 120), strict=True):
+        assert float(got) == pytest.approx((2.2 * n**0.38) ** 2, rel=0.03)
+    for got, n in zip(rg_ms["fixed"], (40, 120), strict=True):
+        assert float(got) == pytest.approx(300 * (n - 1) / n, rel=0.03)  # 3 (10 A)^2 (L - 1)/L at every length
+
+
 def test_reflow_pairs_and_rectify_use_stored_noise():
     from flowsci.reflow import ReflowDataModule, rectify
 
@@ -381,13 +409,17 @@ def test_clash_loss_closed_form_zero_on_real_chains_and_in_training_loss(batch):
 
 def test_shipped_pretrained_model_samples_trained_backbones():
     m = ReQFlow.pretrained()
-    assert sum(p.numel() for p in m.net.parameters()) == 192108
-    s = m.sample(lengths=[60, 80, 100], steps=10, seed=0)
+    assert sum(p.numel() for p in m.net.parameters()) == 192108 and m.trans_prior == "rg"
+    s = m.sample(lengths=[60, 80, 100, 180, 220], steps=10, seed=0)
     from flowsci.domains.proteins.metrics import evaluate
 
-    summary = evaluate(list(s), diversity_per_length=False).summary
+    table = evaluate(list(s), diversity_per_length=False)
     # trained: most consecutive CA-CA within 0.25 A of 3.8 A (an untrained net gives ~0, real chains 1.0)
-    assert summary["ca_ca_valid_0.25"] > 0.6 and 3.5 < summary["ca_ca_mean"] < 4.1
+    assert table.summary["ca_ca_valid_0.25"] > 0.6 and 3.5 < table.summary["ca_ca_mean"] < 4.1
+    # trained on whole chains: long samples keep most of the globular size (Rg / 2.2 L^0.38; the crop-trained
+    # model gave 0.53 / 0.50 and 259 / 431 CA pairs under 3 A here, real chains ~1.0 and 0)
+    for row in table.rows[3:]:
+        assert row["rg_ratio"] > 0.7 and row["num_ca_clashes_3A"] < 150
 
 
 def test_ca_restraint_energy_closed_form_and_relaxation():
