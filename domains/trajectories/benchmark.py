@@ -21,8 +21,17 @@ Suites:
 - ``quick``: a documented subset of three folds (eth, hotel, zara1: the hardest, the most linear and a dense
   one), test windows capped at 500 per fold (evenly spaced: eth's 364 whole, hotel 1,197 and zara1 2,356
   subsampled), the tiny network (0.3 M parameters) trained 1,000 steps of batch 64 per fold, NFE 1, 2, 5, 10 (the
-  sampled-goal and oracle-goal variants at NFE 1 and 5). ``ade_avg``/``fde_avg`` average these three folds only.
+  sampled-goal, NMS-goal and oracle-goal variants at NFE 1 and 5). ``ade_avg``/``fde_avg`` average these three folds
+  only.
 - ``full``: all five folds, all test windows, 20,000 steps and a wider network (hours on CPU).
+
+**Closed-loop rows** (``quick`` and ``full``; they need the ``[trajectories]`` extra): ``planner-goalflow``,
+``planner-no-goal`` and ``planner-idm`` drive the same fixed, seeded highway-env episodes (``EVAL_SEED`` onwards:
+20 in quick, 100 in full) after training on IDM/MOBIL traffic (60 / 400 episodes, 2,000 / 20,000 steps). Their
+cells carry ``pdms``, ``nc``, ``dac``, ``ttc``, ``comfort``, ``ep``, ``progress_m`` and ``ms_per_plan`` instead of
+the ETH/UCY columns (definitions in :mod:`flowsci.domains.trajectories.driving`); NFE = Euler steps per plan (the
+solution's ``nfe`` = steps x 4 candidates). The leaderboard sorts by ``ade_avg``, so these rows sort last there:
+read them side by side in the full grid.
 """
 
 from __future__ import annotations
@@ -37,7 +46,10 @@ from torch import nn
 
 from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
 
-__all__ = ["FoldData", "FoldModels", "REFERENCES", "fold_metrics", "sample_folds", "spec"]
+__all__ = [
+    "FoldData", "FoldModels", "HighwayBench", "IDMPolicy", "REFERENCES", "fold_metrics", "sample_closed_loop",
+    "sample_folds", "spec",
+]  # fmt: skip
 
 ETH_UCY_ROOT = "../shared/data/trajectories/eth_ucy"
 ETH_UCY_FOLDS = ("eth", "hotel", "univ", "zara1", "zara2")
@@ -67,6 +79,14 @@ _SIZES: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "net": {"d_model": 64, "num_layers": 2, "num_heads": 4, "scorer_d_model": 64},
         "num_goals": 64,
+        "highway": {
+            "train_episodes": 60,
+            "eval_episodes": 20,
+            "train_steps": 2000,
+            "batch_size": 128,
+            "net": {"d_model": 64, "num_layers": 2, "num_heads": 4, "scorer_d_model": 64},
+            "num_goals": 64,
+        },
     },
     "full": {
         "root": ETH_UCY_ROOT,
@@ -79,6 +99,14 @@ _SIZES: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "net": {"d_model": 128, "num_layers": 4, "num_heads": 4, "scorer_d_model": 128},
         "num_goals": 128,
+        "highway": {
+            "train_episodes": 400,
+            "eval_episodes": 100,
+            "train_steps": 20_000,
+            "batch_size": 256,
+            "net": {"d_model": 128, "num_layers": 4, "num_heads": 4, "scorer_d_model": 128},
+            "num_goals": 128,
+        },
     },
 }
 
@@ -111,10 +139,65 @@ REFERENCES: tuple[ReferenceRow, ...] = (
 )  # fmt: skip
 
 
-class FoldData:
-    """The folds of one suite: a :class:`~flowsci.domains.trajectories.data.TrajectoryDataModule` per fold."""
+class HighwayBench:
+    """The closed-loop part of a suite (built lazily: it needs the ``[trajectories]`` extra).
 
-    def __init__(self, root: str, folds: tuple[str, ...], batch_size: int, max_train: int | None, max_test: int | None):
+    Training windows from ``train_episodes`` seeded IDM/MOBIL episodes (:class:`HighwayDataModule`, cached), and the
+    fixed evaluation episodes ``EVAL_SEED .. EVAL_SEED + eval_episodes - 1``; the IDM ego's progress on them (EP's
+    reference) is simulated once per run.
+
+    Args:
+        train_episodes: Training episodes (seeds from ``TRAIN_SEED``; one validation episode).
+        eval_episodes: Closed-loop evaluation episodes.
+        batch_size: Training batch size.
+        cfg: Road and traffic (:class:`~flowsci.domains.trajectories.driving.HighwayConfig`; default: its defaults).
+    """
+
+    def __init__(self, train_episodes: int, eval_episodes: int, batch_size: int, cfg: Any = None) -> None:
+        from flowsci.domains.trajectories.driving import EVAL_SEED, HighwayConfig
+
+        self.train_episodes, self.batch_size = train_episodes, batch_size
+        self.cfg = cfg if cfg is not None else HighwayConfig()
+        self.seeds = list(range(EVAL_SEED, EVAL_SEED + eval_episodes))
+        self._dm: Any = None
+        self._reference: dict[int, float] | None = None
+
+    @property
+    def datamodule(self) -> Any:
+        """The :class:`~flowsci.domains.trajectories.driving.HighwayDataModule` of the training episodes."""
+        if self._dm is None:
+            from flowsci.domains.trajectories.driving import HighwayDataModule
+
+            c = self.cfg
+            self._dm = HighwayDataModule(
+                self.train_episodes, 1, c.lanes, c.vehicles, c.duration, batch_size=self.batch_size
+            )
+        return self._dm
+
+    @property
+    def reference(self) -> dict[int, float]:
+        """IDM progress (m) per evaluation seed."""
+        if self._reference is None:
+            from flowsci.domains.trajectories.driving import idm_progress
+
+            self._reference = idm_progress(self.seeds, self.cfg, progress=False)
+        return self._reference
+
+
+class FoldData:
+    """The folds of one suite: a :class:`~flowsci.domains.trajectories.data.TrajectoryDataModule` per fold, and
+    the closed-loop :class:`HighwayBench` (``highway``, ``None`` in the smoke suite).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        folds: tuple[str, ...],
+        batch_size: int,
+        max_train: int | None,
+        max_test: int | None,
+        highway: HighwayBench | None = None,
+    ):
         from flowsci.domains.trajectories.data import TrajectoryDataModule
 
         self.folds = tuple(folds)
@@ -122,6 +205,7 @@ class FoldData:
             f: TrajectoryDataModule(root, f, batch_size, max_train=max_train, max_val=256, max_test=max_test)
             for f in self.folds
         }
+        self.highway = highway
 
     def test(self, fold: str) -> Any:
         """The (capped) test windows of ``fold``."""
@@ -202,11 +286,83 @@ class _Result(dict):
         self.nfe = nfe
 
 
+# ------------------------------------------------------------------------------------------ closed loop
+class IDMPolicy(nn.Module):
+    """The simulator's IDM/MOBIL ego as a "model" of the closed-loop rows (no parameters, no training)."""
+
+
+def _build_planner(data: FoldData, hw: dict[str, Any], **kwargs: Any) -> nn.Module:
+    from flowsci.domains.trajectories.driving import DrivingGoalFlow, DrivingGoalFlowNet
+
+    opt = partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
+    net = DrivingGoalFlowNet(**hw["net"])
+    kw = {"num_goals": hw["num_goals"], "prior_std": 0.1, "loss": "l1", "goal_dropout": 0.1, "scene_dropout": 0.1}
+    return DrivingGoalFlow(net, optimizer=opt, **{**kw, **kwargs})
+
+
+def _fit_planner(model: nn.Module, data: FoldData, steps: int) -> None:
+    import pytorch_lightning as pl
+
+    from flowsci.module import QUIET_TRAINER
+
+    if data.highway is None:
+        raise RuntimeError("this suite has no closed-loop part")
+    trainer = pl.Trainer(
+        **QUIET_TRAINER, max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, gradient_clip_val=1.0
+    )
+    trainer.fit(model, datamodule=data.highway.datamodule)
+
+
+def sample_closed_loop(model: nn.Module, request: SampleRequest, candidates: int = 4) -> dict[str, Any]:
+    """Drive the fixed evaluation episodes with ``model`` as the ego's planner (``request.steps`` Euler steps per
+    plan, ``candidates`` trajectories, GoalFlow's trajectory scorer), or with the IDM ego for :class:`IDMPolicy`.
+
+    Returns:
+        ``{"closed_loop": scores}`` (:func:`~flowsci.domains.trajectories.driving.evaluate_planner`), with ``nfe``
+        (network evaluations per plan) as an attribute.
+
+    """
+    from flowsci.domains.trajectories.driving import FlowPlanner, evaluate_planner
+
+    hw: HighwayBench | None = request.datamodule.highway
+    if hw is None:
+        raise RuntimeError("this suite has no closed-loop part")
+    if isinstance(model, IDMPolicy):
+        planner: Any = "idm"
+        nfe = 0
+    else:
+        planner = FlowPlanner(model, steps=int(request.steps or 1), candidates=candidates, seed=request.seed)
+        nfe = int(request.steps or 1) * candidates
+    scores = evaluate_planner(planner, hw.seeds, hw.reference, hw.cfg, progress=False)
+    return _ClosedLoop(scores, nfe)
+
+
+class _ClosedLoop(dict):
+    """Closed-loop scores that also expose ``nfe`` (read by the runner)."""
+
+    def __init__(self, scores: dict[str, float], nfe: int) -> None:
+        super().__init__(closed_loop=scores)
+        self.nfe = nfe
+
+
+_CLOSED_LOOP_COLUMNS = {
+    "PDMS": ("pdms", True), "NC": ("nc", True), "DAC": ("dac", True), "TTC": ("ttc", True), "C": ("comfort", True),
+    "EP": ("ep", True), "progress_m": ("progress_m", True), "ms_per_plan": ("ms_per_plan", False),
+}  # fmt: skip
+_HIGHER_IS_BETTER = {col: hib for col, hib in _CLOSED_LOOP_COLUMNS.values()}
+
+
 def fold_metrics(samples: dict[str, Any], reference: Any) -> dict[str, float]:
-    """minADE/minFDE per fold and averaged over folds, collision rate (mean over folds), timings."""
+    """minADE/minFDE per fold and averaged over folds, collision rate (mean over folds), timings; for a
+    closed-loop cell the episode scores instead: ``pdms``, ``nc``, ``dac``, ``ttc``, ``comfort``, ``ep``,
+    ``progress_m``, ``ms_per_plan``.
+    """
     from flowsci.domains.trajectories.metrics import collision_rate, min_ade_fde
 
     del reference
+    if "closed_loop" in samples:
+        cl = samples["closed_loop"]
+        return {col: float(cl[key]) for key, (col, _) in _CLOSED_LOOP_COLUMNS.items()}
     out: dict[str, float] = {}
     ades, fdes, cols = [], [], []
     for fold, sol in samples["solutions"].items():
@@ -250,6 +406,14 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             nfe_grid=size["variant_nfe"],
         ),
         Method(
+            "goalflow-nms-goals",
+            lambda d: _build_goalflow(d, size, goal_mode="goal", **goal_kw),
+            description="the goalflow weights; 20 goals by greedy non-maximum suppression of the score (radius 2 m)",
+            sample=partial(sample_folds, goal_selection="nms", nms_radius=2.0),
+            weights_of="goalflow",
+            nfe_grid=size["variant_nfe"],
+        ),
+        Method(
             "goalflow-oracle-goal",
             lambda d: _build_goalflow(d, size, goal_mode="goal", **goal_kw),
             description="the goalflow weights conditioned on the TRUE endpoint (upper bound, not a prediction)",
@@ -283,14 +447,60 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             nfe_grid=(1,),
         ),
     ]
+    hw = size.get("highway")
+    if hw is not None:
+        methods += [
+            Method(
+                "planner-goalflow",
+                lambda d: _build_planner(d, hw, goal_mode="goal"),
+                description="closed-loop highway-env: GoalFlow planner (lane-aligned frame, drivable-area goal "
+                "score, top-1 goal, 4 candidates, trajectory scorer), replanning every 0.5 s, pure-pursuit tracking",
+                fit=_fit_planner,
+                train_steps=hw["train_steps"],
+                sample=sample_closed_loop,
+                nfe_grid=(2,),
+            ),
+            Method(
+                "planner-no-goal",
+                lambda d: _build_planner(d, hw, goal_mode="none"),
+                baseline=True,
+                description="closed-loop highway-env: the same planner without goals (sigma 0.1, L1)",
+                fit=_fit_planner,
+                train_steps=hw["train_steps"],
+                sample=sample_closed_loop,
+                nfe_grid=(2,),
+            ),
+            Method(
+                "planner-idm",
+                lambda d: IDMPolicy(),
+                baseline=True,
+                description="closed-loop highway-env: the simulator's IDM/MOBIL ego (EP = 1 by definition)",
+                fit=_no_fit,
+                train_steps=0,
+                sample=sample_closed_loop,
+                nfe_grid=(1,),
+            ),
+        ]
     return BenchmarkSpec(
         name="trajectories",
         datamodule=lambda: FoldData(
-            size["root"], size["folds"], size["batch_size"], size["max_train"], size["max_test"]
-        ),
+            size["root"],
+            size["folds"],
+            size["batch_size"],
+            size["max_train"],
+            size["max_test"],
+            HighwayBench(hw["train_episodes"], hw["eval_episodes"], hw["batch_size"]) if hw is not None else None,
+        ),  # fmt: skip
         reference_data=lambda dm, num, seed: None,
         methods=methods,
-        metrics=[Metric("ade_avg", fold_metrics, description="minADE_20 averaged over the folds (m)")],
+        metrics=[
+            Metric(
+                "ade_avg",
+                fold_metrics,
+                higher_is_better=_HIGHER_IS_BETTER,
+                description="minADE_20 averaged over the folds (m); closed-loop rows: PDMS and its factors",
+            )
+        ],
         num_samples=20,
         nfe_grid=size["nfe_grid"],
         solvers=("euler",),

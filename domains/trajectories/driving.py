@@ -1,7 +1,9 @@
 r"""Closed-loop driving with GoalFlow on highway-env: simulator data, the driving batch format, the planner, rollouts.
 
-**Simulator.** highway-env's ``highway-fast-v0`` road (``lanes`` straight lanes, ``vehicles`` IDM/MOBIL cars),
-headless (``render_mode=None``), seeded by ``env.reset(seed=...)``. flowsci steps the road itself
+**Simulator.** highway-env's ``highway-fast-v0`` road (``lanes`` straight lanes, ``vehicles`` IDM/MOBIL cars) or
+its ``intersection-v0`` four-way crossing (``HighwayConfig(scenario="intersection")``: ``vehicles`` IDM cars on random
+routes, each turning left, going straight or turning right; data only, no closed-loop scores there), headless
+(``render_mode=None``), seeded by ``env.reset(seed=...)``. flowsci steps the road itself
 (``road.act(); road.step(1 / sim_hz)``) instead of ``env.step`` so that the ego can be an IDM/MOBIL car (data and
 the baseline) or a plain kinematic car tracking a planned trajectory. Poses of every vehicle are logged every
 :data:`DT` = 0.5 s (2 Hz, NAVSIM's pose rate). The first ``(OBS_LEN - 1) * DT`` = 1.5 s of every episode are a
@@ -11,7 +13,8 @@ full history.
 **Training data** (:func:`collect_highway`). Every logged vehicle (ego included, all under IDM/MOBIL) gives windows
 of :data:`OBS_LEN` = 4 past + :data:`PRED_LEN` = 8 future poses (1.5 s + 4 s) every ``stride`` logged steps, skipped
 if the vehicle crashed. MOBIL lane changes make the futures multimodal (keep lane / change lane; ``maneuver`` =
-lane index change over the window). Episodes are seeded (``seed + i``), cached as one ``.npz`` per configuration
+lane index change over the window; at the intersection left / straight / right, from the heading change over the
+future, ``maneuver`` = +1 / 0 / -1). Episodes are seeded (``seed + i``), cached as one ``.npz`` per configuration
 and seed list, and collected under a tqdm progress bar.
 
 **Batch format** (:class:`DrivingWindows`). Ego/agent history and future, up to ``max_neighbours`` nearest vehicles
@@ -25,8 +28,12 @@ so the pedestrian pipeline (agent frame, normalisation, sampling) is reused unch
 lane polylines are tokens attended by the agent token, added to the social token (velocity network and goal
 scorer alike), and (ii) GoalFlow's **drivable-area score** in place of the pedestrians' clearance score: the BCE
 target of vocabulary point :math:`g_i` is 1 iff it lies within ``lane_half_width`` of a lane centreline of the
-scene. Inference: top-1 goal by :math:`w_1 \log p_{dis} + w_2 \log\sigma(s_{dac})`, ``candidates`` trajectories,
-GoalFlow's trajectory scorer picks one. ``goal_mode="none"`` is the no-goal flow.
+scene, and (iii) a **lane-aligned frame** (:meth:`DrivingGoalFlow.frame`): x along the nearest lane's centreline
+instead of the car's recent heading, with the lateral position scale floored at ``min_scale`` = 2 m. In the heading
+frame a car that drifts a few degrees rotates its own plan with it (the plan is drawn in that frame), which fed
+back into leaving the road in closed loop; and the lateral RMS of highway futures is 0.3 m, so lanes 4 m away sat
+at 13 normalised units. Inference: top-1 goal by :math:`w_1 \log p_{dis} + w_2 \log\sigma(s_{dac})`,
+``candidates`` trajectories, GoalFlow's trajectory scorer picks one. ``goal_mode="none"`` is the no-goal flow.
 
 **Closed loop** (:func:`rollout`, :func:`closed_loop`). Replan every :data:`DT`; the ego (a kinematic bicycle,
 highway-env's ``Vehicle``) tracks the plan at ``sim_hz`` with pure pursuit (look-ahead 1 s along the plan) and a
@@ -75,6 +82,8 @@ __all__ = [
     "HighwayDataModule",
     "closed_loop",
     "collect_highway",
+    "evaluate_planner",
+    "idm_progress",
     "on_road",
     "rollout",
     "score_episode",
@@ -87,8 +96,13 @@ OBS_LEN = 4
 PRED_LEN = 8
 LANE_SLOTS = 4
 LANE_OFFSETS = (0.0, 50.0, 100.0, 150.0)
-"""Metres ahead of the agent (along each lane) of the lane polyline points, nearest last (the model's radius mask
-looks at the last point)."""
+"""Metres ahead of the agent (along each lane) of the lane polyline points on the highway, nearest last (the
+model's radius mask looks at the last point)."""
+INTERSECTION_LANE_OFFSETS = (0.0, 10.0, 20.0, 30.0)
+"""The same at the intersection (speeds ~8 m/s instead of ~25)."""
+SCENARIOS = {"highway": "highway-fast-v0", "intersection": "intersection-v0"}
+TURN_THRESHOLD = 0.5
+"""Heading change (rad) over the future above which an intersection window is a turn (``maneuver`` +-1)."""
 NEIGHBOUR_RADIUS = 60.0
 CACHE_VERSION = 1
 TRAIN_SEED, VAL_SEED, EVAL_SEED = 0, 50_000, 100_000
@@ -100,12 +114,15 @@ class HighwayConfig:
     """The simulated road and traffic.
 
     Attributes:
-        lanes: Straight lanes (4 m wide).
-        vehicles: Other IDM/MOBIL vehicles.
+        lanes: Straight lanes (4 m wide; highway only).
+        vehicles: Other IDM/MOBIL vehicles (at the intersection: the initial vehicles, each with a random route;
+            flowsci steps the road itself, so none spawn later).
         duration: Episode length (s, warm-up included).
         sim_hz: Simulation frequency (a multiple of 2).
         density: highway-env's ``vehicles_density``.
-        ego_target_speed: Desired speed of the ego under IDM (m/s; the road's speed limit is 30).
+        ego_target_speed: Desired speed of the ego under IDM on the highway (m/s; the speed limit is 30).
+        scenario: ``"highway"`` (``highway-fast-v0``: straight lanes, lane changes) or ``"intersection"``
+            (``intersection-v0``: a four-way crossing, every car turning left, going straight or turning right).
     """
 
     lanes: int = 3
@@ -114,8 +131,11 @@ class HighwayConfig:
     sim_hz: int = 10
     density: float = 1.0
     ego_target_speed: float = 30.0
+    scenario: str = "highway"
 
     def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise InputError("scenario", f"must be one of {sorted(SCENARIOS)}, got {self.scenario!r}")
         if self.lanes < 1 or self.lanes > LANE_SLOTS:
             raise InputError("lanes", f"must be 1..{LANE_SLOTS}, got {self.lanes}")
         if self.vehicles < 0:
@@ -125,24 +145,24 @@ class HighwayConfig:
         if self.duration < (OBS_LEN + PRED_LEN) * DT:
             raise InputError("duration", f"must be >= {(OBS_LEN + PRED_LEN) * DT} s, got {self.duration}")
 
+    @property
+    def lane_offsets(self) -> tuple[float, ...]:
+        """Metres ahead of the lane polyline points of this scenario."""
+        return LANE_OFFSETS if self.scenario == "highway" else INTERSECTION_LANE_OFFSETS
+
 
 # ------------------------------------------------------------------------------------------------ simulator
 def _make_road(seed: int, cfg: HighwayConfig) -> Any:
-    """Reset a headless highway-fast env with ``seed``; returns the env (its ``unwrapped.road`` is stepped)."""
+    """Reset a headless highway-env scene with ``seed``; returns the env (its ``unwrapped.road`` is stepped)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     gym = require("gymnasium", "trajectories")
     require("highway_env", "trajectories")
-    env = gym.make(
-        "highway-fast-v0",
-        render_mode=None,
-        config={
-            "lanes_count": cfg.lanes,
-            "vehicles_count": cfg.vehicles,
-            "duration": cfg.duration,
-            "simulation_frequency": cfg.sim_hz,
-            "vehicles_density": cfg.density,
-        },
-    )
+    config: dict[str, Any] = {"duration": cfg.duration, "simulation_frequency": cfg.sim_hz}
+    if cfg.scenario == "highway":
+        config.update(lanes_count=cfg.lanes, vehicles_count=cfg.vehicles, vehicles_density=cfg.density)
+    else:
+        config.update(initial_vehicle_count=cfg.vehicles, spawn_probability=0.0)
+    env = gym.make(SCENARIOS[cfg.scenario], render_mode=None, config=config)
     env.reset(seed=int(seed))
     return env
 
@@ -173,15 +193,19 @@ def on_road(road: Any, position: Any, heading: float | None = None, length: floa
     return all(any(lane.on_lane(q) for lane in lanes) for q in pts)
 
 
-def _lane_polylines(road: Any, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``LANE_SLOTS`` nearest lanes as ``[LANE_SLOTS, OBS_LEN, 2]`` polylines, mask and widths."""
+def _lane_polylines(
+    road: Any, position: np.ndarray, offsets: tuple[float, ...] = LANE_OFFSETS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``LANE_SLOTS`` nearest lanes (highway-env's ``lane.distance``) as ``[LANE_SLOTS, len(offsets), 2]``
+    polylines (points ``offsets`` metres ahead along each lane, nearest last), mask and widths.
+    """
     rows = []
     for lane in _lanes(road):
-        s, lat = lane.local_coordinates(position)
-        pts = np.stack([lane.position(s + o, 0.0) for o in LANE_OFFSETS[::-1]])
-        rows.append((abs(lat), pts, lane.width_at(s)))
+        s, _ = lane.local_coordinates(position)
+        pts = np.stack([lane.position(s + o, 0.0) for o in offsets[::-1]])
+        rows.append((lane.distance(position), pts, lane.width_at(s)))
     rows.sort(key=lambda r: r[0])
-    poly = np.zeros((LANE_SLOTS, len(LANE_OFFSETS), 2))
+    poly = np.zeros((LANE_SLOTS, len(offsets), 2))
     mask = np.zeros(LANE_SLOTS, dtype=bool)
     width = np.zeros(LANE_SLOTS)
     for j, (_, pts, w) in enumerate(rows[:LANE_SLOTS]):
@@ -264,7 +288,8 @@ def simulate_episode(
         road = env.unwrapped.road
         ego0 = env.unwrapped.vehicle
         ego = behavior.IDMVehicle.create_from(ego0)
-        ego.target_speed = cfg.ego_target_speed
+        if cfg.scenario == "highway":  # at the intersection the ego keeps the lane's speed limit as target
+            ego.target_speed = cfg.ego_target_speed
         vehicles = [ego] + [v for v in road.vehicles if v is not ego0]
         road.vehicles[:] = vehicles
         lane_ids = {id(lane): i for i, lane in enumerate(_lanes(road))}
@@ -300,7 +325,7 @@ def simulate_episode(
                     road.vehicles[0] = car
                     ego = car
                 hist = {n: np.stack(logs[n][-OBS_LEN:]) for n in ("pos", "heading", "speed")}
-                window = _ego_window(road, hist["pos"], hist["speed"][-1, 0])
+                window = _ego_window(road, hist["pos"], hist["speed"][-1, 0], offsets=cfg.lane_offsets)
                 plan = np.asarray(planner.plan(window), dtype=np.float64).reshape(PRED_LEN, 2)
                 plan = np.concatenate([ego.position[None].copy(), plan])  # pose at plan time 0
                 plan_age = 0.0
@@ -361,7 +386,9 @@ class DrivingWindows:
         lane_mask: ``[N, LANE_SLOTS]`` bool.
         lane_width: ``[N, LANE_SLOTS]`` lane widths (m); drivable = within width / 2 of a centreline.
         speed: ``[N]`` agent speed now (m/s).
-        maneuver: ``[N]`` lane index change over the future (0 = keep lane).
+        maneuver: ``[N]`` highway: lane index change over the future (0 = keep lane); intersection: +1 left turn,
+            -1 right turn (heading change over the future above :data:`TURN_THRESHOLD`, counter-clockwise positive
+            in the simulator's x-y coordinates), 0 straight.
         episode: ``[N]`` episode seed.
         vehicle: ``[N]`` vehicle index in the episode (0 = ego).
         step: ``[N]`` logged step of the first observed pose.
@@ -451,11 +478,17 @@ def _neighbours(pos_hist: np.ndarray, i: int, max_neighbours: int) -> tuple[np.n
     return idx, idx >= 0
 
 
-def _ego_window(road: Any, pos_hist: np.ndarray, speed: float, max_neighbours: int = 8) -> DrivingWindows:
+def _ego_window(
+    road: Any,
+    pos_hist: np.ndarray,
+    speed: float,
+    max_neighbours: int = 8,
+    offsets: tuple[float, ...] = LANE_OFFSETS,
+) -> DrivingWindows:
     """The closed-loop planning input of the ego (vehicle 0) from the last ``OBS_LEN`` logged poses."""
     idx, mask = _neighbours(pos_hist, 0, max_neighbours)
     nbr = np.where(mask[:, None, None], pos_hist[:, np.maximum(idx, 0)].transpose(1, 0, 2), 0.0)
-    poly, lmask, width = _lane_polylines(road, pos_hist[-1, 0])
+    poly, lmask, width = _lane_polylines(road, pos_hist[-1, 0], offsets)
     return DrivingWindows(
         obs=pos_hist[None, :, 0],
         fut=np.zeros((1, PRED_LEN, 2)),
@@ -473,8 +506,11 @@ def _ego_window(road: Any, pos_hist: np.ndarray, speed: float, max_neighbours: i
     )
 
 
-def windows_from_log(log: EpisodeLog, road: Any, max_neighbours: int = 8, stride: int = 2) -> DrivingWindows:
+def windows_from_log(
+    log: EpisodeLog, road: Any, max_neighbours: int = 8, stride: int = 2, scenario: str = "highway"
+) -> DrivingWindows:
     """All training windows of one logged episode (every vehicle, every ``stride`` steps, no crashed vehicle)."""
+    offsets = HighwayConfig(scenario=scenario).lane_offsets
     s_total, v_total = log.pos.shape[:2]
     span = OBS_LEN + PRED_LEN
     rows: dict[str, list] = {n: [] for n in DrivingWindows._ARRAYS}
@@ -487,7 +523,7 @@ def windows_from_log(log: EpisodeLog, road: Any, max_neighbours: int = 8, stride
             idx, mask = _neighbours(log.pos[t0 : now + 1], i, max_neighbours)
             tracks = log.pos[sl][:, np.maximum(idx, 0)].transpose(1, 0, 2)  # [M, span, 2]
             tracks = np.where(mask[:, None, None], tracks, 0.0)
-            poly, lmask, width = _lane_polylines(road, log.pos[now, i])
+            poly, lmask, width = _lane_polylines(road, log.pos[now, i], offsets)
             rows["obs"].append(log.pos[t0 : now + 1, i])
             rows["fut"].append(log.pos[now + 1 : t0 + span, i])
             rows["nbr_obs"].append(tracks[:, :OBS_LEN])
@@ -497,7 +533,11 @@ def windows_from_log(log: EpisodeLog, road: Any, max_neighbours: int = 8, stride
             rows["lane_mask"].append(lmask)
             rows["lane_width"].append(width)
             rows["speed"].append(log.speed[now, i])
-            rows["maneuver"].append(int(log.lane[t0 + span - 1, i]) - int(log.lane[now, i]))
+            if scenario == "highway":
+                rows["maneuver"].append(int(log.lane[t0 + span - 1, i]) - int(log.lane[now, i]))
+            else:
+                turn = (log.heading[t0 + span - 1, i] - log.heading[now, i] + np.pi) % (2 * np.pi) - np.pi
+                rows["maneuver"].append(int(np.sign(turn)) if abs(turn) > TURN_THRESHOLD else 0)
             rows["episode"].append(log.seed)
             rows["vehicle"].append(i)
             rows["step"].append(t0)
@@ -561,7 +601,7 @@ def collect_highway(
         log = simulate_episode(s, cfg, "idm", stop_on_crash=False)
         env = _make_road(s, cfg)  # the (static) lane geometry of this episode
         try:
-            parts.append(windows_from_log(log, env.unwrapped.road, max_neighbours, stride))
+            parts.append(windows_from_log(log, env.unwrapped.road, max_neighbours, stride, cfg.scenario))
         finally:
             env.close()
     out = DrivingWindows.concat(parts)
@@ -569,6 +609,7 @@ def collect_highway(
         **key,
         "windows": len(out),
         "lane_change_share": float((out.maneuver != 0).mean()) if len(out) else 0.0,
+        "maneuver_share": {str(int(m)): float((out.maneuver == m).mean()) for m in np.unique(out.maneuver)},
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -590,6 +631,7 @@ class HighwayDataModule(WindowLoaders, pl.LightningDataModule):
         stride: Logged steps between window starts.
         cache_dir: Cache folder of the collected windows.
         num_workers: DataLoader workers.
+        scenario: ``"highway"`` or ``"intersection"`` (:class:`HighwayConfig`).
 
     """
 
@@ -607,11 +649,12 @@ class HighwayDataModule(WindowLoaders, pl.LightningDataModule):
         stride: int = 2,
         cache_dir: str = "runs/highway_cache",
         num_workers: int = 0,
+        scenario: str = "highway",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise InputError("batch_size", f"must be >= 1, got {batch_size}")
-        self.cfg = HighwayConfig(lanes=lanes, vehicles=vehicles, duration=duration)
+        self.cfg = HighwayConfig(lanes=lanes, vehicles=vehicles, duration=duration, scenario=scenario)
         self.episodes = {"train": (train_episodes, TRAIN_SEED), "val": (val_episodes, VAL_SEED)}
         self.batch_size, self.max_neighbours, self.stride = batch_size, max_neighbours, stride
         self.cache_dir, self.num_workers = cache_dir, num_workers
@@ -745,6 +788,9 @@ class DrivingGoalFlow(GoalFlow):
     Args:
         net: A :class:`DrivingGoalFlowNet`.
         lane_half_width: Half width (m) of the drivable band around each lane centreline (highway-env: 2).
+        frame_mode: ``"lane"`` (x along the nearest lane, the default) or ``"heading"`` (the pedestrians' frame,
+            x along the last second's displacement), see :meth:`frame`.
+        min_scale: Floor (m) of the per-axis position scale (the lateral RMS of highway futures is ~0.3 m).
         **kwargs: :class:`GoalFlow` arguments; driving defaults ``obs_len=4``, ``pred_len=8``,
             ``neighbour_radius=60``, ``goal_temperature=4.0`` (m²), ``col_weight=1.0`` (:math:`w_2`, the DAC
             score's weight), ``col_loss_weight=1.0``.
@@ -761,15 +807,36 @@ class DrivingGoalFlow(GoalFlow):
         goal_temperature: float = 4.0,
         col_weight: float = 1.0,
         col_loss_weight: float = 1.0,
+        frame_mode: str = "lane",
+        min_scale: float = 2.0,
         **kwargs: Any,
     ) -> None:
         if not isinstance(net, DrivingGoalFlowNet):
             raise InputError("net", f"DrivingGoalFlow needs a DrivingGoalFlowNet, got {type(net).__name__}")
+        if frame_mode not in ("lane", "heading"):
+            raise InputError("frame_mode", f"must be 'lane' or 'heading', got {frame_mode!r}")
         super().__init__(
             net, obs_len=obs_len, pred_len=pred_len, neighbour_radius=neighbour_radius,
-            goal_temperature=goal_temperature, col_weight=col_weight, col_loss_weight=col_loss_weight, **kwargs,
+            goal_temperature=goal_temperature, col_weight=col_weight, col_loss_weight=col_loss_weight,
+            min_scale=min_scale, **kwargs,
         )  # fmt: skip
-        self.lane_half_width = lane_half_width
+        self.lane_half_width, self.frame_mode = lane_half_width, frame_mode
+
+    def frame(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Lane-aligned frame (``frame_mode="lane"``): origin at the last observed position, x axis along the
+        nearest lane's centreline (its points at 0 and 50 m ahead); the heading frame of :func:`agent_frame` where
+        no lane is given, or with ``frame_mode="heading"``.
+        """
+        origin, rot = super().frame(batch)
+        if self.frame_mode == "heading":
+            return origin, rot
+        k = self.net.num_lanes
+        lanes, lmask = batch["nbr_obs"][:, -k:], batch["nbr_mask"][:, -k:]  # nearest lane first (sorted)
+        d = lanes[:, 0, -2] - lanes[:, 0, -1]
+        ok = (lmask[:, 0] > 0.5) & (d.norm(dim=-1) > 1e-3)
+        u = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        lane_rot = torch.stack([u, torch.stack([-u[:, 1], u[:, 0]], dim=-1)], dim=-1)
+        return origin, torch.where(ok[:, None, None], lane_rot.to(rot.dtype), rot)
 
     def goal_scorer_loss(self, cond: dict[str, Tensor], aux: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Distance-score cross entropy + drivable-area BCE (target: goal within a lane band)."""
@@ -853,6 +920,66 @@ def rollout(seed: int, planner: Any = "idm", cfg: HighwayConfig = HighwayConfig(
     return simulate_episode(seed, cfg, planner, stop_on_crash=True)
 
 
+def idm_progress(seeds: list[int], cfg: HighwayConfig = HighwayConfig(), progress: bool = True) -> dict[int, float]:
+    """Progress (m, after the warm-up) of the simulator's IDM/MOBIL ego on each seeded episode: EP's reference."""
+    from tqdm.auto import tqdm
+
+    return {s: rollout(s, "idm", cfg).progress for s in tqdm(seeds, desc="IDM baseline", disable=not progress)}
+
+
+def evaluate_planner(
+    planner: Any,
+    seeds: list[int],
+    reference: dict[int, float],
+    cfg: HighwayConfig = HighwayConfig(),
+    progress: bool = True,
+    desc: str = "closed loop",
+) -> dict[str, float]:
+    """Closed-loop scores of ``planner`` (``"idm"`` or an object with ``plan(window)``) over the seeded episodes.
+
+    Args:
+        planner: The ego policy.
+        seeds: Episode seeds.
+        reference: The IDM progress per seed (:func:`idm_progress`), EP's denominator.
+        cfg: Road and traffic.
+        progress: tqdm progress bar.
+        desc: Label of the bar.
+
+    Returns:
+        ``episodes, PDMS, NC, DAC, TTC, C, EP, collision_rate, offroad_rate, progress_m, ms_per_plan`` (NC ... EP
+        averaged over the episodes; PDMS by :func:`~flowsci.domains.trajectories.metrics.pdm_score`;
+        ``ms_per_plan``: wall time of the planner's episodes, simulation included, per plan; NaN for IDM).
+
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    missing = [s for s in seeds if s not in reference]
+    if missing:
+        raise InputError("reference", f"no IDM progress for seeds {missing[:5]}")
+    sc, t0, calls = [], time.perf_counter(), 0
+    for s in tqdm(seeds, desc=desc, disable=not progress):
+        log = rollout(s, planner, cfg)
+        sc.append(score_episode(log, reference[s]))
+        calls += len(log.pos) - 1 - log.start if planner != "idm" else 0  # one plan per logged step after warm-up
+    elapsed = time.perf_counter() - t0
+    f = {k: np.array([d[k] for d in sc]) for k in sc[0]}
+    return {
+        "episodes": len(sc),
+        "PDMS": pdm_score(f["nc"], f["dac"], f["ttc"], f["comfort"], f["ep"]),
+        "NC": float(f["nc"].mean()),
+        "DAC": float(f["dac"].mean()),
+        "TTC": float(f["ttc"].mean()),
+        "C": float(f["comfort"].mean()),
+        "EP": float(f["ep"].mean()),
+        "collision_rate": float(1.0 - f["nc"].mean()),
+        "offroad_rate": float(1.0 - f["dac"].mean()),
+        "progress_m": float(f["progress_m"].mean()),
+        "ms_per_plan": 1000 * elapsed / calls if calls else float("nan"),
+    }
+
+
 def closed_loop(
     planners: dict[str, Any],
     num_episodes: int = 20,
@@ -872,49 +999,19 @@ def closed_loop(
         progress: tqdm progress bar.
 
     Returns:
-        pandas DataFrame indexed by planner: ``episodes, PDMS, NC, DAC, TTC, C, EP, collision_rate,
-        offroad_rate, progress_m, ms_per_plan``.
+        pandas DataFrame indexed by planner, the columns of :func:`evaluate_planner`.
 
     """
-    import time
-
     import pandas as pd
-    from tqdm.auto import tqdm
 
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
         raise InputError("num_episodes", f"must be a whole number >= 1, got {num_episodes!r}")
     seeds = list(range(seed, seed + num_episodes))
-    ref = {}
-    scores: dict[str, list[dict[str, float]]] = {"IDM": []}
-    times: dict[str, float] = {"IDM": 0.0}
-    for s in tqdm(seeds, desc="IDM baseline", disable=not progress):
-        log = rollout(s, "idm", cfg)
-        ref[s] = log.progress
-        scores["IDM"].append(score_episode(log, log.progress))
+    ref = idm_progress(seeds, cfg, progress)
+    rows = {"IDM": evaluate_planner("idm", seeds, ref, cfg, progress, "IDM")}
     for name, planner in planners.items():
-        if planner == "idm":
-            continue
-        scores[name], t0, calls0 = [], time.perf_counter(), getattr(planner, "_calls", 0)
-        for s in tqdm(seeds, desc=name, disable=not progress):
-            scores[name].append(score_episode(rollout(s, planner, cfg), ref[s]))
-        calls = max(getattr(planner, "_calls", 0) - calls0, 1)
-        times[name] = 1000 * (time.perf_counter() - t0) / calls
-    rows = {}
-    for name, sc in scores.items():
-        f = {k: np.array([d[k] for d in sc]) for k in sc[0]}
-        rows[name] = {
-            "episodes": len(sc),
-            "PDMS": pdm_score(f["nc"], f["dac"], f["ttc"], f["comfort"], f["ep"]),
-            "NC": f["nc"].mean(),
-            "DAC": f["dac"].mean(),
-            "TTC": f["ttc"].mean(),
-            "C": f["comfort"].mean(),
-            "EP": f["ep"].mean(),
-            "collision_rate": 1.0 - f["nc"].mean(),
-            "offroad_rate": 1.0 - f["dac"].mean(),
-            "progress_m": f["progress_m"].mean(),
-            "ms_per_plan": times.get(name, 0.0) if name != "IDM" else float("nan"),
-        }
+        if planner != "idm":
+            rows[name] = evaluate_planner(planner, seeds, ref, cfg, progress, name)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -25,11 +25,13 @@ classifier-free guidance over the goal both work. Sampling: Euler on GoalFlow's 
 small steps near the noise end).
 
 **Inference for best-of-K.** The K best vocabulary goals (``goal_selection="topk"``, or K draws from the score's
-softmax without replacement, ``"sample"``), ``candidates`` trajectories per goal, the training-free trajectory
-scorer :math:`f(\tau) = -\lambda_1 \Phi(\|\tau_T - g\|) + \lambda_2 \Phi(\|\tau_T\|)` (min-max :math:`\Phi` over the
-candidates) keeps one per goal. **Shadow trajectory**: with ``shadow_threshold`` set, the goal-free mean trajectory
-replaces the goal's one where :math:`\|\text{shadow}_T - g\| / \|\text{shadow}_T\|` exceeds the threshold (GoalFlow's
-guard against a wrong goal; meant for single-trajectory planning, it removes diversity from best-of-K).
+softmax without replacement, ``"sample"``, or greedy non-maximum suppression, ``"nms"``: the best goal farther than
+``nms_radius`` from every goal already taken, see :func:`nms_goals`), ``candidates`` trajectories per goal, the
+training-free trajectory scorer :math:`f(\tau) = -\lambda_1 \Phi(\|\tau_T - g\|) + \lambda_2 \Phi(\|\tau_T\|)`
+(min-max :math:`\Phi` over the candidates) keeps one per goal. **Shadow trajectory**: with ``shadow_threshold``
+set, the goal-free mean trajectory replaces the goal's one where :math:`\|\text{shadow}_T - g\| / \|\text{shadow}_T\|`
+exceeds the threshold (GoalFlow's guard against a wrong goal; meant for single-trajectory planning, it removes
+diversity from best-of-K).
 """
 
 from __future__ import annotations
@@ -70,13 +72,14 @@ __all__ = [
     "rectify_goalflow",
     "reflow_pairs",
     "agent_frame",
+    "nms_goals",
     "score_trajectories",
     "shifted_time_grid",
     "windows_from_arrays",
 ]
 
 GOAL_MODES = ("goal", "none")
-SELECTIONS = ("topk", "sample")
+SELECTIONS = ("topk", "sample", "nms")
 SCENE_KEYS = ["hist", "nbr", "nbr_mask"]
 
 
@@ -129,6 +132,40 @@ def shifted_time_grid(steps: int, alpha: float = 3.0) -> Tensor:
     t = 1.0 - alpha * s / (1.0 + (alpha - 1.0) * s)
     t[0], t[-1] = 0.0, 1.0
     return t
+
+
+def nms_goals(score: Tensor, goals: Tensor, k: int, radius: float) -> Tensor:
+    """Greedy non-maximum suppression over the goal vocabulary: ``k`` goal indices per agent, each the best-scored
+    goal farther than ``radius`` from all goals taken before (when none is left, the best goal not yet taken; when
+    all are taken, the order repeats).
+
+    Args:
+        score: ``[A, G]`` goal scores (higher is better).
+        goals: ``[G, 2]`` vocabulary (metres, agent frame).
+        k: Goals per agent.
+        radius: Suppression radius (metres); 0 gives the top-k order.
+
+    Returns:
+        ``[A, K]`` long indices into the vocabulary.
+
+    """
+    a, g = score.shape
+    d = torch.cdist(goals[None].to(score.dtype), goals[None].to(score.dtype))[0]  # [G, G]
+    rows = torch.arange(a, device=score.device)
+    free = torch.ones(a, g, dtype=torch.bool, device=score.device)  # not suppressed
+    taken = torch.zeros(a, g, dtype=torch.bool, device=score.device)
+    out = []
+    neg = torch.finfo(score.dtype).min
+    for _ in range(k):
+        if bool(taken.all()):
+            taken.zero_()
+        best = score.masked_fill(~free | taken, neg).argmax(-1)
+        fallback = score.masked_fill(taken, neg).argmax(-1)
+        idx = torch.where((free & ~taken).any(-1), best, fallback)
+        out.append(idx)
+        taken[rows, idx] = True
+        free &= d[idx] > radius
+    return torch.stack(out, dim=-1)
 
 
 def score_trajectories(ends: Tensor, goal: Tensor, lam_goal: float = 1.0, lam_progress: float = 0.0) -> Tensor:
@@ -349,6 +386,8 @@ class GoalFlow(FlowMatching):
         obs_len: Observed steps.
         pred_len: Predicted steps.
         kmeans_seed: Seed of the vocabulary's k-means.
+        min_scale: Floor (m) of the per-axis position scale (an axis along which the futures barely move, e.g.
+            lateral on a highway, would otherwise be blown up).
 
     """
 
@@ -377,6 +416,7 @@ class GoalFlow(FlowMatching):
         obs_len: int = 8,
         pred_len: int = 12,
         kmeans_seed: int = 0,
+        min_scale: float = 0.1,
     ) -> None:
         if goal_mode not in GOAL_MODES:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
@@ -403,6 +443,9 @@ class GoalFlow(FlowMatching):
         self.goal_loss_weight, self.col_loss_weight = goal_loss_weight, col_loss_weight
         self.neighbour_radius, self.time_shift = neighbour_radius, time_shift
         self.obs_len, self.pred_len, self.kmeans_seed = obs_len, pred_len, kmeans_seed
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be > 0, got {min_scale}")
+        self.min_scale = min_scale
         # data statistics that travel in the checkpoint (float buffers: the EMA callback averages buffers too)
         self.register_buffer("goals", torch.zeros(num_goals, 2))
         self.register_buffer("pos_scale", torch.ones(2))
@@ -417,9 +460,14 @@ class GoalFlow(FlowMatching):
 
         obs = torch.as_tensor(windows.obs, dtype=torch.float64)
         fut = torch.as_tensor(windows.fut, dtype=torch.float64)
-        origin, rot = agent_frame(obs)
+        scene = {
+            "obs": obs,
+            "nbr_obs": torch.as_tensor(windows.nbr_obs, dtype=torch.float64),
+            "nbr_mask": torch.as_tensor(windows.nbr_mask, dtype=torch.float64),
+        }
+        origin, rot = self.frame(scene)
         local = to_local(fut, origin, rot)
-        scale = local.pow(2).mean(dim=(0, 1)).sqrt().clamp_min(0.1)
+        scale = local.pow(2).mean(dim=(0, 1)).sqrt().clamp_min(self.min_scale)
         ends = local[:, -1].numpy()
         if len(ends) > 50_000:
             ends = ends[np.linspace(0, len(ends) - 1, 50_000).round().astype(int)]
@@ -440,6 +488,12 @@ class GoalFlow(FlowMatching):
             self.fit_statistics(dm.windows("train"))
 
     # ------------------------------------------------------------------------------ batches
+    def frame(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Origin ``[B, 2]`` and rotation ``[B, 2, 2]`` of the frame the model works in: :func:`agent_frame`
+        of ``batch["obs"]`` (subclasses may use the scene too, e.g. the lane direction for driving).
+        """
+        return agent_frame(batch["obs"])
+
     def prepare(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """World-frame window batch -> normalised ``x1 [B, T, 2]``, network conditioning and scorer targets.
 
@@ -450,7 +504,7 @@ class GoalFlow(FlowMatching):
 
         """
         obs, nbr_obs, mask = batch["obs"], batch["nbr_obs"], batch["nbr_mask"].to(batch["obs"].dtype)
-        origin, rot = agent_frame(obs)
+        origin, rot = self.frame(batch)
         s = self.pos_scale.to(obs.dtype)
         hist = to_local(obs, origin, rot) / s
         nbr_local = to_local(nbr_obs, origin, rot)
@@ -560,6 +614,7 @@ class GoalFlow(FlowMatching):
         shadow_threshold: float | None = None,
         oracle_goal: bool = False,
         batch_size: int = 4096,
+        nms_radius: float = 1.0,
     ) -> TrajectorySolution:
         """``num_samples`` futures for every window (see the module docstring for the inference rule).
 
@@ -569,12 +624,13 @@ class GoalFlow(FlowMatching):
             steps: Euler steps (default ``sample_steps``).
             seed: Seed of the prior draws (and of goal sampling).
             solver: Solver name (default ``sample_solver``).
-            goal_selection: ``"topk"`` or ``"sample"``.
+            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"``.
             candidates: Trajectories generated per goal; the trajectory scorer keeps one.
             cfg_scale: Classifier-free guidance weight over the goal (1 = none).
             shadow_threshold: Enable GoalFlow's shadow-trajectory fallback with this threshold.
             oracle_goal: Condition on the true endpoint instead of the scorer's goals (upper bound).
             batch_size: Agents per network batch.
+            nms_radius: Suppression radius (m) of ``goal_selection="nms"``.
 
         Returns:
             A :class:`TrajectorySolution` with ``x [A, K, pred_len, 2]`` in metres; ``nfe`` = network evaluations
@@ -593,7 +649,7 @@ class GoalFlow(FlowMatching):
             part = windows.subset(slice(start, start + batch_size))
             p, g, nfe = self._predict_batch(
                 part.tensors(slice(None)), num_samples, steps, seed, solver, goal_selection, candidates, cfg_scale,
-                shadow_threshold, oracle_goal, seed_offset=start,
+                shadow_threshold, oracle_goal, seed_offset=start, nms_radius=nms_radius,
             )  # fmt: skip
             preds.append(p)
             goals.append(g)
@@ -624,6 +680,7 @@ class GoalFlow(FlowMatching):
         shadow_threshold: float | None,
         oracle_goal: bool,
         seed_offset: int = 0,
+        nms_radius: float = 1.0,
     ) -> tuple[Tensor, Tensor | None, int]:
         batch = {key: v.to(self.device) for key, v in batch.items()}
         x1, cond, _ = self.prepare(batch)
@@ -641,6 +698,8 @@ class GoalFlow(FlowMatching):
                 if goal_selection == "topk":
                     order = score.argsort(dim=-1, descending=True)
                     idx = order[:, torch.arange(k, device=score.device) % score.shape[1]]
+                elif goal_selection == "nms":
+                    idx = nms_goals(score, self.goals, k, nms_radius)
                 else:
                     g = torch.Generator(device=self.device)
                     g.manual_seed(0 if gen_seed is None else gen_seed + 7_919)
@@ -757,7 +816,7 @@ class GoalFlow(FlowMatching):
             guidance: (``cond`` mode) guidance object.
             scene: A ``frame ped x y`` file (default: the shipped synthetic scene ``synth_a``).
             max_agents: Agents (evenly spaced windows of the scene) to predict for.
-            goal_selection: ``"topk"`` or ``"sample"``.
+            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"``.
             candidates: Trajectories per goal (the trajectory scorer keeps one).
             cfg_scale: Classifier-free guidance weight over the goal.
             shadow_threshold: Shadow-trajectory fallback threshold (``None``: off).

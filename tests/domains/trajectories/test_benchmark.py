@@ -49,3 +49,32 @@ def test_fold_metrics_average():
     exact = dataclasses.replace(sol, x=torch.as_tensor(np.repeat(w.fut[:, None], 3, 1)))
     out = fold_metrics({"solutions": {"a": exact, "b": sol}, "ms_per_agent": 1.0, "ms_single_agent": 2.0}, None)
     assert out["ade_a"] == 0 and out["ade_avg"] == out["ade_b"] / 2
+
+
+def test_closed_loop_rows_run_through_the_runner(tmp_path, monkeypatch):
+    """The highway-env rows (GoalFlow planner, no-goal planner, IDM) are cells of the same spec."""
+    pytest.importorskip("highway_env")
+    from flowsci.benchmarks.runner import run_spec
+    from flowsci.domains.trajectories.benchmark import _SIZES, FoldData, HighwayBench
+    from flowsci.domains.trajectories.driving import HighwayConfig
+
+    tiny = {"net": {"d_model": 16, "num_layers": 1, "num_heads": 2, "scorer_d_model": 16}, "num_goals": 8}
+    monkeypatch.setitem(_SIZES["quick"], "highway", {**_SIZES["quick"]["highway"], **tiny})
+    s = spec("quick")
+    keep = [dataclasses.replace(m, train_steps=m.train_steps and 3) for m in s.methods if m.name.startswith("planner")]
+    assert [m.name for m in keep] == ["planner-goalflow", "planner-no-goal", "planner-idm"]
+    keep = [dataclasses.replace(m, nfe_grid=(1,)) for m in keep]
+    data = FoldData(
+        "sample", ("synth_a",), 32, None, 8, HighwayBench(1, 1, 32, HighwayConfig(duration=8.0, vehicles=8))
+    )
+    data.highway.datamodule.cache_dir = str(tmp_path / "hw")
+    s = dataclasses.replace(s, methods=keep, datamodule=lambda: data, references=())
+    doc = run_spec(s, "quick", out=tmp_path, progress=False, plots=False, cache=False)
+    cells = {c["method"]: c for c in doc["cells"]}
+    assert {c["status"] for c in cells.values()} == {"ok"}, [c["error"] for c in cells.values()]
+    idm = cells["planner-idm"]["metrics"]
+    assert idm["pdms"] == idm["ep"] == idm["nc"] == 1.0  # EP is normalised by the IDM ego itself
+    for c in cells.values():
+        m = c["metrics"]
+        assert 0 <= m["pdms"] <= 1 and 0 <= m["dac"] <= 1 and m["progress_m"] > 0 and "ade_avg" not in m
+    assert doc["columns"]["pdms"]["higher_is_better"] and not doc["columns"]["ms_per_plan"]["higher_is_better"]

@@ -47,3 +47,17 @@ def test_tiny_config_fit_and_sample(tmp_path, monkeypatch):
     from flowsci.domains.trajectories import GoalFlow
 
     assert float(GoalFlow.from_checkpoint(ckpt).fitted) == 1.0
+
+
+@pytest.mark.parametrize("name", ["goalflow_highway.yaml", "goalflow_intersection.yaml"])
+def test_driving_configs_name_real_classes(name):
+    cfg = yaml.safe_load(resources.files("flowsci.configs").joinpath("trajectories", name).read_text())
+    assert cfg["model"]["class_path"] == "flowsci.domains.trajectories.DrivingGoalFlow"
+    assert cfg["data"]["class_path"] == "flowsci.domains.trajectories.HighwayDataModule"
+    from flowsci.domains.trajectories import DrivingGoalFlow, DrivingGoalFlowNet, HighwayDataModule
+
+    net = DrivingGoalFlowNet(**cfg["model"]["init_args"]["net"]["init_args"])
+    kw = {k: v for k, v in cfg["model"]["init_args"].items() if k not in ("net", "optimizer")}
+    model = DrivingGoalFlow(net, **kw)
+    dm = HighwayDataModule(**cfg["data"]["init_args"])  # collects nothing until setup
+    assert model.frame_mode == "lane" and dm.cfg.scenario == ("intersection" if "inter" in name else "highway")

@@ -19,8 +19,10 @@ from flowsci.domains.trajectories.driving import (  # noqa: E402
     HighwayConfig,
     _make_road,
     _ttc_violation,
+    closed_loop,
     collect_highway,
     drivable_mask,
+    evaluate_planner,
     on_road,
     rollout,
     score_episode,
@@ -109,6 +111,17 @@ def test_tracker_follows_plans():
         rollout(0, "bogus", CFG)
 
 
+def test_closed_loop_table():
+    table = closed_loop({"keep": _Planner(0.0)}, num_episodes=1, cfg=CFG, progress=False)
+    assert list(table.index) == ["IDM", "keep"]
+    assert table.loc["IDM", "PDMS"] == 1.0 and np.isnan(table.loc["IDM", "ms_per_plan"])
+    assert table.loc["keep", "DAC"] == 1.0 and table.loc["keep", "ms_per_plan"] > 0
+    with pytest.raises(InputError):
+        evaluate_planner("idm", [1, 2], {1: 10.0}, CFG)  # no IDM reference for seed 2
+    with pytest.raises(InputError):
+        closed_loop({}, num_episodes=0)
+
+
 def test_episode_metrics_on_constructed_cases():
     env = _make_road(0, CFG)
     road = env.unwrapped.road
@@ -142,3 +155,67 @@ def test_episode_metrics_on_constructed_cases():
     pts = torch.tensor([[10.0, 1.9], [10.0, 5.5], [10.0, -2.5], [200.0, 0.0]])
     assert drivable_mask(pts, lanes, torch.ones(1, 2)).tolist() == [[True, True, False, False]]
     assert drivable_mask(pts, lanes, torch.tensor([[0.0, 1.0]])).tolist() == [[False, True, False, False]]
+
+
+def _rotate(w, angle):
+    """A copy of packed windows rotated by ``angle`` about the world origin (agents, neighbours and lanes)."""
+    import dataclasses
+
+    r = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=np.float32)
+    return dataclasses.replace(w, obs=w.obs @ r.T, fut=w.fut @ r.T, nbr_obs=w.nbr_obs @ r.T, nbr_fut=w.nbr_fut @ r.T)
+
+
+def test_lane_frame_follows_the_lane_and_is_equivariant(windows):
+    net = DrivingGoalFlowNet(d_model=16, num_layers=1, scorer_d_model=16)
+    model = DrivingGoalFlow(net, num_goals=4)
+    packed = windows.to_windows().subset(slice(0, 16))
+    model.fit_statistics(packed)
+    batch = packed.tensors(slice(None))
+    _, rot = model.frame(batch)
+    # straight highway lanes run along +x: the lane frame is the world frame, whatever the car's heading
+    np.testing.assert_allclose(rot.numpy(), np.broadcast_to(np.eye(2), rot.shape), atol=1e-6)
+    heading = DrivingGoalFlow(net, num_goals=4, frame_mode="heading")
+    tilted = dict(batch, obs=batch["obs"] + torch.tensor([0.0, 1.0]) * torch.arange(OBS_LEN)[:, None])
+    _, rot_h = heading.frame(tilted)
+    _, rot_l = model.frame(tilted)
+    assert (rot_h[:, 1, 0].abs() > 1e-3).all() and torch.allclose(rot_l, rot)  # only the heading frame tilts
+    # rotating the whole scene rotates the plan (same seed)
+    a = 0.7
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    p0 = model.predict_windows(packed, num_samples=2, steps=2, seed=3).x.numpy()
+    p1 = model.predict_windows(_rotate(packed, a), num_samples=2, steps=2, seed=3).x.numpy()
+    np.testing.assert_allclose(p1, p0 @ r.T, atol=2e-2)
+    with pytest.raises(InputError):
+        DrivingGoalFlow(net, frame_mode="bogus")
+
+
+def test_min_scale_floors_the_lateral_scale(windows):
+    net = DrivingGoalFlowNet(d_model=16, num_layers=1, scorer_d_model=16)
+    packed = windows.to_windows()
+    floored = DrivingGoalFlow(net, num_goals=4)  # driving default: 2 m
+    raw = DrivingGoalFlow(net, num_goals=4, min_scale=0.01)
+    floored.fit_statistics(packed)
+    raw.fit_statistics(packed)
+    # lateral motion on the highway is small (few lane changes); the longitudinal RMS is untouched by the floor
+    assert raw.pos_scale[1] < 2.0 and floored.pos_scale[1] == 2.0
+    assert floored.pos_scale[0] == raw.pos_scale[0] > 20.0
+
+
+def test_intersection_windows_are_multimodal(tmp_path):
+    cfg = HighwayConfig(scenario="intersection", vehicles=10, duration=15.0)
+    w = collect_highway(2, 0, cfg, cache_dir=tmp_path, progress=False)
+    assert len(w) > 50 and set(np.unique(w.maneuver)) == {-1, 0, 1}  # right, straight and left turns
+    # the label is the sign of the heading change: turning cars' futures bend to the matching side
+    v = w.fut[:, -1] - w.fut[:, -2]
+    u = w.obs[:, -1] - w.obs[:, -2]
+    cross = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+    moving = (np.linalg.norm(u, axis=1) > 1.0) & (np.linalg.norm(v, axis=1) > 1.0)
+    for m in (-1, 1):
+        sel = moving & (w.maneuver == m)
+        assert sel.any() and (np.sign(cross[sel]) == m).mean() > 0.8
+    assert 2.0 < np.median(w.speed) < 12.0  # urban speeds
+    spacing = np.linalg.norm(np.diff(w.lanes[:, 0], axis=1), axis=-1)
+    spacing = spacing[w.lane_mask[:, 0]]  # points 30/20/10/0 m ahead along the lane: 10 m apart, less on arcs (chords)
+    assert (spacing <= 10.0 + 1e-3).all() and np.median(spacing) == pytest.approx(10.0, abs=1e-3)
+    with pytest.raises(InputError):
+        HighwayConfig(scenario="roundabout")

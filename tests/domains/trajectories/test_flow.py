@@ -11,6 +11,7 @@ from flowsci.domains.trajectories.data import read_trajectories
 from flowsci.domains.trajectories.flow import (
     GoalDropout,
     agent_frame,
+    nms_goals,
     score_trajectories,
     shifted_time_grid,
     to_local,
@@ -61,6 +62,16 @@ def test_trajectory_scorer():
     assert score_trajectories(ends, goal).argmax(-1).item() == 2
     assert score_trajectories(ends, goal, 0.0, 1.0).argmax(-1).item() == 2
     assert score_trajectories(ends, torch.tensor([[0.1, 0.0]])).argmax(-1).item() == 1
+
+
+def test_nms_goals():
+    goals = torch.tensor([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [3.2, 0.0], [6.0, 0.0]])
+    score = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    # radius 1 m: the second-best goal of each pair is suppressed until only suppressed goals are left
+    assert nms_goals(score, goals, 5, 1.0).tolist() == [[0, 2, 4, 1, 3], [4, 3, 1, 2, 0]]
+    assert nms_goals(score, goals, 5, 0.0).tolist() == score.argsort(-1, descending=True).tolist()  # = top-k
+    assert nms_goals(score, goals, 7, 1.0)[0].tolist() == [0, 2, 4, 1, 3, 0, 1]  # repeats once all are taken
+    assert nms_goals(score, goals, 3, 10.0)[0].tolist() == [0, 1, 2]  # everything suppressed: top-k of the rest
 
 
 def test_goal_dropout_rates():
@@ -129,6 +140,10 @@ def test_predict_api_and_variants(trained_model, sample_windows):
     torch.testing.assert_close(oracle.goals[:, 0], torch.as_tensor(w.strided(2).fut[:, -1]), atol=1e-4, rtol=0)
     sampled = trained_model.predict_windows(w.strided(2), 3, steps=1, seed=1, goal_selection="sample")
     assert sampled.x.shape == (2, 3, 12, 2)
+    nms = trained_model.predict_windows(w.strided(2), 8, steps=1, seed=1, goal_selection="nms", nms_radius=0.5)
+    d = torch.cdist(nms.goals, nms.goals)  # the first goals taken are pairwise farther apart than the radius
+    first = min(4, len(trained_model.goals))
+    assert (d[:, :first, :first] + torch.eye(first) * 1e3 > 0.5 - 1e-4).all()
     with pytest.raises(InputError):
         trained_model.predict_windows(w, 0)
     with pytest.raises(InputError):
