@@ -137,3 +137,33 @@ def test_cli_fit_then_sample_writes_cifs_for_a_composition(tmp_path, monkeypatch
     cifs = sorted((tmp_path / "cifs").glob("*.cif"))
     assert len(cifs) == 3 and (tmp_path / "cifs" / "structures.png").is_file()
     assert {Structure.from_file(str(p)).composition.reduced_formula for p in cifs} == {"SrTiO3"}
+
+
+def test_nfe_sweep_columns_with_an_oracle_predictor():
+    """nfe_sweep scores what the model predicts for the first test crystals: exact copies at NFE 2 match at every
+    tolerance; copies with one atom moved by 0.5 (V/N)^(1/3) at NFE 1 match only at the field's stol = 0.5."""
+    import numpy as np
+    from pymatgen.core import Structure
+
+    from flowsci.domains.crystals import benchmark as B
+    from flowsci.domains.crystals.data import CrystalDataset
+
+    gts = CrystalDataset("perov_5_test_subset", limit=3).structures()
+
+    class Oracle:
+        def predict_structures(self, z, steps, seed, batch_size, solver):
+            assert z == [[site.specie.Z for site in s] for s in gts] and batch_size == 3 and solver == "x"
+            if steps > 1:
+                return [s.copy() for s in gts]
+            out = []
+            for s in gts:
+                cart = s.cart_coords.copy()
+                cart[0, 0] += 0.5 * (s.volume / len(s)) ** (1 / 3)
+                out.append(Structure(s.lattice, s.species, cart, coords_are_cartesian=True))
+            return out
+
+    df = B.nfe_sweep(Oracle(), num=3, nfes=(1, 2), solver="x", stols=(0.2,))
+    assert list(df["nfe"]) == [1, 2]
+    assert list(df["match_rate"]) == [1.0, 1.0] and list(df["match_rate_stol0.2"]) == [0.0, 1.0]
+    assert list(df["se"]) == [0.0, 0.0] and df["rmse"].iloc[1] == pytest.approx(0.0, abs=1e-6)
+    assert list(df["match_rate_true_lattice"]) == [1.0, 1.0] and np.all(df["valid"] <= 1.0)

@@ -122,3 +122,16 @@ def test_plot_structures_writes_a_png_and_rejects_an_empty_set(perov, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
     with pytest.raises(ValueError, match="'generated' set is empty"):
         M.plot_structures([], perov[:2], tmp_path / "e.png")
+
+
+def test_csp_metrics_site_tolerance(perov):
+    """One atom moved by 0.5 (V/N)^(1/3) (after the matcher's best translation the largest site distance is
+    about 0.4): a match at the field's stol = 0.5, not at a tighter stol = 0.2."""
+    gt = perov[0]
+    scale = (gt.volume / len(gt)) ** (1 / 3)
+    cart = gt.cart_coords.copy()
+    cart[1] += np.array([0.5, 0.0, 0.0]) * scale
+    pred = Structure(gt.lattice, gt.species, cart, coords_are_cartesian=True)
+    assert M.csp_metrics([pred], [gt])["match_rate"] == 1.0
+    assert M.csp_metrics([pred], [gt], stol=0.2)["match_rate"] == 0.0
+    assert M.csp_metrics([gt], [gt], stol=0.2)["match_rate"] == 1.0
