@@ -477,6 +477,22 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
     )
 
 
+def _timed_fit(model: Any, dm: Any, train_steps: int) -> float:
+    """Train ``model`` for ``train_steps`` on the CPU; wall seconds."""
+    import time
+
+    import pytorch_lightning as pl
+
+    from flowsci.module import QUIET_TRAINER
+
+    t0 = time.perf_counter()
+    trainer = pl.Trainer(
+        max_steps=train_steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER
+    )
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - t0
+
+
 def resolution_generalisation(
     train_steps: int = 600, num_train: int = 512, num_test: int = 16, steps: int = 10, seed: int = 0
 ) -> dict[str, Any]:
@@ -486,8 +502,6 @@ def resolution_generalisation(
     The coarse input is the 4x4 block average of the 512 x 128 truth; errors are relative L2 and high-band fRMSE of
     u (and relative L2 of f) against the block-averaged truth at each resolution. Returns a JSON-able dict.
     """
-    import time
-
     import pytorch_lightning as pl
 
     from flowsci.domains.pde.data import PDEDataModule
@@ -495,7 +509,6 @@ def resolution_generalisation(
     from flowsci.domains.pde.metrics import frmse, rel_l2
     from flowsci.domains.pde.model import UNet
     from flowsci.domains.pde.solvers import burgers
-    from flowsci.module import QUIET_TRAINER
 
     pl.seed_everything(seed, verbose=False)
     dm = PDEDataModule(problem="burgers", num_train=num_train, num_val=16, grid=128, steps=32, seed=0, batch_size=16)
@@ -503,12 +516,7 @@ def resolution_generalisation(
         UNet(in_channels=6, cond_channels=2, width=16, mults=(1, 2), time_dim=32),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
-    t0 = time.perf_counter()
-    trainer = pl.Trainer(
-        max_steps=train_steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER
-    )
-    trainer.fit(model, datamodule=dm)
-    out: dict[str, Any] = {"train_s": time.perf_counter() - t0}
+    out: dict[str, Any] = {"train_s": _timed_fit(model, dm, train_steps)}
     model.eval()
     truth = burgers.generate(num_test, 512, 128, seed=TEST_SEED + seed)
     fine = torch.stack([torch.as_tensor(truth.u.values[:, 1:]), torch.as_tensor(truth.f.values)], 1).float()
@@ -550,8 +558,6 @@ def ablation(
     ``scale_power``...). Scored on ``num_test`` held-out trajectories (seed 10,000) at each NFE; plus, at NFE 10,
     the RMS error of each u band in the model's coordinates and the fRMSE after zeroing the u detail bands.
     """
-    import time
-
     import pytorch_lightning as pl
 
     from flowsci.domains.pde.data import PDEDataModule
@@ -559,7 +565,6 @@ def ablation(
     from flowsci.domains.pde.metrics import frmse, simulation_metrics
     from flowsci.domains.pde.model import UNet
     from flowsci.domains.pde.solvers import burgers
-    from flowsci.module import QUIET_TRAINER
 
     size = SIZES["quick"]
     pl.seed_everything(0, verbose=False)
@@ -589,12 +594,7 @@ def ablation(
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         **model_kwargs,
     )
-    t0 = time.perf_counter()
-    trainer = pl.Trainer(
-        max_steps=train_steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER
-    )
-    trainer.fit(model, datamodule=dm)
-    out: dict[str, Any] = {"train_s": time.perf_counter() - t0}
+    out: dict[str, Any] = {"train_s": _timed_fit(model, dm, train_steps)}
     model.eval()
     ref = burgers.generate(num_test, size["grid"], size["steps"], seed=TEST_SEED)
     u, f = torch.as_tensor(ref.u.values), torch.as_tensor(ref.f.values)
