@@ -19,7 +19,12 @@ Methods (same data, batch 64, AdamW):
 - ``latent-mlp-flow``: flow matching in 50 standardised PCs with the core MLP (3 x 256), decoded linearly;
 - ``wbdit-reflow``: ``wbdit-flow``'s weights rectified once (1,000 pairs from 20 Euler steps, then ``reflow_steps`` on
   the pairs), sampled at 1-2 NFE;
-- ``gaussian-pca`` (baseline): a per-type diagonal Gaussian in 30 standardised PCs (the sanity floor).
+- ``wbdit-flow-typeprior``: ``wbdit-flow`` started from the per-type Gaussian of the training cells
+  (``prior="type"``, the conditional prior of Issachar et al., TMLR 2025) instead of :math:`N(0, I)`;
+- ``gaussian-pca`` (baseline): a per-type diagonal Gaussian in 30 standardised PCs (the sanity floor);
+- ``*-round`` / ``*-continuous``: ``wbdit-flow``'s weights and ``gaussian-pca`` with cells decoded by
+  nearest-count rounding, or kept continuous (``X`` not on the count lattice), instead of the default
+  log-unbiased stochastic rounding (``decoder="lattice"``, :func:`~flowsci.domains.singlecell.data.lognorm_to_counts`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "markers": True,
     },
 }
+
+_DECODER_NAMES = {"round": "round", "none": "continuous"}
 
 REFERENCES: tuple[ReferenceRow, ...] = (
     ReferenceRow(
@@ -148,11 +155,12 @@ def _adamw(lr: float) -> Any:
     return partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
 
 
-def build_wbdit_flow(dm: Any, width: int = 128, block: str = "crate") -> Any:
-    """:class:`WhiteBoxFlow` with CRATE (or DiT) blocks, its data statistics taken from ``dm``."""
+def build_wbdit_flow(dm: Any, width: int = 128, block: str = "crate", prior: str = "normal") -> Any:
+    """:class:`WhiteBoxFlow` with CRATE (or DiT) blocks and the given prior, its data statistics taken from ``dm``."""
     from flowsci.domains.singlecell.flow import WhiteBoxFlow
 
-    model = WhiteBoxFlow(_wbdit(dm, width, block), optimizer=_adamw(1e-3 if width < 512 else 2e-4), sample_steps=20)
+    lr = 1e-3 if width < 512 else 2e-4
+    model = WhiteBoxFlow(_wbdit(dm, width, block), optimizer=_adamw(lr), sample_steps=20, prior=prior)
     model.set_metadata(dm.metadata())
     return model
 
@@ -197,15 +205,18 @@ def fit_reflow(model: Any, dm: Any, max_steps: int, pairs: int = 1000, teacher_s
         fit_on_pairs(model, coupling, max_steps, batch_size=64)
 
 
-def sample_cells(model: Any, request: SampleRequest) -> Any:
-    """Generate the held-out reference's type composition (DDIM for the DDPM); records the parameter count."""
+def sample_cells(model: Any, request: SampleRequest, decoder: str = "lattice") -> Any:
+    """Generate the held-out reference's type composition (DDIM for the DDPM); records the parameter count.
+
+    ``decoder`` is how generated values become counts and ``X`` (:meth:`WhiteBoxFlow.to_anndata`).
+    """
     from flowsci.domains.singlecell.flow import WhiteBoxDiffusion
 
     ref = request.reference
     heldout = ref.heldout if isinstance(ref, CellReference) else ref
     cells = dict(Counter(heldout.obs["cell_type"].astype(str)))
     solver = "ddim" if isinstance(model, WhiteBoxDiffusion) else request.solver
-    sol = model.sample(request.num, steps=request.steps, solver=solver, seed=request.seed, cells=cells)
+    sol = model.sample(request.num, steps=request.steps, solver=solver, seed=request.seed, cells=cells, decoder=decoder)
     sol.adata.uns["flowsci"]["params"] = int(sum(p.numel() for p in model.parameters()))
     return sol
 
@@ -352,6 +363,34 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
                 train_steps=steps,
             ),
         ]
+        methods.append(
+            Method(
+                "wbdit-flow-typeprior",
+                partial(build_wbdit_flow, width=width, block="crate", prior="type"),
+                description=f"WBDiT flow from the per-type Gaussian prior (prior='type'), width {width}, Euler",
+                train_steps=steps,
+            )
+        )
+        # the count decoder's ablation: the same weights / fit, cells decoded otherwise (no training)
+        for decoder in ("round", "none"):
+            methods += [
+                Method(
+                    f"wbdit-flow-{_DECODER_NAMES[decoder]}",
+                    partial(build_wbdit_flow, width=width, block="crate"),
+                    description=f"wbdit-flow's weights, {_DECODER_NAMES[decoder]} decoder",
+                    weights_of="wbdit-flow",
+                    sample=partial(sample_cells, decoder=decoder),
+                    nfe_grid=(10, 50),
+                ),
+                Method(
+                    f"gaussian-pca-{_DECODER_NAMES[decoder]}",
+                    build_gaussian,
+                    description=f"gaussian-pca, {_DECODER_NAMES[decoder]} decoder",
+                    train_steps=0,
+                    sample=partial(sample_cells, decoder=decoder),
+                    nfe_grid=(1,),
+                ),
+            ]
     columns = {**HIGHER_IS_BETTER, "params_k": False}
     if not size["markers"]:
         columns = {k: v for k, v in columns.items() if not k.startswith("marker_")}

@@ -32,9 +32,11 @@ from flowsci.errors import InputError, require
 __all__ = [
     "CELL_TYPE_KEY",
     "SAMPLE_DATA",
+    "COUNT_DECODERS",
     "CellDataset",
     "SingleCellDataModule",
     "log_normalize",
+    "lognorm_to_counts",
     "pca",
     "read_counts",
     "sample_data_path",
@@ -45,8 +47,15 @@ __all__ = [
 CELL_TYPE_KEY = "cell_type"
 """``obs`` column holding the cell type in every AnnData flowsci writes."""
 
-SAMPLE_DATA = {"pbmc68k": ("pbmc68k_reduced_counts.h5ad", "bulk_labels")}
-"""Shipped data sets: name -> (file in ``sample_data/``, its label column)."""
+SAMPLE_DATA = {
+    "pbmc68k": ("pbmc68k_reduced_counts.h5ad", "bulk_labels"),
+    "celltypist": ("celltypist_sample_counts.h5ad", None),
+}
+"""Shipped data sets: name -> (file in ``sample_data/``, its label column or ``None``).
+
+``pbmc68k``: PBMC68k-reduced raw counts, 558 cells x 765 HVGs, 10 ``bulk_labels``; ``celltypist``: CellTypist's
+unlabeled sample of raw counts, 447 cells x 32,786 genes (the full genome, for HVG selection and library sizes).
+"""
 
 _MAX_CELLS = 50_000_000
 _MAX_GENES = 1_000_000
@@ -160,6 +169,62 @@ def log_normalize(counts: Any, library: np.ndarray | None = None, target_sum: fl
     dense = dense.astype(np.float64)
     lib = dense.sum(1) if library is None else np.asarray(library, dtype=np.float64)
     return np.log1p(dense * (target_sum / np.maximum(lib, 1.0))[:, None]).astype(np.float32)
+
+
+COUNT_DECODERS = ("lattice", "round", "none")
+"""How generated log-normalised values become counts (see :func:`lognorm_to_counts`)."""
+
+
+def lognorm_to_counts(
+    x: np.ndarray,
+    library: np.ndarray,
+    target_sum: float = 1e4,
+    decoder: str = "lattice",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    r"""Counts for continuous log-normalised expression (the inverse of :func:`log_normalize`).
+
+    A cell with library size :math:`L` can only take the values :math:`x_c = \log(1 + 10^4 c / L)`,
+    :math:`c = 0, 1, 2, \dots` With :math:`\mu = \mathrm{expm1}(x) L / 10^4` and :math:`c_0 = \lfloor\mu\rfloor`:
+
+    * ``"lattice"``: stochastic rounding between the two neighbouring levels, unbiased in log space:
+      :math:`c = c_0 + \mathrm{Bernoulli}(p)`, :math:`p = (x - x_{c_0}) / (x_{c_0+1} - x_{c_0})`, so
+      :math:`\mathbb{E}[x_c] = x`; a value already on the lattice is returned unchanged;
+    * ``"round"``: the nearest count :math:`\mathrm{round}(\mu)` (deterministic; biased toward 0 for values below
+      half a count, i.e. it drops most weakly expressed genes).
+
+    Args:
+        x: ``[n, G]`` log-normalised expression, clipped to :math:`[0, \log(1 + 10^4)]`.
+        library: ``[n]`` library sizes :math:`L` (> 0).
+        target_sum: Counts per cell after normalisation (:math:`10^4`).
+        decoder: ``"lattice"`` or ``"round"`` (see :data:`COUNT_DECODERS`; ``"none"`` is not a count decoder).
+        rng: Random generator of the lattice draws (default: a fresh unseeded one).
+
+    Returns:
+        ``[n, G]`` float64 non-negative whole numbers.
+
+    Raises:
+        InputError: Unknown decoder, shapes that do not match, non-positive library sizes.
+
+    """
+    if decoder not in ("lattice", "round"):
+        raise InputError("decoder", f"must be 'lattice' or 'round' to make counts, got {decoder!r}")
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, np.log1p(target_sum))
+    lib = np.asarray(library, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or len(lib) != x.shape[0]:
+        raise InputError("library", f"needs one library size per cell: x {x.shape}, library {lib.shape}")
+    if not (lib > 0).all():
+        raise InputError("library", "library sizes must be > 0")
+    scale = (lib / target_sum)[:, None]
+    mu = np.expm1(x) * scale
+    if decoder == "round":
+        return np.round(mu)
+    lo = np.floor(mu + 1e-6)  # a value on the lattice (up to float error) is its own lower level
+    x_lo, x_hi = np.log1p(lo / scale), np.log1p((lo + 1) / scale)
+    p = np.clip((x - x_lo) / (x_hi - x_lo), 0.0, 1.0)
+    p[p < 1e-6] = 0.0
+    rng = np.random.default_rng() if rng is None else rng
+    return lo + (rng.random(x.shape) < p)
 
 
 def stratified_split(labels: Sequence[Any], fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
@@ -322,7 +387,8 @@ class SingleCellDataModule(pl.LightningDataModule):
 
     Args:
         path: An ``.h5ad`` file of raw counts, a shipped data set name (``"pbmc68k"``: PBMC68k-reduced, 558
-            cells x 765 genes, 10 types) or ``"synthetic"`` (:func:`synthetic_counts` with ``seed``).
+            cells x 765 genes, 10 types; ``"celltypist"``: 447 unlabeled cells x 32,786 genes) or ``"synthetic"``
+            (:func:`synthetic_counts` with ``seed``).
         layer: Layer holding the counts (``None``: ``X``).
         label_key: ``obs`` column of the cell type (``None``: the shipped set's; unlabeled files get one type
             ``"cell"``; ``""`` forces unlabeled).
@@ -433,7 +499,7 @@ class SingleCellDataModule(pl.LightningDataModule):
         return np.flatnonzero(tmp.var["highly_variable"].to_numpy())
 
     def _stats(self) -> None:
-        """Per-gene mean/std, per-type log-library normal fit, type frequencies, PCA of the training cells."""
+        """Per-gene mean/std, per-type log-library normal fit, type frequencies, PCA, per-type PC-score moments."""
         x = self._train_lognorm(genes=self.gene_idx)
         self.gene_mean = x.mean(0)
         self.gene_std = x.std(0)
@@ -445,6 +511,14 @@ class SingleCellDataModule(pl.LightningDataModule):
         self.lib_mu = np.array([loglib[y == j].mean() if (y == j).any() else overall[0] for j in range(k)])
         self.lib_sigma = np.array([loglib[y == j].std() if (y == j).sum() > 1 else overall[1] for j in range(k)])
         self.pcs, self.pc_std = pca(x, self.n_pcs, self.gene_mean)
+        # per-type Gaussian on the PC scores plus the pooled per-gene residual (the flows' type prior)
+        scores = (x - self.gene_mean) @ self.pcs.T
+        pooled = scores.std(0)
+        self.type_pc_mean = np.stack(
+            [scores[y == j].mean(0) if (y == j).any() else np.zeros(len(pooled)) for j in range(k)]
+        )
+        self.type_pc_std = np.stack([scores[y == j].std(0) if (y == j).sum() > 1 else pooled for j in range(k)])
+        self.resid_std = (x - self.gene_mean - scores @ self.pcs).std(0)
 
     def _require(self) -> None:
         if not self._ready:
@@ -467,7 +541,9 @@ class SingleCellDataModule(pl.LightningDataModule):
         """Everything a model needs at sampling time, as plain values (stored in its checkpoint).
 
         Keys: ``genes``, ``cell_types``, ``type_freq``, ``lib_mu``/``lib_sigma`` (log-normal library size per
-        type), ``gene_mean``/``gene_std``, ``pcs`` (``[k, G]``), ``pc_std``, ``target_sum``, ``ref_pc`` (PC1/PC2
+        type), ``gene_mean``/``gene_std``, ``pcs`` (``[k, G]``), ``pc_std``, ``target_sum``, ``type_pc_mean`` /
+        ``type_pc_std`` (``[K, k]``: per-type mean and standard deviation of the training cells' PC scores),
+        ``resid_std`` (``[G]``: per-gene standard deviation left after the top ``k`` PCs), ``ref_pc`` (PC1/PC2
         of up to ``max_ref`` training cells, for figures) and ``ref_labels``.
         """
         self._require()
@@ -485,6 +561,9 @@ class SingleCellDataModule(pl.LightningDataModule):
             "pcs": torch.from_numpy(self.pcs),
             "pc_std": torch.from_numpy(self.pc_std),
             "target_sum": self.target_sum,
+            "type_pc_mean": torch.from_numpy(self.type_pc_mean.astype(np.float32)),
+            "type_pc_std": torch.from_numpy(self.type_pc_std.astype(np.float32)),
+            "resid_std": torch.from_numpy(self.resid_std.astype(np.float32)),
             "ref_pc": torch.from_numpy(np.asarray(ref_pc, dtype=np.float32)),
             "ref_labels": torch.from_numpy(self.labels[self.train_idx][take]),
         }

@@ -13,10 +13,11 @@ Every model works on standardised log-normalised expression :math:`z = (x - \bar
 * :class:`GaussianBaseline` — a per-type diagonal Gaussian in the same PCA space (the sanity floor).
 
 Generated cells get a library size :math:`L \sim \mathrm{LogNormal}(\mu_k, \sigma_k)` fitted per cell type on the
-training cells; with ``round_counts`` the counts are :math:`c = \mathrm{round}(\mathrm{expm1}(x) L / 10^4)` and
-``X`` is recomputed from them (:math:`x = \log(1 + 10^4 c / L)`), so generated cells have the same discrete
-structure (exact zeros) as real ones. Everything a model needs at sampling time (genes, cell types, scaling,
-library-size fits, PCs) travels in its checkpoint under the key ``"singlecell"``.
+training cells and are decoded to counts (:func:`~flowsci.domains.singlecell.data.lognorm_to_counts`; by default
+stochastic rounding onto the levels :math:`\log(1 + 10^4 c / L)` a real cell can take, unbiased in log space);
+``X`` is then recomputed from the counts as for real cells (:math:`x = \log(1 + 10^4 c / L)`), so generated
+cells have the same discrete structure (exact zeros) as real ones. Everything a model needs at sampling time
+(genes, cell types, scaling, library-size fits, PCs) travels in its checkpoint under the key ``"singlecell"``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from flowsci.contract import GenerativeModule, check_sample_args, outside_cli
 from flowsci.couplings import Coupling
-from flowsci.domains.singlecell.data import CELL_TYPE_KEY
+from flowsci.domains.singlecell.data import CELL_TYPE_KEY, COUNT_DECODERS, log_normalize, lognorm_to_counts
 from flowsci.errors import InputError, NonFiniteError, require
 from flowsci.guidance import ClassifierFreeGuidance, ConditionDropout, Guidance
 from flowsci.io import atomic_write
@@ -51,6 +52,9 @@ __all__ = [
     "cells_figure",
 ]
 
+_PRIOR_KEYS = ("type_pc_mean", "type_pc_std", "resid_std")
+PRIORS = ("normal", "type")
+"""Priors of the flows: the standard normal or the training cells' per-type Gaussian (``_CellFlow.sample_prior``)."""
 _META_KEYS = ("genes", "cell_types", "type_freq", "lib_mu", "lib_sigma", "gene_mean", "gene_std", "pcs", "pc_std")
 
 
@@ -86,7 +90,7 @@ class _CellGenerator:
         if missing:
             raise InputError("metadata", f"lacks {missing}")
         meta = dict(meta)
-        for k in ("gene_mean", "gene_std", "pcs", "pc_std", "ref_pc", "ref_labels"):
+        for k in ("gene_mean", "gene_std", "pcs", "pc_std", "ref_pc", "ref_labels", *_PRIOR_KEYS):
             if k in meta and not isinstance(meta[k], Tensor):
                 meta[k] = torch.as_tensor(np.asarray(meta[k]))
         self._check_net(meta)
@@ -206,28 +210,39 @@ class _CellGenerator:
         *,
         seed: int | None,
         counts: bool = True,
-        round_counts: bool = True,
+        decoder: str = "lattice",
         info: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Generated log-normalised expression ``[n, G]`` (any real values) -> AnnData of cells.
+        r"""Generated log-normalised expression ``[n, G]`` (any real values) -> AnnData of cells.
 
-        Values are clipped to [0, log1p(target_sum)]; library sizes are drawn per type (:meth:`library_sizes`); with
-        ``round_counts`` counts are rounded and ``X`` recomputed from them.
+        Values are clipped to [0, log1p(target_sum)]; library sizes are drawn per type (:meth:`library_sizes`).
+        ``decoder`` (:data:`~flowsci.domains.singlecell.data.COUNT_DECODERS`): ``"lattice"`` / ``"round"`` decode
+        counts with :func:`~flowsci.domains.singlecell.data.lognorm_to_counts` and recompute ``X`` from them with the
+        drawn library size (the library over all genes of the file, as for real cells); ``"none"`` keeps the
+        continuous values in ``X`` (``layers['counts']`` then holds the non-integer :math:`\mathrm{expm1}(x) L / 10^4`).
+
+        Raises:
+            InputError: Unknown ``decoder``.
+
         """
         ad = require("anndata", "singlecell")
         import pandas as pd
         import scipy.sparse as sp
 
+        if decoder not in COUNT_DECODERS:
+            raise InputError("decoder", f"must be one of {COUNT_DECODERS}, got {decoder!r}")
         meta = self._require_meta()
         types = list(meta["cell_types"])
         ts = float(meta.get("target_sum", 1e4))
         # log1p(target_sum) is the largest value a real cell can have (all its counts in one gene)
         xs = x.detach().cpu().double().clamp(0.0, float(np.log1p(ts))).numpy()
         lib = self.library_sizes(labels, seed)
-        raw = np.expm1(xs) * (lib / ts)[:, None]
-        if round_counts:
-            raw = np.round(raw)
-            xs = np.log1p(raw * (ts / lib)[:, None])
+        if decoder == "none":
+            raw = np.expm1(xs) * (lib / ts)[:, None]
+        else:
+            rng = np.random.default_rng(None if seed is None else seed + 15_485_863)
+            raw = lognorm_to_counts(xs, lib, ts, decoder, rng)
+            xs = log_normalize(raw, lib, ts)
         y = labels.cpu().numpy()
         obs = pd.DataFrame(
             {
@@ -243,7 +258,7 @@ class _CellGenerator:
         adata.uns["flowsci"] = {
             "model": type(self).__name__,
             "seed": -1 if seed is None else int(seed),
-            "round_counts": bool(round_counts),
+            "decoder": decoder,
             **{k: v for k, v in (info or {}).items() if v is not None},
         }
         return adata
@@ -324,7 +339,10 @@ class _CellFlow(_CellGenerator, FlowMatching):
         sample_solver: str = "euler",
         label_dropout: float = 0.1,
         min_std: float = 0.1,
+        prior: str = "normal",
     ) -> None:
+        if prior not in PRIORS:
+            raise InputError("prior", f"must be one of {PRIORS}, got {prior!r}")
         super().__init__(
             net=net,
             time_sampler=time_sampler,
@@ -336,7 +354,46 @@ class _CellFlow(_CellGenerator, FlowMatching):
         )
         self.cond_dropout = _label_dropout(label_dropout, int(getattr(net, "num_classes", 0)))
         self.min_std = min_std
+        self.prior = prior
         self.meta = None
+
+    def sample_prior(self, n: int, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+        r"""``n`` prior draws in the flow's space, ``[n, D]``.
+
+        ``prior="normal"``: :math:`N(0, I)`. ``prior="type"``: the conditional prior of Issachar et al. (TMLR 2025,
+        arXiv 2502.09611) built from the training cells of the requested type :math:`y`,
+
+        .. math:: x_0 = \bar x + (m_y + s_y \odot \varepsilon)\,V + (I - V^\top V)(r \odot \varepsilon'), \qquad
+            \varepsilon \sim N(0, I_k),\ \varepsilon' \sim N(0, I_G),
+
+        (:math:`V` the top :math:`k` principal axes, :math:`m_y, s_y` the type's mean and standard deviation of
+        the PC scores, :math:`r` the per-gene residual standard deviation, its noise kept off the principal axes),
+        encoded like the data. The flow then only transports this per-type Gaussian (the ``gaussian-pca`` floor
+        plus residual noise) onto the cells. Labels whose length divides ``n`` are repeated (a coupling's candidate
+        draws); without labels (unconditional draws) types are drawn with their training frequencies.
+        """
+        if self.prior == "normal":
+            return super().sample_prior(n, cond, generator=generator)
+        meta = self._require_meta()
+        missing = [k for k in _PRIOR_KEYS if k not in meta]
+        if missing:
+            raise InputError("prior", f"'type' needs data statistics {missing} (re-create them with the data module)")
+        dev = self.device
+        y = cond.get("y")
+        if y is not None and len(y) and n % len(y) == 0:
+            y = y.repeat(n // len(y))
+        else:
+            freq = torch.as_tensor(np.asarray(meta["type_freq"], dtype=np.float64))
+            y = torch.multinomial(freq, n, replacement=True, generator=generator if dev.type == "cpu" else None)
+        y = y.to(dev)
+        mean_pc, std_pc = meta["type_pc_mean"].to(dev), meta["type_pc_std"].to(dev)
+        pcs, resid = meta["pcs"][: mean_pc.shape[1]].to(dev), meta["resid_std"].to(dev)
+        eps = torch.randn((n, pcs.shape[0]), generator=generator, device=dev)
+        eps_g = torch.randn((n, pcs.shape[1]), generator=generator, device=dev)
+        noise = resid * eps_g
+        noise = noise - (noise @ pcs.T) @ pcs  # residual noise off the principal axes
+        x0 = meta["gene_mean"].to(dev) + (mean_pc[y] + std_pc[y] * eps) @ pcs + noise
+        return self.encode(x0)
 
     # encoding hooks (identity for gene space)
     def encode(self, x: Tensor) -> Tensor:
@@ -385,7 +442,7 @@ class _CellFlow(_CellGenerator, FlowMatching):
         cells: dict[str, int] | None = None,
         cfg_scale: float = 1.0,
         counts: bool = True,
-        round_counts: bool = True,
+        decoder: str = "lattice",
         guidance: Guidance | None = None,
         progress: bool | None = None,
         cond: dict[str, Tensor] | None = None,
@@ -401,7 +458,8 @@ class _CellFlow(_CellGenerator, FlowMatching):
                 training frequencies.
             cfg_scale: Classifier-free guidance weight (1 = plain conditional model).
             counts: Also return counts in ``layers['counts']``.
-            round_counts: Round counts and recompute ``X`` from them (exact zeros as in real data).
+            decoder: How values become counts and ``X`` (:meth:`to_anndata`): ``"lattice"`` (default, unbiased
+                stochastic rounding), ``"round"`` or ``"none"`` (continuous ``X``).
             guidance: A ready :class:`~flowsci.guidance.Guidance` (overrides ``cfg_scale``).
             progress: Progress bar.
             cond: The core's conditioning keywords (``{"y": [num]}``), as :func:`flowsci.reflow.generate_pairs`
@@ -428,7 +486,7 @@ class _CellFlow(_CellGenerator, FlowMatching):
             self, len(labels), steps=steps, solver=solver, cond=cond, seed=seed, guidance=guidance, progress=progress
         )
         x = self.decode(sol.x)
-        kw = {"counts": counts, "round_counts": round_counts}
+        kw = {"counts": counts, "decoder": decoder}
         used = solver or self.sample_solver
         return self._solution(sol, x, labels, sol.nfe, seed, steps=steps or self.sample_steps, solver=used, **kw)
 
@@ -447,6 +505,8 @@ class WhiteBoxFlow(_CellFlow):
         sample_solver: Default solver.
         label_dropout: Probability of nulling the cell type in training (classifier-free guidance).
         min_std: Floor of the per-gene standard deviation used for standardising.
+        prior: ``"normal"`` (:math:`N(0, I)`, the paper's) or ``"type"`` (per-type Gaussian of the training cells,
+            :meth:`sample_prior`).
 
     Example:
         >>> model = WhiteBoxFlow.from_checkpoint("last.ckpt")  # doctest: +SKIP
@@ -471,6 +531,7 @@ class LatentFlow(_CellFlow):
         sample_solver: Default solver.
         label_dropout: Probability of nulling the cell type in training.
         min_std: Unused by the encoding (kept for a common signature).
+        prior: ``"normal"`` or ``"type"`` (see :class:`WhiteBoxFlow`).
 
     """
 
@@ -612,7 +673,7 @@ class WhiteBoxDiffusion(_CellGenerator, GenerativeModule):
         cells: dict[str, int] | None = None,
         cfg_scale: float = 1.0,
         counts: bool = True,
-        round_counts: bool = True,
+        decoder: str = "lattice",
     ) -> CellSolution:
         """Generate cells with DDIM/ancestral steps (arguments as :meth:`WhiteBoxFlow.sample`; NFE = ``steps``)."""
         check_sample_args(num, steps, solver, solvers=self.SOLVERS)
@@ -640,7 +701,7 @@ class WhiteBoxDiffusion(_CellGenerator, GenerativeModule):
             x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
             if eta > 0 and t_prev >= 0:
                 x = x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
-        kw = {"counts": counts, "round_counts": round_counts}
+        kw = {"counts": counts, "decoder": decoder}
         return self._solution(None, self.unstandardize(x), labels, nfe, seed, steps=len(ts), solver=solver, **kw)
 
 
@@ -718,7 +779,7 @@ class GaussianBaseline(_CellGenerator, GenerativeModule):
         seed: int | None = None,
         cells: dict[str, int] | None = None,
         counts: bool = True,
-        round_counts: bool = True,
+        decoder: str = "lattice",
     ) -> CellSolution:
         """Draw cells (``steps``/``solver`` are accepted and ignored; NFE = 0)."""
         check_sample_args(num, steps, None)
@@ -728,7 +789,7 @@ class GaussianBaseline(_CellGenerator, GenerativeModule):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         eps = torch.randn((len(labels), self.n_pcs), generator=gen)
         z = self.mu.cpu()[labels] + self.sd.cpu()[labels] * eps
-        kw = {"counts": counts, "round_counts": round_counts}
+        kw = {"counts": counts, "decoder": decoder}
         return self._solution(None, self.decode(z.to(self.mu.device)), labels, 0, seed, **kw)
 
 

@@ -17,6 +17,9 @@ def test_spec_builds_for_every_suite(suite):
     if suite != "smoke":
         assert {"dit-flow", "wbdit-ddpm", "latent-mlp-flow"} <= set(names)
         assert s.method("wbdit-reflow").init_from == "wbdit-flow"
+        # decoder ablations reuse the trained weights and only sample differently
+        for name in ("wbdit-flow-round", "wbdit-flow-continuous"):
+            assert s.method(name).weights_of == "wbdit-flow" and s.method(name).sample is not None
     assert s.num_samples == 112  # the test split of the shipped PBMC set
     with pytest.raises(ValueError):
         benchmark.spec("huge")
@@ -45,3 +48,6 @@ def test_smoke_models_build_and_sample():
         model = build(dm)
         sol = benchmark.sample_cells(model, SampleRequest(dm, ref, 112, "euler", 2, 2, 0))
         assert sol.adata.n_obs == 112 and sol.adata.uns["flowsci"]["params"] >= 0
+        assert sol.adata.uns["flowsci"]["decoder"] == "lattice"
+    cont = benchmark.sample_cells(model, SampleRequest(dm, ref, 112, "euler", 2, 2, 0), decoder="none")
+    assert cont.adata.uns["flowsci"]["decoder"] == "none"

@@ -10,6 +10,7 @@ import torch
 from flowsci.domains.singlecell.data import (
     SingleCellDataModule,
     log_normalize,
+    lognorm_to_counts,
     read_counts,
     sample_data_path,
     stratified_split,
@@ -29,6 +30,59 @@ def test_shipped_pbmc_is_raw_counts_with_ten_types():
     assert adata.shape == (558, 765)
     assert adata.obs["bulk_labels"].nunique() == 10
     assert np.all(adata.X.data == np.round(adata.X.data))
+
+
+def test_shipped_celltypist_full_genome_with_hvgs_on_training_cells():
+    dm = SingleCellDataModule("celltypist", n_top_genes=500, n_pcs=5)
+    dm.setup()
+    assert len(dm.all_genes) == 32_786 and dm.num_genes == 500 and dm.cell_types == ["cell"]
+    assert len(dm.train_idx) + len(dm.val_idx) + len(dm.test_idx) == 447
+    train = dm.split_anndata("train")
+    counts = train.layers["counts"]
+    lib = train.obs["library_size"].to_numpy(np.float64)
+    # library sizes are over all 32,786 genes, so larger than the counts on the 500 HVGs
+    assert np.all(lib > np.asarray(counts.sum(1)).ravel())
+    np.testing.assert_allclose(train.X, log_normalize(counts, lib), rtol=1e-6)
+    assert next(iter(dm.train_dataloader()))["x1"].shape == (64, 500)
+
+
+def test_count_decoders_invert_log_normalize_on_real_counts(synth):
+    # synthetic NB counts -> log1p(normalize_total) -> counts again, with the same library sizes: the identity
+    counts = synth.X.toarray().astype(np.float64)
+    lib = counts.sum(1)
+    x = log_normalize(counts, lib).astype(np.float64)
+    for decoder in ("lattice", "round"):
+        back = lognorm_to_counts(x, lib, decoder=decoder, rng=np.random.default_rng(0))
+        np.testing.assert_array_equal(back, counts)
+    assert (back == 0).mean() == (counts == 0).mean()  # so the NB zero fraction is kept exactly
+
+
+def test_lattice_decoder_is_unbiased_in_log_space():
+    # L = 500: one count is log1p(20) = 3.04, so 0.3 lies between the 0- and 1-count levels
+    lib = np.full(20_000, 500.0)
+    x1 = np.log1p(1e4 / 500)
+    for value in (0.3, 1.5, x1 + 0.4, 5.0):
+        x = np.full((len(lib), 1), value)
+        c = lognorm_to_counts(x, lib, rng=np.random.default_rng(1))
+        assert c.min() >= 0 and np.array_equal(c, np.round(c))
+        xs = log_normalize(c, lib).astype(np.float64)
+        assert abs(xs.mean() - value) < 4 * xs.std() / np.sqrt(len(lib)) + 1e-6
+        assert len(np.unique(c)) <= 2  # only the two neighbouring levels
+    # below one count the chance of a zero is 1 - x / x_1 (the Bernoulli of the two levels)
+    c = lognorm_to_counts(np.full((len(lib), 1), 0.3), lib, rng=np.random.default_rng(2))
+    assert abs((c == 0).mean() - (1 - 0.3 / x1)) < 0.01
+    # nearest-count rounding sends every value below half a count to zero
+    assert (lognorm_to_counts(np.full((5, 1), 0.3), lib[:5], decoder="round") == 0).all()
+
+
+def test_count_decoder_rejects_bad_input():
+    x = np.zeros((2, 3))
+    with pytest.raises(InputError, match="decoder"):
+        lognorm_to_counts(x, np.ones(2), decoder="poisson")
+    with pytest.raises(InputError, match="one library size per cell"):
+        lognorm_to_counts(x, np.ones(3))
+    with pytest.raises(InputError, match="> 0"):
+        lognorm_to_counts(x, np.array([1.0, 0.0]))
 
 
 def test_log_normalize_closed_form():

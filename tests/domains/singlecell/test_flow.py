@@ -51,6 +51,19 @@ def test_sample_returns_cells_as_anndata(flow):
     assert adata.uns["flowsci"]["nfe"] == 2
 
 
+def test_count_decoders_of_generated_cells(flow):
+    cont = flow.sample(6, steps=2, seed=4, decoder="none").adata
+    latt = flow.sample(6, steps=2, seed=4).adata
+    assert latt.uns["flowsci"]["decoder"] == "lattice" and cont.uns["flowsci"]["decoder"] == "none"
+    # the same prior draw and library sizes: each count is one of the two levels around the continuous value
+    mu = cont.layers["counts"].toarray().astype(np.float64)  # expm1(x) L / 1e4, not whole
+    c = latt.layers["counts"].toarray()
+    np.testing.assert_array_equal(cont.obs["library_size"], latt.obs["library_size"])
+    assert np.all((c == np.floor(mu)) | (c == np.floor(mu) + 1)) and not np.array_equal(mu, np.round(mu))
+    with pytest.raises(InputError, match="decoder"):
+        flow.sample(2, steps=2, decoder="poisson")
+
+
 def test_sampling_is_seeded(flow):
     a = flow.sample(4, steps=2, seed=1).adata
     b = flow.sample(4, steps=2, seed=1).adata
@@ -76,12 +89,13 @@ def test_bad_sample_arguments(flow):
 
 def test_checkpoint_round_trip_samples_identically(flow, tmp_path, synth_dm):
     trainer = pl.Trainer(**QUIET_TRAINER, max_steps=1, accelerator="cpu", devices=1)
-    trainer.fit(WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)), datamodule=synth_dm)
+    net = WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)
+    trainer.fit(WhiteBoxFlow(net, prior="type"), datamodule=synth_dm)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     model = trainer.lightning_module.eval()
     loaded = WhiteBoxFlow.from_checkpoint(path)
-    assert loaded.meta["cell_types"] == ["type0", "type1", "type2"]
+    assert loaded.meta["cell_types"] == ["type0", "type1", "type2"] and loaded.prior == "type"
     a = model.generate({"type1": 3}, steps=2, seed=5)
     b = loaded.generate({"type1": 3}, steps=2, seed=5)
     np.testing.assert_array_equal(a.X, b.X)
@@ -153,8 +167,39 @@ def test_network_that_does_not_fit_the_data_is_rejected(synth_dm):
 
 def test_gaussian_baseline_matches_per_type_moments(synth_dm):
     g = GaussianBaseline(n_pcs=5).fit(synth_dm)
-    sol = g.sample(2000, seed=0, cells={"type1": 2000}, round_counts=False)
+    sol = g.sample(2000, seed=0, cells={"type1": 2000}, decoder="none")
     z = LatentFlow.encode(g, torch.from_numpy(np.asarray(sol.adata.X)))
     # clipping at 0 moves the mean a little; without clipped genes the moments are those fitted
     assert sol.nfe == 0
     torch.testing.assert_close(z.mean(0), g.mu[1], atol=0.25, rtol=0)
+
+
+def test_type_prior_is_the_per_type_gaussian_of_the_training_cells(synth_dm):
+    # the WBDiT's last layer starts at zero, so an untrained flow returns its prior draws unchanged
+    model = WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2), prior="type")
+    model.set_metadata(synth_dm.metadata())
+    meta = model.meta
+    x0 = model.decode(model.sample_prior(4000, {"y": torch.full((4000,), 2)}, torch.Generator().manual_seed(0)))
+    scores = (x0 - meta["gene_mean"]) @ meta["pcs"].T
+    torch.testing.assert_close(scores.mean(0), meta["type_pc_mean"][2], atol=0.1, rtol=0)
+    torch.testing.assert_close(scores.std(0), meta["type_pc_std"][2], atol=0.1, rtol=0.05)
+    # what is left after the PCs is the residual noise r * eps projected off the PCs: covariance Q diag(r^2) Q
+    resid = x0 - meta["gene_mean"] - scores @ meta["pcs"]
+    q = torch.eye(60) - meta["pcs"].T @ meta["pcs"]
+    expected = torch.diagonal(q @ torch.diag(meta["resid_std"] ** 2) @ q).sqrt()
+    torch.testing.assert_close(resid.std(0), expected, atol=0.02, rtol=0.05)
+    # the training cells of type 2 have those PC moments
+    x, y = synth_dm.train_matrix()
+    real = (torch.from_numpy(x[y == 2]) - meta["gene_mean"]) @ meta["pcs"].T
+    torch.testing.assert_close(real.mean(0), meta["type_pc_mean"][2], atol=1e-4, rtol=0)
+    # a coupling's candidate draws repeat the labels; without labels the types follow the training frequencies
+    gen = torch.Generator().manual_seed(1)
+    two = model.decode(model.sample_prior(4, {"y": torch.tensor([0, 2])}, gen))
+    pc = (two - meta["gene_mean"]) @ meta["pcs"].T
+    near = ((pc[:, None] - meta["type_pc_mean"][None]) / meta["type_pc_std"][None]).pow(2).sum(-1).argmin(1)
+    assert near.tolist() == [0, 2, 0, 2]
+    assert model.sample_prior(5, {}, gen).shape == (5, 60)
+    sol = model.sample(3, steps=2, seed=0, cells={"type2": 3}, decoder="none")
+    np.testing.assert_allclose(sol.adata.X, model.decode(sol.x0).clamp_min(0).numpy(), atol=1e-5)
+    with pytest.raises(InputError, match="prior"):
+        WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2), prior="uniform")
