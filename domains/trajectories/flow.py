@@ -388,6 +388,9 @@ class GoalFlow(FlowMatching):
         kmeans_seed: Seed of the vocabulary's k-means.
         min_scale: Floor (m) of the per-axis position scale (an axis along which the futures barely move, e.g.
             lateral on a highway, would otherwise be blown up).
+        goal_selection: Default best-of-K goal rule of :meth:`predict_windows`: ``"topk"`` (GoalFlow's), ``"nms"``
+            (greedy non-maximum suppression, :func:`nms_goals`) or ``"sample"``.
+        nms_radius: Default suppression radius (m) of ``goal_selection="nms"``.
 
     """
 
@@ -417,6 +420,8 @@ class GoalFlow(FlowMatching):
         pred_len: int = 12,
         kmeans_seed: int = 0,
         min_scale: float = 0.1,
+        goal_selection: str = "topk",
+        nms_radius: float = 2.0,
     ) -> None:
         if goal_mode not in GOAL_MODES:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
@@ -426,6 +431,10 @@ class GoalFlow(FlowMatching):
             raise ValueError(f"prior_std must be > 0, got {prior_std}")
         if num_goals < 1:
             raise ValueError(f"num_goals must be >= 1, got {num_goals}")
+        if goal_selection not in SELECTIONS:
+            raise ValueError(f"goal_selection must be one of {SELECTIONS}, got {goal_selection!r}")
+        if not nms_radius >= 0:
+            raise ValueError(f"nms_radius must be >= 0, got {nms_radius}")
         dropout = GoalDropout(goal_dropout if goal_mode == "goal" else 0.0, scene_dropout)
         super().__init__(
             net,
@@ -446,6 +455,7 @@ class GoalFlow(FlowMatching):
         if min_scale <= 0:
             raise ValueError(f"min_scale must be > 0, got {min_scale}")
         self.min_scale = min_scale
+        self.goal_selection, self.nms_radius = goal_selection, nms_radius
         # data statistics that travel in the checkpoint (float buffers: the EMA callback averages buffers too)
         self.register_buffer("goals", torch.zeros(num_goals, 2))
         self.register_buffer("pos_scale", torch.ones(2))
@@ -608,13 +618,13 @@ class GoalFlow(FlowMatching):
         steps: int | None = None,
         seed: int | None = None,
         solver: str | None = None,
-        goal_selection: str = "topk",
+        goal_selection: str | None = None,
         candidates: int = 1,
         cfg_scale: float = 1.0,
         shadow_threshold: float | None = None,
         oracle_goal: bool = False,
         batch_size: int = 4096,
-        nms_radius: float = 1.0,
+        nms_radius: float | None = None,
     ) -> TrajectorySolution:
         """``num_samples`` futures for every window (see the module docstring for the inference rule).
 
@@ -624,13 +634,13 @@ class GoalFlow(FlowMatching):
             steps: Euler steps (default ``sample_steps``).
             seed: Seed of the prior draws (and of goal sampling).
             solver: Solver name (default ``sample_solver``).
-            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"``.
+            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"`` (default: the model's ``goal_selection``).
             candidates: Trajectories generated per goal; the trajectory scorer keeps one.
             cfg_scale: Classifier-free guidance weight over the goal (1 = none).
             shadow_threshold: Enable GoalFlow's shadow-trajectory fallback with this threshold.
             oracle_goal: Condition on the true endpoint instead of the scorer's goals (upper bound).
             batch_size: Agents per network batch.
-            nms_radius: Suppression radius (m) of ``goal_selection="nms"``.
+            nms_radius: Suppression radius (m) of ``goal_selection="nms"`` (default: the model's ``nms_radius``).
 
         Returns:
             A :class:`TrajectorySolution` with ``x [A, K, pred_len, 2]`` in metres; ``nfe`` = network evaluations
@@ -638,6 +648,8 @@ class GoalFlow(FlowMatching):
 
         """
         check_sample_args(num_samples, steps, solver)
+        goal_selection = self.goal_selection if goal_selection is None else goal_selection
+        nms_radius = self.nms_radius if nms_radius is None else nms_radius
         if goal_selection not in SELECTIONS:
             raise InputError("goal_selection", f"must be one of {SELECTIONS}, got {goal_selection!r}")
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
@@ -794,7 +806,7 @@ class GoalFlow(FlowMatching):
         guidance: Any = None,
         scene: str | None = None,
         max_agents: int = 6,
-        goal_selection: str = "topk",
+        goal_selection: str | None = None,
         candidates: int = 1,
         cfg_scale: float = 1.0,
         shadow_threshold: float | None = None,
@@ -816,7 +828,7 @@ class GoalFlow(FlowMatching):
             guidance: (``cond`` mode) guidance object.
             scene: A ``frame ped x y`` file (default: the shipped synthetic scene ``synth_a``).
             max_agents: Agents (evenly spaced windows of the scene) to predict for.
-            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"``.
+            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"`` (default: the model's ``goal_selection``).
             candidates: Trajectories per goal (the trajectory scorer keeps one).
             cfg_scale: Classifier-free guidance weight over the goal.
             shadow_threshold: Shadow-trajectory fallback threshold (``None``: off).

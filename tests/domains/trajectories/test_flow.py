@@ -144,6 +144,11 @@ def test_predict_api_and_variants(trained_model, sample_windows):
     d = torch.cdist(nms.goals, nms.goals)  # the first goals taken are pairwise farther apart than the radius
     first = min(4, len(trained_model.goals))
     assert (d[:, :first, :first] + torch.eye(first) * 1e3 > 0.5 - 1e-4).all()
+    trained_model.goal_selection, trained_model.nms_radius = "nms", 0.5  # the model's defaults are used
+    try:
+        torch.testing.assert_close(trained_model.predict_windows(w.strided(2), 8, steps=1, seed=1).goals, nms.goals)
+    finally:
+        trained_model.goal_selection, trained_model.nms_radius = "topk", 2.0
     with pytest.raises(InputError):
         trained_model.predict_windows(w, 0)
     with pytest.raises(InputError):
@@ -199,6 +204,10 @@ def test_no_goal_mode(sample_windows):
     assert sol.goals is None and sol.x.shape == (2, 3, 12, 2)
     with pytest.raises(ValueError):
         GoalFlow(GoalFlowNet(), goal_mode="maybe")
+    with pytest.raises(ValueError):
+        GoalFlow(GoalFlowNet(), goal_selection="best")
+    with pytest.raises(ValueError):
+        GoalFlow(GoalFlowNet(), nms_radius=-1.0)
 
 
 def test_constant_velocity_closed_form():
