@@ -5,7 +5,8 @@ State of a batch of ``B`` crystals with ``N = Σ_b n_b`` atoms (flat torch-geome
 * atom types ``A``: class indices ``z − 1 ∈ {0..K−1}`` ``[N]`` (given for CSP, generated ab initio);
 * fractional coordinates ``F ∈ [0, 1)^{N×3}`` on the flat torus;
 * lattice ``L ∈ R^{B×3×3}`` (rows = lattice vectors), standardised as ``L / s`` with ONE scalar ``s`` (the training
-  set's RMS entry), so standardisation commutes with rotations.
+  set's RMS entry), so standardisation commutes with rotations; ``lattice_center=True`` (the generation recipe)
+  also subtracts ``c``, the mean standardised training cell, so the lattice prior is centred on a typical cell.
 
 :class:`CrysBFN` (Wu et al., ICLR 2025) runs three Bayesian flows of the core in lock-step with one shared step
 index: :class:`flowsci.bayesian_flow.PeriodicBayesianFlow` on ``F`` (von Mises sender, resultant-vector update,
@@ -576,6 +577,10 @@ class CrysBFN(CrystalGenerativeModule):
             its orientation, so the residual form must undo a belief it cannot see; with the end_back sampler
             its errors feed back into the next belief, and at many steps some lattices run away (on Perov-5 at
             NFE 100, 19 % of the predicted cells were off in size by more than 10 %; README).
+        lattice_center: run the lattice flow on ``L / s − c`` with ``c`` the mean standardised training lattice
+            (a buffer, filled at fit start; the network still sees ``μ + c``, a lattice). The prior ``N(0, I)``
+            is then centred on a typical cell and the head predicts the deviation from it. Off by default (CSP);
+            on for generation, where the uncentred head drifted to 5 % too long cells (docs, "Generation").
         translation_invariant: measure the coordinate error up to the best global translation of each crystal
             (per axis, ``min_c Σ_i (1 − cos 2π(f_i − f̂_i − c))``, closed form via the circular mean), as FlowMM
             removes the mean of its torus velocities. A crystal has no preferred origin: the network only sees
@@ -608,6 +613,7 @@ class CrysBFN(CrystalGenerativeModule):
         loss_weighting: str = "bfn",
         translation_invariant: bool = False,
         lattice_prediction: str = "direct",
+        lattice_center: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -634,6 +640,9 @@ class CrysBFN(CrystalGenerativeModule):
         self.loss_weighting = loss_weighting
         self.translation_invariant = translation_invariant
         self.lattice_prediction = lattice_prediction
+        self.lattice_center = lattice_center
+        if lattice_center:  # c = mean standardised training lattice (canonical orientation), filled at fit start
+            self.register_buffer("lattice_offset", torch.zeros(3, 3))
         self.coord_flow = PeriodicBayesianFlow(beta1=coord_beta1, period=1.0)
         self.lattice_flow = GaussianBayesianFlow(sigma1=lattice_sigma1)
         self.type_flow = DiscreteBayesianFlow(num_classes=num_types, beta1=type_beta1)
@@ -664,9 +673,28 @@ class CrysBFN(CrystalGenerativeModule):
             lattice output (``lattice_prediction="direct"``) or ``μ +`` it (``"residual"``).
         """
         cond = self.coord_flow.entropy_conditioning(coord_belief).to(lattice_mean.dtype) if self.cond_entropy else None
-        d_coord, d_lat, logits = self.net(type_input, coord_belief.mean, lattice_mean, t, num_atoms, cond)
+        net_lattice = lattice_mean + self.lattice_offset if self.lattice_center else lattice_mean
+        d_coord, d_lat, logits = self.net(type_input, coord_belief.mean, net_lattice, t, num_atoms, cond)
         l_hat = d_lat if self.lattice_prediction == "direct" else lattice_mean + d_lat
         return coord_belief.mean + d_coord, l_hat, logits
+
+    def _standardise(self, lattice: Tensor) -> Tensor:
+        """The lattice flow's state: ``L / s`` (``lattice_center``: ``L / s − c``), ``[B, 3, 3]`` from Å."""
+        x = lattice / self._scale()
+        return x - self.lattice_offset if self.lattice_center else x
+
+    def _destandardise(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`_standardise`: ``[B, 3, 3]`` flow state (or estimate) to a lattice in Å."""
+        return (x + self.lattice_offset if self.lattice_center else x) * self._scale()
+
+    def on_fit_start(self) -> None:
+        """Read dataset statistics before training (``lattice_center``: also ``c``, the mean standardised lattice)."""
+        super().on_fit_start()
+        dm = getattr(getattr(self, "trainer", None), "datamodule", None)
+        if self.lattice_center and not bool(self.lattice_offset.any()) and dm is not None:
+            dm.setup("fit")
+            lat = torch.cat([d.lattice for d in dm.train_set.data]).reshape(-1, 3, 3)
+            self.lattice_offset.copy_(lat.mean(0) / self._scale())
 
     def _type_input(self, types: Tensor | None, belief: Any) -> Tensor:
         if self.task == "csp":
@@ -684,7 +712,7 @@ class CrysBFN(CrystalGenerativeModule):
         k = torch.randint(0, n, (b,), generator=generator, device=dev)
         k_atom = k[cb.batch]
         t = k.float() / n
-        x_lat = cb.lattice / self._scale()
+        x_lat = self._standardise(cb.lattice)
         coord_belief = self.coord_flow.sample_flow_at_step(cb.frac, k_atom, n, generator=generator)
         lat_belief = self.lattice_flow.sample_flow_at_step(x_lat.reshape(b, 9), k, n, generator=generator)
         type_belief = None
@@ -774,7 +802,7 @@ class CrysBFN(CrystalGenerativeModule):
                 num_atoms,
             )
             if return_trajectory:
-                traj.append((f_hat.remainder(1.0).cpu(), l_hat.cpu() * self._scale()))
+                traj.append((f_hat.remainder(1.0).cpu(), self._destandardise(l_hat).cpu()))
             return {"frac": f_hat, "lattice": l_hat.reshape(b, 9), "types": logits}
 
         res = sample_bayesian_flows(
@@ -792,7 +820,7 @@ class CrysBFN(CrystalGenerativeModule):
         if self.task == "gen":
             types = res.samples["types"]
         out = CrystalBatch(
-            types, res.samples["frac"], res.samples["lattice"].reshape(b, 3, 3) * self._scale(), num_atoms
+            types, res.samples["frac"], self._destandardise(res.samples["lattice"].reshape(b, 3, 3)), num_atoms
         )
         out.nfe = res.nfe
         self.last_trajectory = traj if return_trajectory else None

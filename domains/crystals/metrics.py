@@ -384,6 +384,7 @@ def coverage(
     struct_cutoff: float,
     comp_cutoff: float,
     gen_valid: Sequence[bool] | None = None,
+    comp_scaler: str = "cdvae",
 ) -> dict[str, float]:
     """COV-R and COV-P exactly as CDVAE's ``compute_cov`` (see module docstring).
 
@@ -394,13 +395,17 @@ def coverage(
         comp_cutoff: δ_c (in units of the CDVAE-standardised Magpie features).
         gen_valid: optional validity mask; invalid generated crystals are dropped (but still count in the COV-P
             denominator), as in CDVAE.
+        comp_scaler: how Magpie features are standardised before ``δ_c`` applies: ``"cdvae"`` (CDVAE's fixed
+            constants, the published protocol) or ``"reference"`` (mean / std of the reference crystals' features;
+            a constant feature keeps std 1).
 
     Returns:
         ``{"cov_recall", "cov_precision", "amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision"}``.
     """
     from scipy.spatial.distance import cdist
 
-    mean, std = _comp_scaler()
+    if comp_scaler not in ("cdvae", "reference"):
+        raise ValueError(f"comp_scaler must be 'cdvae' or 'reference', got {comp_scaler!r}")
     n_gen = len(gen_fps[0])
     keep = [
         i
@@ -412,10 +417,16 @@ def coverage(
         return {k: 0.0 for k in ("cov_recall", "cov_precision")} | {
             k: float("nan") for k in ("amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision")
         }
+    rc_raw = np.stack([ref_fps[1][i] for i in rkeep])
+    if comp_scaler == "cdvae":
+        mean, std = _comp_scaler()
+    else:
+        mean, std = rc_raw.mean(axis=0), rc_raw.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
     gs = np.stack([gen_fps[0][i] for i in keep])
     gc = (np.stack([gen_fps[1][i] for i in keep]) - mean) / std
     rs = np.stack([ref_fps[0][i] for i in rkeep])
-    rc = (np.stack([ref_fps[1][i] for i in rkeep]) - mean) / std
+    rc = (rc_raw - mean) / std
     ds, dc = cdist(gs, rs), cdist(gc, rc)
     s_rec, s_prec = ds.min(axis=0), ds.min(axis=1)
     c_rec, c_prec = dc.min(axis=0), dc.min(axis=1)
@@ -663,8 +674,12 @@ def evaluate_generation(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
     oxidation_states_set: str | None = "smact14",
+    comp_scaler: str = "cdvae",
 ) -> dict[str, float]:
     """Ab initio generation report (CDVAE protocol on the crystals given).
+
+    ``comp_scaler`` (``"cdvae"`` or ``"reference"``) picks the composition-feature standardisation of
+    :func:`coverage`.
 
     Returns:
         ``struct_valid``, ``comp_valid``, ``valid`` (fractions), ``wdist_density``, ``wdist_num_elems`` (on valid
@@ -680,7 +695,7 @@ def evaluate_generation(
         ds, dc = COV_CUTOFFS[dataset]
         gfp = fingerprints(gen, processes=processes, progress=progress)
         rfp = fingerprints(ref, processes=processes, progress=progress, cache_dir=cache_dir)
-        out |= coverage(gfp, rfp, ds, dc, gen_valid=valid)
+        out |= coverage(gfp, rfp, ds, dc, gen_valid=valid, comp_scaler=comp_scaler)
     return out
 
 

@@ -31,6 +31,7 @@ def test_config_instantiates(name, tmp_path):
     if name.startswith("crysbfn"):
         assert cli.model.net.cond_entropy and cli.model.coord_flow.beta1 == 1e3
         assert cli.model.task == ("gen" if "gen" in name else "csp")
+        assert cli.model.lattice_center == ("gen" in name)  # the generation recipe centres the lattice flow
     if "paper" in name:
         assert sum(p.numel() for p in cli.model.parameters()) > 10e6
 
@@ -80,6 +81,7 @@ def test_generation_benchmark_smoke_run(tmp_path, domain):
     assert quick.num_samples == (200 if domain == "crystals_gen" else 100)
     model = quick.methods[0].build(None)
     assert (model.task, model.train_steps, model.loss_weighting) == ("gen", [10], "uniform")
+    assert model.lattice_center == (domain == "crystals_gen")  # Perov-5 centres the lattice flow, Carbon-24 not
     if domain == "crystals_gen_c24":  # Carbon-24 is all carbon
         dm = s.datamodule()
         dm.setup("fit")
@@ -87,11 +89,14 @@ def test_generation_benchmark_smoke_run(tmp_path, domain):
 
 
 def test_generation_metric_on_data(perov):
+    from flowsci.domains.crystals import metrics as M
     from flowsci.domains.crystals.benchmark_gen import generation_metric
 
     out = generation_metric(perov[:6], perov[:6], coverage=False)
     assert out["struct_valid"] == 1.0 and out["comp_valid"] >= 5 / 6
     assert out["wdist_num_elems"] == 0.0 and out["wdist_density"] == pytest.approx(0.0, abs=1e-12)
+    valid = [s for s in perov[:6] if M.compositional_validity(s, "smact14")]
+    assert out["mean_density"] == pytest.approx(sum(s.density for s in valid) / len(valid))
 
 
 def test_carbon24_csp_benchmark_smoke_run(tmp_path):

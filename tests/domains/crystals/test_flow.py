@@ -293,3 +293,43 @@ def test_translation_invariant_loss_ignores_global_shifts(perov, monkeypatch, we
             assert float(logs["coord"]) < 1e-8
         else:
             assert float(logs["coord"]) > 0.1
+
+
+def test_lattice_center_round_trip_and_offset_from_data(perov):
+    """``lattice_center``: flow state ``L / s − c`` and back (known answer), ``c`` = mean training lattice / s,
+    and the network sees ``μ + c`` (a lattice), so its input is unchanged by the reparametrisation."""
+    import pytorch_lightning as pl
+
+    from flowsci.domains.crystals.data import CrystalDataModule
+
+    model = CrysBFN(_net(lattice_head="invariant"), task="gen", lattice_scale=2.0, lattice_center=True)
+    model.lattice_offset.copy_(torch.diag(torch.tensor([2.0, 2.5, 3.0])))
+    lat = torch.diag(torch.tensor([4.0, 6.0, 8.0]))[None]
+    x = model._standardise(lat)
+    torch.testing.assert_close(x, torch.diag(torch.tensor([0.0, 0.5, 1.0]))[None])
+    torch.testing.assert_close(model._destandardise(x), lat)
+    assert "lattice_offset" in model.state_dict() and "lattice_offset" not in _bfn().state_dict()
+    seen = {}
+
+    def net(type_input, frac, lattice, t, num_atoms, cond):
+        seen["lattice"] = lattice
+        return torch.zeros_like(frac), torch.zeros_like(lattice), torch.zeros(len(frac), 100)
+
+    cb = CrystalBatch.from_pyg(structures_to_batch(perov[:2]))
+    belief = model.coord_flow.sample_flow_at_step(cb.frac, 3, 10)
+    model.net.forward = net
+    model.predict(torch.zeros(len(cb.frac), 100), belief, model._standardise(cb.lattice), torch.zeros(2), cb.num_atoms)
+    torch.testing.assert_close(seen["lattice"], cb.lattice / 2.0)
+    fresh = CrysBFN(_net(lattice_head="invariant"), task="gen", lattice_center=True)
+    dm = CrystalDataModule(train="perov_5_val", val=None, test=None, batch_size=4, max_train=8)
+    pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    ).fit(fresh, datamodule=dm)
+    mean = torch.stack([torch.as_tensor(s.lattice.matrix, dtype=torch.float32) for s in dm.train_set.structures()])
+    mean = mean.mean(0)
+    torch.testing.assert_close(fresh.lattice_offset, mean / fresh.lattice_scale, atol=1e-5, rtol=1e-5)

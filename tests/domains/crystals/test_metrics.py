@@ -135,3 +135,17 @@ def test_csp_metrics_site_tolerance(perov):
     assert M.csp_metrics([pred], [gt])["match_rate"] == 1.0
     assert M.csp_metrics([pred], [gt], stol=0.2)["match_rate"] == 0.0
     assert M.csp_metrics([gt], [gt], stol=0.2)["match_rate"] == 1.0
+
+
+def test_coverage_reference_scaler_closed_form():
+    """``comp_scaler="reference"`` standardises by the reference features' own mean / std (constant ones: std 1)."""
+    rs = [np.array([0.0]), np.array([0.0])]
+    ref_c = [np.r_[0.0, 7.0], np.r_[2.0, 7.0]]  # feature 0: mean 1, std 1; feature 1: constant
+    near, far = np.r_[1.0 + 3.9, 7.0], np.r_[1.0, 7.0 + 9.0]  # distances 3.9 / ≥ 9 in standardised units
+    gen = ([np.array([0.0]), np.array([0.0])], [near, far])
+    out = M.coverage(gen, (rs, ref_c), struct_cutoff=0.2, comp_cutoff=4.0, comp_scaler="reference")
+    # standardised refs (−1, 0), (1, 0); gen 0 → (3.9, 0): 2.9 from ref 1 (≤ 4), 4.9 from ref 0; gen 1 → (0, 9)
+    assert out["cov_precision"] == pytest.approx(0.5) and out["cov_recall"] == pytest.approx(0.5)
+    assert out["amcd_precision"] == pytest.approx((2.9 + np.hypot(1.0, 9.0)) / 2)
+    with pytest.raises(ValueError, match="comp_scaler"):
+        M.coverage(gen, (rs, ref_c), 0.2, 4.0, comp_scaler="train")
