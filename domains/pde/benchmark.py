@@ -321,19 +321,6 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SIZES)}")
     size = SIZES[suite]
 
-    def datamodule() -> Any:
-        from flowsci.domains.pde.data import PDEDataModule
-
-        return PDEDataModule(
-            problem="burgers",
-            num_train=size["num_train"],
-            num_val=16,
-            grid=size["grid"],
-            steps=size["steps"],
-            seed=0,
-            batch_size=size["batch_size"],
-        )
-
     wdno = partial(build_flow, wavelet=WAVELET, size=size)
     phys = partial(build_flow, wavelet="none", size=size)
     guided = partial(sample_control, guidance=size["guidance"])
@@ -450,7 +437,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             )
     return BenchmarkSpec(
         name="pde",
-        datamodule=datamodule,
+        datamodule=partial(_burgers_datamodule, size),
         reference_data=partial(reference_trajectories, size),
         methods=methods,
         metrics=[
@@ -474,6 +461,21 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         packages=("PyWavelets", "xarray", "h5py", "h5netcdf", "zarr"),
         warmup_samples=2,
         version="2",
+    )
+
+
+def _burgers_datamodule(size: dict[str, Any]) -> Any:
+    """The suite's Burgers data module at ``size`` (seed 0, 16 validation trajectories)."""
+    from flowsci.domains.pde.data import PDEDataModule
+
+    return PDEDataModule(
+        problem="burgers",
+        num_train=size["num_train"],
+        num_val=16,
+        grid=size["grid"],
+        steps=size["steps"],
+        seed=0,
+        batch_size=size["batch_size"],
     )
 
 
@@ -560,7 +562,6 @@ def ablation(
     """
     import pytorch_lightning as pl
 
-    from flowsci.domains.pde.data import PDEDataModule
     from flowsci.domains.pde.flow import WaveletFlow
     from flowsci.domains.pde.metrics import frmse, simulation_metrics
     from flowsci.domains.pde.model import UNet
@@ -568,15 +569,7 @@ def ablation(
 
     size = SIZES["quick"]
     pl.seed_everything(0, verbose=False)
-    dm = PDEDataModule(
-        problem="burgers",
-        num_train=size["num_train"],
-        num_val=16,
-        grid=size["grid"],
-        steps=size["steps"],
-        seed=0,
-        batch_size=size["batch_size"],
-    )
+    dm = _burgers_datamodule(size)
     bands = 1 if wavelet == "none" else 4**levels
     net = UNet(
         in_channels=2 * bands,
