@@ -480,7 +480,7 @@ def _burgers_datamodule(size: dict[str, Any]) -> Any:
 
 
 def _timed_fit(model: Any, dm: Any, train_steps: int) -> float:
-    """Train ``model`` for ``train_steps`` on the CPU; wall seconds."""
+    """Train ``model`` for ``train_steps`` (one device: a GPU when there is one, else the CPU); wall seconds."""
     import time
 
     import pytorch_lightning as pl
@@ -489,7 +489,7 @@ def _timed_fit(model: Any, dm: Any, train_steps: int) -> float:
 
     t0 = time.perf_counter()
     trainer = pl.Trainer(
-        max_steps=train_steps, max_epochs=-1, accelerator="cpu", gradient_clip_val=1.0, **QUIET_TRAINER
+        max_steps=train_steps, max_epochs=-1, accelerator="auto", devices=1, gradient_clip_val=1.0, **QUIET_TRAINER
     )
     trainer.fit(model, datamodule=dm)
     return time.perf_counter() - t0
