@@ -40,7 +40,7 @@ import torch
 
 from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
-from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest, trainer_device
 from flowsci.checkpoint import read_checkpoint
 from flowsci.io import atomic_write, atomic_write_text
 from flowsci.module import QUIET_TRAINER
@@ -231,8 +231,7 @@ def _default_fit(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps
     kwargs: dict[str, Any] = {
         "max_steps": steps,
         "max_epochs": -1,
-        "accelerator": "gpu" if device.type == "cuda" else "cpu",
-        "devices": [device.index or 0] if device.type == "cuda" else 1,
+        **trainer_device(device),
         **QUIET_TRAINER,
         "callbacks": method.callbacks() if method.callbacks is not None else [],
         "deterministic": False,
@@ -289,7 +288,7 @@ def _train(
         t0 = time.perf_counter()
         if steps > 0:
             if method.fit is not None:
-                method.fit(model, dm, steps)
+                method.fit(model, dm, steps, device)
                 done = steps
             else:
                 done = _default_fit(spec, method, model, dm, steps, device)

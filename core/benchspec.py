@@ -39,6 +39,7 @@ from flowsci.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 
 __all__ = [
     "ADAPTIVE_SOLVERS",
+    "DIFFUSION_SAMPLERS",
     "EVALS_PER_STEP",
     "SUITES",
     "BenchmarkSpec",
@@ -49,13 +50,18 @@ __all__ = [
     "SampleRequest",
     "default_postprocess",
     "default_sample",
+    "trainer_device",
 ]
 
 SUITES: tuple[str, ...] = ("smoke", "quick", "full")
 """Suite names: ``smoke`` (seconds, CI), ``quick`` (<= ~15 min per domain on 2 CPU cores), ``full`` (paper scale)."""
 
-EVALS_PER_STEP: dict[str, int] = dict(FIXED_STEP_METHODS)
-"""Network evaluations per step of each fixed-step solver of :func:`flowsci.solvers.solve_ode`."""
+DIFFUSION_SAMPLERS: dict[str, int] = {"ddim": 1, "ddpm": 1}
+"""Samplers of DDPM-trained rows (DDIM with eta = 0, ancestral DDPM with eta = 1): one network evaluation per step."""
+
+EVALS_PER_STEP: dict[str, int] = {**FIXED_STEP_METHODS, **DIFFUSION_SAMPLERS}
+"""Network evaluations per step of each fixed-step sampler: the ODE solvers of :func:`flowsci.solvers.solve_ode` and
+the :data:`DIFFUSION_SAMPLERS`, so a DDPM row's cells carry its sampler's name."""
 
 ADAPTIVE_SOLVERS: frozenset[str] = frozenset(ADAPTIVE_METHODS)
 """Adaptive solvers (torchdiffeq): one cell per method, NFE is whatever the solver used."""
@@ -138,6 +144,18 @@ class Metric:
         return bool(self.higher_is_better)
 
 
+def trainer_device(device: Any) -> dict[str, Any]:
+    """``pl.Trainer`` keywords that train on one ``device`` (a ``torch.device`` or its name): that CUDA GPU, else
+    the CPU — what custom ``Method.fit`` functions pass so ``flowsci bench --device`` reaches every row.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    return {"accelerator": "cpu", "devices": 1}
+
+
 @dataclass(frozen=True)
 class Method:
     """A method (or baseline) measured on the benchmark.
@@ -148,8 +166,9 @@ class Method:
         baseline: ``True`` for the baseline(s) measured in the same run (shown as such in the leaderboard).
         description: One line for the leaderboard.
         train_steps: Optimiser steps, overriding :attr:`BenchmarkSpec.train_steps`; ``0`` means no training.
-        fit: ``fit(model, datamodule, max_steps) -> None`` replacing the default Lightning ``Trainer.fit``
-            (for non-Lightning baselines); it trains ``model`` in place.
+        fit: ``fit(model, datamodule, max_steps, device) -> None`` replacing the default Lightning ``Trainer.fit``
+            (for non-Lightning baselines and custom recipes); it trains ``model`` in place on ``device`` (the
+            runner's ``torch.device``; :func:`trainer_device` turns it into ``pl.Trainer`` keywords).
         sample: Sampler overriding :attr:`BenchmarkSpec.sample`.
         solvers: Solvers overriding :attr:`BenchmarkSpec.solvers` (e.g. a one-step baseline: ``("euler",)``).
         nfe_grid: NFE grid overriding :attr:`BenchmarkSpec.nfe_grid`.
@@ -167,7 +186,7 @@ class Method:
     baseline: bool = False
     description: str = ""
     train_steps: int | None = None
-    fit: Callable[[Any, Any, int], None] | None = None
+    fit: Callable[[Any, Any, int, Any], None] | None = None
     sample: SampleFn | None = None
     solvers: Sequence[str] | None = None
     nfe_grid: Sequence[int] | None = None

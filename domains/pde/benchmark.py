@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest, trainer_device
 
 __all__ = ["spec", "build_flow", "reference_trajectories", "SIZES"]
 
@@ -233,7 +233,7 @@ def advection_file(size: dict[str, Any], num: int, seed: int) -> Any:
     return path
 
 
-def fit_advection(model: Any, dm: Any, max_steps: int, size: dict[str, Any]) -> None:
+def fit_advection(model: Any, dm: Any, max_steps: int, device: Any, size: dict[str, Any]) -> None:
     """Train ``model`` on advection data (``dm``, the spec's Burgers data, is not used); same trainer settings."""
     import pytorch_lightning as pl
 
@@ -249,7 +249,7 @@ def fit_advection(model: Any, dm: Any, max_steps: int, size: dict[str, Any]) -> 
         batch_size=size["batch_size"],
     )
     trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator="auto", devices=1, gradient_clip_val=1.0, **QUIET_TRAINER
+        max_steps=max_steps, max_epochs=-1, gradient_clip_val=1.0, **trainer_device(device), **QUIET_TRAINER
     )
     trainer.fit(model, datamodule=adm)
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest, trainer_device
 
 __all__ = [
     "LENGTHS",
@@ -136,13 +136,13 @@ def long_datamodule(seed: int = 0) -> Any:
     return ProteinDataModule(crop_length=None, batch_size=8, max_coil=None, seed=seed, max_res_squared=LONG_BATCH_PAIRS)
 
 
-def fit_long(model: Any, dm: Any, steps: int, lr: float = 1e-4, callbacks: Sequence[Any] = ()) -> None:
+def fit_long(model: Any, dm: Any, steps: int, device: Any, lr: float = 1e-4, callbacks: Sequence[Any] = ()) -> None:
     """Fine-tune ``model`` in place for ``steps`` on whole chains (:func:`long_datamodule`; ``dm`` is not used, the
     runner passes the suite's crops) with a fresh AdamW at ``lr`` and gradient clipping 1.0.
     """
     model.train()
     model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr)
-    trainer = _trainer(steps)
+    trainer = _trainer(steps, device)
     trainer.callbacks.extend(callbacks)
     trainer.fit(model, datamodule=long_datamodule())
 
@@ -189,14 +189,13 @@ def _build(
     )
 
 
-def _trainer(max_steps: int, accelerator: str = "cpu") -> Any:
+def _trainer(max_steps: int, device: Any = "cpu") -> Any:
     import pytorch_lightning as pl
 
     return pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
-        accelerator=accelerator,
-        devices=1,
+        **trainer_device(device),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -207,9 +206,9 @@ def _trainer(max_steps: int, accelerator: str = "cpu") -> Any:
     )
 
 
-def fit_qflow(model: Any, dm: Any, steps: int) -> None:
+def fit_qflow(model: Any, dm: Any, steps: int, device: Any) -> None:
     """Train the suite's QFlow for ``steps`` optimizer steps (gradient clipping 1.0, no logs or checkpoints)."""
-    _trainer(steps).fit(model, datamodule=dm)
+    _trainer(steps, device).fit(model, datamodule=dm)
 
 
 def teacher_best_nfe(
@@ -237,6 +236,7 @@ def fit_reqflow(
     model: Any,
     dm: Any,
     steps: int,
+    device: Any,
     pairs: int,
     nfe: int | Sequence[int],
     reflow_steps: int,
@@ -255,7 +255,7 @@ def fit_reqflow(
     if not isinstance(nfe, int):
         nfe, probe = teacher_best_nfe(model, nfe)
         _log.info("reqflow: teacher CA-CA validity by NFE %s -> pairs at NFE %d", probe, nfe)
-    meta = _rectify(model, sample_lengths(pairs), nfe, reflow_steps, reflow_lr, max_coil)
+    meta = _rectify(model, sample_lengths(pairs), nfe, reflow_steps, reflow_lr, max_coil, device)
     model.reflow_meta = {**meta, "teacher_probe": probe}
 
 
@@ -266,7 +266,7 @@ def _rectify(
     reflow_steps: int,
     reflow_lr: float,
     max_coil: float | None,
-    accelerator: str = "cpu",
+    device: Any = "cpu",
     pair_batch: int = 12,
     batch_size: int = 8,
     seed: int = 1234,
@@ -282,7 +282,7 @@ def _rectify(
     coupling = make_reflow_pairs(model, lengths, steps=nfe, batch_size=pair_batch, seed=seed, max_coil=max_coil)
     model.train()
     model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=reflow_lr)
-    _trainer(reflow_steps, accelerator).fit(model, datamodule=ReflowDataModule(coupling, batch_size=batch_size))
+    _trainer(reflow_steps, device).fit(model, datamodule=ReflowDataModule(coupling, batch_size=batch_size))
     return dict(coupling.meta)
 
 

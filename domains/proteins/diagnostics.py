@@ -87,12 +87,11 @@ def reflow_checkpoint(
 
     t0 = time.perf_counter()
     model = ReQFlow.from_checkpoint(ckpt).to(device)
-    accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
     probe: dict[int, float] = {}
     if not isinstance(nfe, int):
         nfe, probe = teacher_best_nfe(model, nfe)  # from_checkpoint returns the model in eval mode
     todo = [int(lengths[i % len(lengths)]) for i in range(pairs)]
-    meta = _rectify(model, todo, nfe, steps, lr, max_coil, accelerator, pair_batch=64, batch_size=batch_size, seed=seed)
+    meta = _rectify(model, todo, nfe, steps, lr, max_coil, device, pair_batch=64, batch_size=batch_size, seed=seed)
     meta = {
         "teacher": str(ckpt),
         "pairs": meta,
@@ -439,6 +438,7 @@ def long_curve(
     trans_prior: str = "rg",
     out: str | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Fine-tune a trained model on whole chains (:func:`fit_long`) and score snapshots per length bucket.
 
@@ -455,6 +455,7 @@ def long_curve(
         trans_prior: Translation prior of fine-tuning and sampling.
         out: Write the final weights here (:func:`flowsci.checkpoint.save_module`, with the run's metadata).
         seed: ``pl.seed_everything`` seed of the run.
+        device: Training device (``"cpu"`` or ``"cuda"``).
 
     Returns:
         :func:`bucket_table` rows with ``train_steps`` and ``train_seconds`` (wall time of training so far).
@@ -477,7 +478,7 @@ def long_curve(
     rows = [{"train_steps": 0, "train_seconds": 0.0, **r} for r in bucket_table(model, per_bucket)]
     pl.seed_everything(seed, verbose=False)
     t0 = time.perf_counter()
-    fit_long(model, None, wanted[-1], lr, callbacks=[_Snap()])
+    fit_long(model, None, wanted[-1], device, lr=lr, callbacks=[_Snap()])
     for step in wanted:
         state, sec = snaps[step]
         model.load_state_dict(state)
@@ -498,7 +499,9 @@ def long_curve(
     return rows
 
 
-def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out: str | None = None) -> dict[str, Any]:
+def pretrain(
+    out: str, steps: int | None = None, suite: str = "quick", qflow_out: str | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """Train the suite's ReQFlow (QFlow ``steps`` + one reflow, as the ``reqflow`` method) and save it small.
 
     Seeds as the benchmark runner does (``seed_everything(0, workers=True)`` before building), trains the
@@ -511,6 +514,7 @@ def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out
         steps: QFlow training steps (default: the suite's).
         suite: Sizes of the reflow stage (``quick``: 48 pairs, 600 fine-tuning steps).
         qflow_out: Also write the QFlow teacher (before reflow) here, in the same format.
+        device: Training device (``"cpu"`` or ``"cuda"``).
 
     Returns:
         The ``meta`` dict written (steps, pair NFE and teacher probe, parameter count, seconds).
@@ -523,7 +527,7 @@ def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out
     dm = datamodule()
     pl.seed_everything(0, workers=True, verbose=False)  # as the runner: the qflow method first ...
     teacher = build_model()
-    fit_qflow(teacher, dm, steps)
+    fit_qflow(teacher, dm, steps, device)
     if qflow_out:
         save_module(teacher.eval(), qflow_out, {"qflow_steps": steps, "reflow": None})
     pl.seed_everything(0, workers=True, verbose=False)  # ... then reqflow from the qflow weights (init_from)
@@ -533,6 +537,7 @@ def pretrain(out: str, steps: int | None = None, suite: str = "quick", qflow_out
         model,
         dm,
         steps,
+        device,
         sz["reflow_pairs"],
         sz["reflow_nfe"],
         sz["reflow_steps"],
@@ -602,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--pair-seed", type=int, default=1234, help="reflow: prior seed of the pairs")
     p.add_argument("--lengths", type=ints, default=None, help="speed / reflow: backbone lengths")
     p.add_argument("--batches", type=ints, default=[1, 8], help="speed: batch sizes")
-    p.add_argument("--device", default="cpu", help="sweep / speed / reflow: cpu or cuda")
+    p.add_argument("--device", default="cpu", help="sweep / speed / reflow / pretrain / long: cpu or cuda")
     p.add_argument("--ckpt", help="ReQFlow checkpoint (sweep, denoiser, ...; buckets, long: default the shipped one)")
     p.add_argument("--nfe", type=ints, default=[10, 100])
     p.add_argument("--seeds", type=ints, default=[0])
@@ -623,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.what in ("pretrain", "reflow") and not a.out:
         p.error(f"{a.what} needs --out")
     if a.what == "pretrain":
-        print(json.dumps(pretrain(a.out, a.steps, qflow_out=a.qflow_out), indent=1))
+        print(json.dumps(pretrain(a.out, a.steps, qflow_out=a.qflow_out, device=a.device), indent=1))
         return
     if a.what == "reflow":
         if not a.ckpt:
@@ -644,7 +649,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.what == "real":
         rows = [real_reference(a.num)]
     elif a.what == "long":
-        rows = long_curve(a.ckpt, a.checkpoints or (150, 300, 600), a.lr, a.num, out=a.out, seed=a.train_seed)
+        rows = long_curve(
+            a.ckpt, a.checkpoints or (150, 300, 600), a.lr, a.num, out=a.out, seed=a.train_seed, device=a.device
+        )
     elif a.what == "curve":
         rows = training_curve(
             a.checkpoints or (800, 1200, 1600, 2000),

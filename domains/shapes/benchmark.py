@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest, trainer_device
 from flowsci.callbacks import EMA
 from flowsci.domains.shapes.data import CLASSES, ShapesDataModule, ShapeSet
 from flowsci.domains.shapes.flow import GridSDFFlow, MosaicFlow, PointCloudFlow, ShapeSolution
@@ -108,10 +108,10 @@ def _build(size: dict[str, Any], rep: str, total: int | None = None, lr: float |
     return build
 
 
-def _trainer(steps: int, ema: bool) -> pl.Trainer:
+def _trainer(steps: int, ema: bool, device: torch.device) -> pl.Trainer:
     callbacks = [EMA(0.995)] if ema else []
     return pl.Trainer(
-        max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, gradient_clip_val=1.0, callbacks=callbacks,
+        max_steps=steps, max_epochs=-1, gradient_clip_val=1.0, callbacks=callbacks, **trainer_device(device),
         **QUIET_TRAINER,
     )  # fmt: skip
 
@@ -122,10 +122,10 @@ def _fit_on(rep: str, ema: bool = True) -> Any:
     The standardisation statistics are set before training, so the EMA copy carries the right ones.
     """
 
-    def fit(model: Any, dm: ShapesDataModule, steps: int) -> None:
+    def fit(model: Any, dm: ShapesDataModule, steps: int, device: torch.device) -> None:
         other = ShapesDataModule(**{**dm.hparams, "representation": rep})
         model.set_statistics(*other.statistics())
-        _trainer(steps, ema).fit(model, datamodule=other)
+        _trainer(steps, ema, device).fit(model, datamodule=other)
 
     return fit
 
@@ -138,7 +138,7 @@ def _reflow_fit(size: dict[str, Any]) -> Any:
     fine-tunes a copy on those pairs, and its weights are copied back into ``model``.
     """
 
-    def fit(model: Any, dm: ShapesDataModule, steps: int) -> None:
+    def fit(model: Any, dm: ShapesDataModule, steps: int, device: torch.device) -> None:
         from flowsci.module import FlowMatching
         from flowsci.reflow import ReflowPairs, rectify
 
@@ -154,7 +154,7 @@ def _reflow_fit(size: dict[str, Any]) -> Any:
                 x0s.append(sol.x0)
                 x1s.append(sol.x * model.x_std + model.x_mean)  # batches are standardised again when unpacked
         pairs = ReflowPairs(torch.cat(x0s), torch.cat(x1s), {"y": labels}, {"steps": 20, "solver": "euler"})
-        trainer_kwargs = {"accelerator": "cpu", "gradient_clip_val": 1.0, "max_epochs": -1}
+        trainer_kwargs = {"gradient_clip_val": 1.0, "max_epochs": -1, **trainer_device(device)}
         student = rectify(model, pairs, max_steps=steps, batch_size=size["batch"], trainer_kwargs=trainer_kwargs)
         model.load_state_dict(student.state_dict())
         model.train()

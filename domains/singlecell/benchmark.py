@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest, trainer_device
 
 __all__ = [
     "CellReference",
@@ -192,7 +192,7 @@ def build_gaussian(dm: Any, n_pcs: int = 30) -> Any:
     return GaussianBaseline(n_pcs).fit(dm)
 
 
-def fit_reflow(model: Any, dm: Any, max_steps: int, pairs: int = 1000, teacher_steps: int = 20) -> None:
+def fit_reflow(model: Any, dm: Any, max_steps: int, device: Any, pairs: int = 1000, teacher_steps: int = 20) -> None:
     """One rectification in place: pairs from the model's own 20-step Euler solves, then ``max_steps`` on them."""
     import torch
 
@@ -202,7 +202,7 @@ def fit_reflow(model: Any, dm: Any, max_steps: int, pairs: int = 1000, teacher_s
     coupling = generate_pairs(model, pairs, steps=teacher_steps, solver="euler", cond={"y": labels}, seed=1000)
     model.train()
     with torch.enable_grad():
-        fit_on_pairs(model, coupling, max_steps, batch_size=64)
+        fit_on_pairs(model, coupling, max_steps, batch_size=64, trainer_kwargs=trainer_device(device))
 
 
 def sample_cells(model: Any, request: SampleRequest, decoder: str = "lattice") -> Any:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest, trainer_device
 
 __all__ = [
     "FoldData", "FoldModels", "HighwayBench", "IDMPolicy", "REFERENCES", "fold_metrics", "sample_closed_loop",
@@ -235,20 +235,20 @@ def _build_cvm(data: FoldData, angle_std_deg: float) -> FoldModels:
     return FoldModels({f: ConstantVelocity(angle_std_deg) for f in data.folds})
 
 
-def _fit_folds(model: FoldModels, data: FoldData, steps: int) -> None:
+def _fit_folds(model: FoldModels, data: FoldData, steps: int, device: torch.device) -> None:
     import pytorch_lightning as pl
 
     from flowsci.module import QUIET_TRAINER
 
     for fold, m in model.models.items():
         trainer = pl.Trainer(
-            **QUIET_TRAINER, max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, gradient_clip_val=1.0
+            **QUIET_TRAINER, **trainer_device(device), max_steps=steps, max_epochs=-1, gradient_clip_val=1.0
         )
         trainer.fit(m, datamodule=data.modules[fold])
 
 
-def _no_fit(model: FoldModels, data: FoldData, steps: int) -> None:
-    del model, data, steps
+def _no_fit(model: FoldModels, data: FoldData, steps: int, device: torch.device) -> None:
+    del model, data, steps, device
 
 
 def sample_folds(model: FoldModels, request: SampleRequest, **options: Any) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def _build_planner(data: FoldData, hw: dict[str, Any], **kwargs: Any) -> nn.Modu
     return DrivingGoalFlow(net, optimizer=opt, **{**kw, **kwargs})
 
 
-def _fit_planner(model: nn.Module, data: FoldData, steps: int) -> None:
+def _fit_planner(model: nn.Module, data: FoldData, steps: int, device: torch.device) -> None:
     import pytorch_lightning as pl
 
     from flowsci.module import QUIET_TRAINER
@@ -308,7 +308,7 @@ def _fit_planner(model: nn.Module, data: FoldData, steps: int) -> None:
     if data.highway is None:
         raise RuntimeError("this suite has no closed-loop part")
     trainer = pl.Trainer(
-        **QUIET_TRAINER, max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, gradient_clip_val=1.0
+        **QUIET_TRAINER, **trainer_device(device), max_steps=steps, max_epochs=-1, gradient_clip_val=1.0
     )
     trainer.fit(model, datamodule=data.highway.datamodule)
 

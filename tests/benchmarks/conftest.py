@@ -86,7 +86,7 @@ class GaussianDataModule(pl.LightningDataModule):
         return DataLoader(self.train_set, batch_size=128, shuffle=True, drop_last=True)
 
 
-def closed_form_fit(model: ShiftFlow, dm: GaussianDataModule, steps: int) -> None:
+def closed_form_fit(model: ShiftFlow, dm: GaussianDataModule, steps: int, device: torch.device) -> None:
     r"""Set :math:`b` to its optimum :math:`E[x_1] - E[x_0] = \bar x_1` (no optimiser: instant)."""
     dm.setup("fit")
     with torch.no_grad():
@@ -135,7 +135,7 @@ def make_spec(
 
         return _sample
 
-    def broken_fit(model: Any, dm: Any, steps: int) -> None:
+    def broken_fit(model: Any, dm: Any, steps: int, device: torch.device) -> None:
         raise ValueError("injected training failure")
 
     kwargs: dict[str, Any] = dict(

@@ -8,6 +8,7 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from flowsci.benchmarks.cli import main
 from flowsci.benchmarks.compare import compare_results, format_changes
@@ -298,9 +299,9 @@ def test_weights_of_reuses_trained_weights_without_training_again(fakes, tmp_pat
 
     fits: list[str] = []
 
-    def counting_fit(model, dm, steps):
-        fits.append("fit")
-        fakes.closed_form_fit(model, dm, steps)
+    def counting_fit(model, dm, steps, device):
+        fits.append(device)
+        fakes.closed_form_fit(model, dm, steps, device)
 
     base = fakes.make_spec(nfe_grid=(1,), solvers=("euler",))
     shift = dataclasses.replace(base.methods[0], fit=counting_fit)
@@ -308,7 +309,7 @@ def test_weights_of_reuses_trained_weights_without_training_again(fakes, tmp_pat
     spec = dataclasses.replace(base, methods=[shift, again, base.methods[1]])
     doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False, cache=cache)
     cells = _cells(doc)
-    assert fits == ["fit"]  # trained once, for "shift"
+    assert fits == [torch.device("cpu")]  # trained once, for "shift", on the runner's device
     assert cells["shift-again/euler/nfe1"]["metrics"] == cells["shift/euler/nfe1"]["metrics"]
     assert cells["shift-again/euler/nfe1"]["train_steps"] == 10
     assert {m["name"]: m.get("weights_of") for m in doc["spec"]["methods"]}["shift-again"] == "shift"
@@ -357,7 +358,7 @@ def test_init_from_starts_from_the_source_weights_and_is_part_of_the_fingerprint
 
     starts: list[torch.Tensor] = []
 
-    def finetune(model, dm, steps):  # records where it starts, then moves the weights
+    def finetune(model, dm, steps, device):  # records where it starts, then moves the weights
         starts.append(model.net.b.detach().clone())
         with torch.no_grad():
             model.net.b.add_(1.0)

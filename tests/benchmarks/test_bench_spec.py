@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flowsci.benchmarks.registry import DOMAINS, available_domains, load_spec
 from flowsci.benchspec import BenchmarkSpec, Method
@@ -35,6 +36,13 @@ def test_method_overrides_grid(fakes) -> None:
     one_step = Method("one-step", build=lambda dm: None, solvers=("euler",), nfe_grid=(1,))
     spec = fakes.make_spec(methods=[*base.methods, one_step])
     assert [c.id for c in spec.cells() if c.method == "one-step"] == ["one-step/euler/nfe1"]
+
+
+def test_ddpm_rows_carry_their_sampler_name_and_stay_nfe_matched(fakes) -> None:
+    base = fakes.make_spec(nfe_grid=(5, 10))
+    ddpm = Method("ddpm", build=lambda dm: None, solvers=("ddim",))
+    cells = [c for c in fakes.make_spec(methods=[*base.methods, ddpm], nfe_grid=(5, 10)).cells() if c.method == "ddpm"]
+    assert [(c.id, c.steps) for c in cells] == [("ddpm/ddim/nfe5", 5), ("ddpm/ddim/nfe10", 10)]
 
 
 @pytest.mark.parametrize(
@@ -100,3 +108,18 @@ def test_registry_module_function_entries() -> None:
     assert available_domains(reg) == ["toy_fn"]
     assert load_spec("toy_fn", "smoke", registry=reg).name == "toy2d"
     assert DOMAINS["crystals_gen_c24"].endswith(":carbon24_spec")
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cpu", {"accelerator": "cpu", "devices": 1}),
+        ("cuda", {"accelerator": "gpu", "devices": [0]}),
+        ("cuda:1", {"accelerator": "gpu", "devices": [1]}),
+    ],
+)
+def test_trainer_device_sends_custom_fits_to_the_runners_device(device, expected) -> None:
+    from flowsci.benchspec import trainer_device
+
+    assert trainer_device(device) == expected
+    assert trainer_device(torch.device(device)) == expected
