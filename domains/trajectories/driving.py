@@ -700,6 +700,8 @@ class DrivingGoalFlowNet(GoalFlowNet):
         super().__init__(obs_len=obs_len, pred_len=pred_len, **kwargs)
         if num_lanes < 1:
             raise InputError("num_lanes", f"must be >= 1, got {num_lanes}")
+        if self.scorer_offset is not None:
+            raise InputError("goal_offsets", "the driving planner's goal scorer has no offset head")
         self.num_lanes = num_lanes
         self.config["num_lanes"] = num_lanes
         feat = self.obs_len * 2 + (self.obs_len - 1) * 2

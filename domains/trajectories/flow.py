@@ -26,7 +26,9 @@ small steps near the noise end).
 
 **Inference for best-of-K.** The K best vocabulary goals (``goal_selection="topk"``, or K draws from the score's
 softmax without replacement, ``"sample"``, or greedy non-maximum suppression, ``"nms"``: the best goal farther than
-``nms_radius`` from every goal already taken, see :func:`nms_goals`), ``candidates`` trajectories per goal, the
+``nms_radius`` from every goal already taken, see :func:`nms_goals`, or ``"coverage"``: the K goals that greedily
+minimise the expected distance from a goal drawn from the score's softmax to the nearest chosen one, see
+:func:`coverage_goals`), ``candidates`` trajectories per goal, the
 training-free trajectory scorer :math:`f(\tau) = -\lambda_1 \Phi(\|\tau_T - g\|) + \lambda_2 \Phi(\|\tau_T\|)`
 (min-max :math:`\Phi` over the candidates) keeps one per goal. **Shadow trajectory**: with ``shadow_threshold``
 set, the goal-free mean trajectory replaces the goal's one where :math:`\|\text{shadow}_T - g\| / \|\text{shadow}_T\|`
@@ -72,6 +74,7 @@ __all__ = [
     "rectify_goalflow",
     "reflow_pairs",
     "agent_frame",
+    "coverage_goals",
     "nms_goals",
     "score_trajectories",
     "shifted_time_grid",
@@ -79,7 +82,7 @@ __all__ = [
 ]
 
 GOAL_MODES = ("goal", "none")
-SELECTIONS = ("topk", "sample", "nms")
+SELECTIONS = ("topk", "sample", "nms", "coverage")
 SCENE_KEYS = ["hist", "nbr", "nbr_mask"]
 
 
@@ -118,9 +121,11 @@ def to_local(p: Tensor, origin: Tensor, rot: Tensor) -> Tensor:
 
 
 def to_world(q: Tensor, origin: Tensor, rot: Tensor) -> Tensor:
-    """Agent-frame points ``[B, ..., 2]`` to world coordinates."""
+    """Agent-frame points ``[B, ..., 2]`` to world coordinates (the inverse of :func:`to_local`; ``rot`` may be a
+    scaled rotation, see :meth:`GoalFlow.frame`).
+    """
     shape = q.shape
-    flat = torch.bmm(q.reshape(shape[0], -1, 2), rot.transpose(1, 2)) + origin[:, None]
+    flat = torch.bmm(q.reshape(shape[0], -1, 2), torch.linalg.inv(rot)) + origin[:, None]
     return flat.reshape(shape)
 
 
@@ -166,6 +171,42 @@ def nms_goals(score: Tensor, goals: Tensor, k: int, radius: float) -> Tensor:
         taken[rows, idx] = True
         free &= d[idx] > radius
     return torch.stack(out, dim=-1)
+
+
+def coverage_goals(score: Tensor, goals: Tensor, k: int, temperature: float = 1.0) -> Tensor:
+    """Best-of-K goal choice for minFDE: greedily pick the ``k`` vocabulary points that minimise the expected
+    distance from a goal drawn from :math:`p = \\mathrm{softmax}(\\text{score}/T)` to the nearest picked point,
+    :math:`\\mathbb E_{g\\sim p}\\min_j\\|g - g_{c_j}\\|` (greedy facility location; the first pick is the
+    distribution's medoid, each next one the point that lowers the expectation most). When ``k`` exceeds the
+    vocabulary the order repeats.
+
+    Args:
+        score: ``[A, G]`` goal scores (log-probabilities up to a constant; higher is better).
+        goals: ``[G, 2]`` vocabulary (metres, agent frame).
+        k: Goals per agent.
+        temperature: :math:`T` (> 0); larger spreads the picks over less likely goals.
+
+    Returns:
+        ``[A, K]`` long indices into the vocabulary. Memory ``A x G x G``.
+
+    """
+    if not temperature > 0:
+        raise InputError("temperature", f"must be > 0, got {temperature}")
+    a, g = score.shape
+    p = torch.softmax(score / temperature, dim=-1)  # [A, G]
+    d = torch.cdist(goals[None].to(score.dtype), goals[None].to(score.dtype))[0]  # [G, G]
+    nearest = torch.full((a, g), float("inf"), dtype=score.dtype, device=score.device)  # distance to the picks
+    taken = torch.zeros(a, g, dtype=torch.bool, device=score.device)
+    rows = torch.arange(a, device=score.device)
+    out = []
+    for _ in range(min(k, g)):
+        cost = (p[:, :, None] * torch.minimum(nearest[:, :, None], d[None])).sum(1)  # [A, candidate]
+        idx = cost.masked_fill(taken, float("inf")).argmin(-1)
+        out.append(idx)
+        taken[rows, idx] = True
+        nearest = torch.minimum(nearest, d[idx])
+    order = torch.stack(out, dim=-1)
+    return order[:, torch.arange(k, device=score.device) % order.shape[1]]
 
 
 def score_trajectories(ends: Tensor, goal: Tensor, lam_goal: float = 1.0, lam_progress: float = 0.0) -> Tensor:
@@ -358,6 +399,31 @@ def write_predictions(solution: TrajectorySolution, out_dir: str | os.PathLike) 
     return written
 
 
+def mirror_rows(
+    x1: Tensor, cond: dict[str, Tensor], aux: dict[str, Tensor], generator: torch.Generator | None = None
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Mirror a random half of a prepared batch across the agent frame's x axis (y -> -y): training-time flip
+    augmentation. ``x1 [B, T, 2]``, ``cond`` (``hist [B, L, 2]``, ``nbr [B, M, L, 2]``, ``goal [B, 3]``) and
+    ``aux`` (``end [B, 2]``, ``nbr_end [B, M, 2]``) as returned by :meth:`GoalFlow.prepare`; other keys pass.
+    """
+    b = x1.shape[0]
+    flip = torch.rand(b, generator=generator, device=x1.device) < 0.5
+    sign = torch.ones(b, 2, dtype=x1.dtype, device=x1.device)
+    sign[:, 1] = torch.where(flip, -1.0, 1.0).to(x1.dtype)
+    cond, aux = dict(cond), dict(aux)
+    for key in ("hist", "nbr", "goal"):
+        if key in cond:
+            v = cond[key]
+            per = sign.reshape(b, *([1] * (v.ndim - 2)), 2)
+            if key == "goal":  # (g_x, g_y, flag)
+                per = torch.cat([sign, torch.ones_like(sign[:, :1])], dim=-1)
+            cond[key] = v * per
+    for key in ("end", "nbr_end"):
+        if key in aux:
+            aux[key] = aux[key] * sign.reshape(b, *([1] * (aux[key].ndim - 2)), 2)
+    return x1 * sign[:, None], cond, aux
+
+
 # ------------------------------------------------------------------------------------------------ GoalFlow
 class GoalFlow(FlowMatching):
     """Goal-driven rectified flow for multimodal trajectory prediction (see the module docstring).
@@ -389,8 +455,17 @@ class GoalFlow(FlowMatching):
         min_scale: Floor (m) of the per-axis position scale (an axis along which the futures barely move, e.g.
             lateral on a highway, would otherwise be blown up).
         goal_selection: Default best-of-K goal rule of :meth:`predict_windows`: ``"topk"`` (GoalFlow's), ``"nms"``
-            (greedy non-maximum suppression, :func:`nms_goals`) or ``"sample"``.
+            (greedy non-maximum suppression, :func:`nms_goals`), ``"coverage"`` (the goals that minimise the expected
+            distance to the nearest one under the score's distribution, :func:`coverage_goals`) or ``"sample"``.
         nms_radius: Default suppression radius (m) of ``goal_selection="nms"``.
+        offset_loss_weight: Weight of the goal-offset regression (smooth L1, normalised units, on the vocabulary
+            point nearest the true endpoint; used when the net has an offset head, ``goal_offsets=True``).
+        augment_flip: Mirror each training window across the agent's heading axis with probability 1/2 (the
+            vocabulary is then clustered from the endpoints and their mirror images).
+        coverage_temperature: :math:`T` of ``goal_selection="coverage"`` (:func:`coverage_goals`).
+        speed_ref: Speed normalisation of the agent frame (metres per observed step; None = off): positions of
+            an agent faster than this are divided by ``speed / speed_ref`` (see :meth:`frame`), so the scene, the
+            vocabulary and the goals of fast walkers look like those of walkers at ``speed_ref``.
 
     """
 
@@ -422,6 +497,10 @@ class GoalFlow(FlowMatching):
         min_scale: float = 0.1,
         goal_selection: str = "topk",
         nms_radius: float = 2.0,
+        offset_loss_weight: float = 1.0,
+        augment_flip: bool = False,
+        coverage_temperature: float = 1.0,
+        speed_ref: float | None = None,
     ) -> None:
         if goal_mode not in GOAL_MODES:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
@@ -456,6 +535,13 @@ class GoalFlow(FlowMatching):
             raise ValueError(f"min_scale must be > 0, got {min_scale}")
         self.min_scale = min_scale
         self.goal_selection, self.nms_radius = goal_selection, nms_radius
+        self.offset_loss_weight, self.augment_flip = offset_loss_weight, augment_flip
+        if not coverage_temperature > 0:
+            raise ValueError(f"coverage_temperature must be > 0, got {coverage_temperature}")
+        self.coverage_temperature = coverage_temperature
+        if speed_ref is not None and not speed_ref > 0:
+            raise ValueError(f"speed_ref must be > 0 or None, got {speed_ref}")
+        self.speed_ref = speed_ref
         # data statistics that travel in the checkpoint (float buffers: the EMA callback averages buffers too)
         self.register_buffer("goals", torch.zeros(num_goals, 2))
         self.register_buffer("pos_scale", torch.ones(2))
@@ -479,6 +565,8 @@ class GoalFlow(FlowMatching):
         local = to_local(fut, origin, rot)
         scale = local.pow(2).mean(dim=(0, 1)).sqrt().clamp_min(self.min_scale)
         ends = local[:, -1].numpy()
+        if self.augment_flip:
+            ends = np.concatenate([ends, ends * np.array([1.0, -1.0])])
         if len(ends) > 50_000:
             ends = ends[np.linspace(0, len(ends) - 1, 50_000).round().astype(int)]
         if len(ends) < self.num_goals:
@@ -500,9 +588,18 @@ class GoalFlow(FlowMatching):
     # ------------------------------------------------------------------------------ batches
     def frame(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Origin ``[B, 2]`` and rotation ``[B, 2, 2]`` of the frame the model works in: :func:`agent_frame`
-        of ``batch["obs"]`` (subclasses may use the scene too, e.g. the lane direction for driving).
+        of ``batch["obs"]`` (subclasses may use the scene too, e.g. the lane direction for driving). With
+        ``speed_ref`` set, the rotation is divided by :math:`\\rho = \\max(v / v_{ref}, 1)`, ``v`` the agent's
+        mean step length over its last two observed steps: agents faster than ``speed_ref`` are seen at the
+        reference speed.
         """
-        return agent_frame(batch["obs"])
+        origin, rot = agent_frame(batch["obs"])
+        if self.speed_ref is not None:
+            obs = batch["obs"]
+            k = min(3, obs.shape[1])  # the last two steps (fewer for a shorter history)
+            v = (obs[:, -1] - obs[:, -k]).norm(dim=-1) / max(k - 1, 1)
+            rot = rot / (v / self.speed_ref).clamp_min(1.0)[:, None, None]
+        return origin, rot
 
     def prepare(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """World-frame window batch -> normalised ``x1 [B, T, 2]``, network conditioning and scorer targets.
@@ -565,6 +662,8 @@ class GoalFlow(FlowMatching):
                 )
             x1, cond, aux = self.prepare(batch)
             cond.pop("_origin"), cond.pop("_rot")
+            if self.augment_flip:
+                x1, cond, aux = mirror_rows(x1, cond, aux, generator)
         cond = dict(cond)
         x0 = cond.pop("x0", None)
         b = x1.shape[0]
@@ -595,6 +694,14 @@ class GoalFlow(FlowMatching):
         ce = -(target * torch.log_softmax(s_dis, dim=-1)).sum(-1).mean()
         logs = {"goal_ce": ce.detach()}
         loss = ce
+        if getattr(self.net, "scorer_offset", None) is not None:
+            s = self.pos_scale.to(goals.dtype)
+            refined = self.net.offset_goals(cond["hist"], cond["nbr"], cond["nbr_mask"], goals / s)  # [B, G, 2]
+            nearest = d2.argmin(-1)
+            picked = refined[torch.arange(len(nearest), device=nearest.device), nearest]
+            off = F.smooth_l1_loss(picked, aux["end"] / s, beta=0.1)
+            loss = loss + self.offset_loss_weight * off
+            logs["goal_offset"] = off.detach()
         if "nbr_end" in aux:
             dist = (goals[None, :, None] - aux["nbr_end"][:, None]).norm(dim=-1)  # [B, G, M]
             dist = torch.where(aux["nbr_mask"][:, None] > 0.5, dist, torch.full_like(dist, float("inf")))
@@ -634,7 +741,8 @@ class GoalFlow(FlowMatching):
             steps: Euler steps (default ``sample_steps``).
             seed: Seed of the prior draws (and of goal sampling).
             solver: Solver name (default ``sample_solver``).
-            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"`` (default: the model's ``goal_selection``).
+            goal_selection: ``"topk"``, ``"sample"``, ``"nms"`` or ``"coverage"`` (default: the model's
+                ``goal_selection``).
             candidates: Trajectories generated per goal; the trajectory scorer keeps one.
             cfg_scale: Classifier-free guidance weight over the goal (1 = none).
             shadow_threshold: Enable GoalFlow's shadow-trajectory fallback with this threshold.
@@ -712,6 +820,8 @@ class GoalFlow(FlowMatching):
                     idx = order[:, torch.arange(k, device=score.device) % score.shape[1]]
                 elif goal_selection == "nms":
                     idx = nms_goals(score, self.goals, k, nms_radius)
+                elif goal_selection == "coverage":
+                    idx = coverage_goals(score, self.goals, k, self.coverage_temperature)
                 else:
                     g = torch.Generator(device=self.device)
                     g.manual_seed(0 if gen_seed is None else gen_seed + 7_919)
@@ -719,7 +829,8 @@ class GoalFlow(FlowMatching):
                     gumbel = score - torch.log(-torch.log(u))
                     order = gumbel.argsort(dim=-1, descending=True)
                     idx = order[:, torch.arange(k, device=score.device) % score.shape[1]]
-                goal_n = self.goals[idx] / s  # [A, K, 2]
+                refined = self.net.offset_goals(cond["hist"], cond["nbr"], cond["nbr_mask"], self.goals / s)
+                goal_n = torch.gather(refined, 1, idx[..., None].expand(-1, -1, 2))  # [A, K, 2]
             goal_local = goal_n * s
             goal = torch.cat([goal_n, torch.ones_like(goal_n[..., :1])], dim=-1)
         else:
@@ -828,7 +939,8 @@ class GoalFlow(FlowMatching):
             guidance: (``cond`` mode) guidance object.
             scene: A ``frame ped x y`` file (default: the shipped synthetic scene ``synth_a``).
             max_agents: Agents (evenly spaced windows of the scene) to predict for.
-            goal_selection: ``"topk"``, ``"sample"`` or ``"nms"`` (default: the model's ``goal_selection``).
+            goal_selection: ``"topk"``, ``"sample"``, ``"nms"`` or ``"coverage"`` (default: the model's
+                ``goal_selection``).
             candidates: Trajectories per goal (the trajectory scorer keeps one).
             cfg_scale: Classifier-free guidance weight over the goal.
             shadow_threshold: Shadow-trajectory fallback threshold (``None``: off).
@@ -998,13 +1110,17 @@ def rectify_goalflow(
     teacher_steps: int = 10,
     batch_size: int = 128,
     seed: int = 0,
+    device: Any = "cpu",
 ) -> GoalFlow:
     """2-rectified GoalFlow for 1-NFE sampling: :func:`reflow_pairs` then :func:`flowsci.reflow.rectify`.
 
     The student starts from the teacher's weights (same vocabulary, scale and scorer) and is trained with the
-    module's own L1/L2 loss on the stored pairs (no condition dropout on pairs).
+    module's own L1/L2 loss on the stored pairs (no condition dropout on pairs) on ``device`` (a ``torch.device``
+    or its name).
     """
+    from flowsci.benchspec import trainer_device
     from flowsci.reflow import rectify
 
     pairs = reflow_pairs(model, windows, samples_per_agent, teacher_steps, seed)
-    return rectify(model, pairs, max_steps=max_steps, batch_size=batch_size, trainer_kwargs={"accelerator": "cpu"})
+    kwargs = trainer_device(device)
+    return rectify(model, pairs, max_steps=max_steps, batch_size=batch_size, trainer_kwargs=kwargs)

@@ -102,6 +102,8 @@ class GoalFlowNet(nn.Module):
         ff_mult: Feed-forward width multiplier.
         time_dim: Size of the sinusoidal time embedding.
         scorer_d_model: Width of the goal scorer.
+        goal_offsets: Give the goal scorer a third head that regresses a 2-D offset per vocabulary point (TNT's
+            target refinement), so chosen goals are not limited to the vocabulary's grid.
 
     """
 
@@ -115,6 +117,7 @@ class GoalFlowNet(nn.Module):
         ff_mult: int = 4,
         time_dim: int = 64,
         scorer_d_model: int = 64,
+        goal_offsets: bool = False,
     ) -> None:
         super().__init__()
         self.config = {
@@ -126,6 +129,7 @@ class GoalFlowNet(nn.Module):
             "ff_mult": ff_mult,
             "time_dim": time_dim,
             "scorer_d_model": scorer_d_model,
+            "goal_offsets": goal_offsets,
         }
         self.obs_len, self.pred_len, self.d_model = obs_len, pred_len, d_model
         self.encoder = SceneEncoder(obs_len, d_model, num_heads)
@@ -148,6 +152,11 @@ class GoalFlowNet(nn.Module):
         self.scorer_goal = _mlp(ds, 2 * ds, ds)
         self.scorer_scene = nn.Linear(2 * ds, ds)
         self.scorer_head = nn.Sequential(nn.SiLU(), nn.Linear(ds, 2 * ds), nn.SiLU(), nn.Linear(2 * ds, 2))
+        self.scorer_offset: nn.Module | None = None
+        if goal_offsets:
+            self.scorer_offset = nn.Sequential(nn.SiLU(), nn.Linear(ds, 2 * ds), nn.SiLU(), nn.Linear(2 * ds, 2))
+            nn.init.zeros_(self.scorer_offset[3].weight)
+            nn.init.zeros_(self.scorer_offset[3].bias)
 
     def goal_token(self, goal: Tensor) -> Tensor:
         """``goal [B, 3]`` -> ``[B, d]``: embedding of ``(g_x, g_y)`` where ``flag > 0.5``, else the null token."""
@@ -200,7 +209,20 @@ class GoalFlowNet(nn.Module):
             clearance-score logits (sigmoid: the goal is free of other pedestrians).
 
         """
+        logits = self.scorer_head(self._scorer_features(hist, nbr, nbr_mask, goals))  # [B, G, 2]
+        return logits[..., 0], logits[..., 1]
+
+    def _scorer_features(self, hist: Tensor, nbr: Tensor, nbr_mask: Tensor, goals: Tensor) -> Tensor:
+        """Scene + goal features ``[B, G, scorer_d_model]`` shared by the scorer's heads."""
         scene = self.scorer_scene(self.scorer_encoder(hist, nbr, nbr_mask).flatten(1))  # [B, d]
         g = self.scorer_goal(sinusoidal_2d(goals.to(scene.dtype), self.config["scorer_d_model"]))  # [G, d]
-        logits = self.scorer_head(scene[:, None] + g[None])  # [B, G, 2]
-        return logits[..., 0], logits[..., 1]
+        return scene[:, None] + g[None]
+
+    def offset_goals(self, hist: Tensor, nbr: Tensor, nbr_mask: Tensor, goals: Tensor) -> Tensor:
+        """Refined goals ``[B, G, 2]`` = vocabulary point + regressed offset (normalised units; shapes as in
+        :meth:`score_goals`); the vocabulary itself, broadcast, when the net has no offset head.
+        """
+        base = goals.to(hist.dtype)[None].expand(hist.shape[0], -1, -1)
+        if self.scorer_offset is None:
+            return base
+        return base + self.scorer_offset(self._scorer_features(hist, nbr, nbr_mask, goals))

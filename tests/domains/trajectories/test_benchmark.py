@@ -38,6 +38,21 @@ def test_trimmed_smoke_run(tmp_path):
     assert cvms["metrics"]["ade_avg"] < 1.0  # the synthetic walkers are nearly straight at first
 
 
+def test_reflow_row_starts_from_goalflow_and_changes_the_weights(tmp_path):
+    """The 1-NFE reflow row trains a 2-rectified student from the goalflow weights (smoke data, a few steps)."""
+    from flowsci.benchmarks.runner import run_spec
+
+    s = spec("smoke")
+    keep = [m for m in s.methods if m.name in ("goalflow", "goalflow-reflow")]
+    assert keep[1].init_from == "goalflow" and tuple(keep[1].nfe_grid) == (1,)
+    s = dataclasses.replace(s, methods=keep, nfe_grid=(1,), train_steps=5)
+    doc = run_spec(s, "smoke", out=tmp_path, progress=False, plots=False, cache=True)
+    cells = {c["method"]: c for c in doc["cells"]}
+    assert {c["status"] for c in cells.values()} == {"ok"}, [c["error"] for c in cells.values()]
+    assert cells["goalflow-reflow"]["nfe"] == 1 and cells["goalflow-reflow"]["metrics"]["fde_avg"] > 0
+    assert cells["goalflow-reflow"]["metrics"]["ade_avg"] != cells["goalflow"]["metrics"]["ade_avg"]
+
+
 def test_fold_metrics_average():
     import numpy as np
     import torch
