@@ -1,6 +1,7 @@
 from importlib import resources
 
 import pytest
+import torch
 import yaml
 
 from flowsci.benchspec import BenchmarkSpec
@@ -22,11 +23,27 @@ def test_specs_are_valid(suite):
         "wdno-sim-2w",
         "wdno-ddim-sim",
         "wdno-ddim-control-solver",
+        "phys-ddim-sim",
+        "phys-ddim-control-solver",
         "wdno-advection",
         "phys-advection",
+        "refine-burgers-4x",
+        "bilinear-burgers-4x",
+        "refine-advection-4x",
+        "bilinear-advection-4x",
     } <= set(names)
-    assert s.version == "2"  # the wdno rows changed (bior2.4, scale_power 0.5): cached weights of v1 are stale
+    assert s.version == "3"  # v3: EMA of the weights, v-prediction DDPM; cached weights of v2 are stale
     assert any(m.baseline for m in s.methods)
+    from flowsci.callbacks import EMA
+    from flowsci.domains.pde.benchmark import EMA_DECAY, fit_advection
+
+    for m in s.methods:  # one recipe: every row the default trainer trains keeps an EMA of its weights
+        if m.train_steps != 0 and m.weights_of is None:
+            if m.fit is None:
+                (ema,) = m.callbacks()
+                assert isinstance(ema, EMA) and ema.decay == EMA_DECAY
+            else:
+                assert m.fit.func is fit_advection  # adds the same EMA callback itself
     assert s.train_steps == SIZES[suite]["train_steps"]
     with pytest.raises(ValueError, match="suite"):
         spec("huge")
@@ -57,7 +74,7 @@ def test_diagnosis_helpers_train_and_score_end_to_end():
     """The documented diagnostics run at toy size; bilinear upsampling of smooth Burgers fields is accurate."""
     import math
 
-    from flowsci.domains.pde.benchmark import ablation, resolution_generalisation
+    from flowsci.domains.pde.benchmark import ablation, ns2d_simulation, resolution_generalisation
 
     res = resolution_generalisation(train_steps=2, num_train=8, num_test=2, steps=2)
     rows = [v for k, v in res.items() if k != "train_s"]
@@ -70,3 +87,34 @@ def test_diagnosis_helpers_train_and_score_end_to_end():
     assert len(abl["band_rms_error"]) == 4 and all(math.isfinite(x) for x in abl["band_rms_error"])
     # zeroing the detail bands changes only the detail content, never the low band by more than its own error
     assert abs(abl["frmse_nfe10_details_zeroed"]["frmse_low"] - abl["frmse_nfe10"]["frmse_low"]) < 0.01
+    ddpm = ablation(train_steps=2, num_test=2, nfe=(2,), diffusion=True, ema=True, prediction="eps", test_seed=20_000)
+    assert math.isfinite(ddpm["nfe2"]["rel_l2"])
+    ns = ns2d_simulation(train_steps=2, num_train=4, num_test=2, nfe=(2,), grid=16, steps=8)
+    assert set(ns) == {"train_s", "persistence_rel_l2", "nfe2_rel_l2"} and math.isfinite(ns["nfe2_rel_l2"])
+    assert 0.1 < ns["persistence_rel_l2"] < 10  # the vorticity changes over the horizon
+
+
+def test_resolution_rows_keep_the_base_trajectory_and_count_nfe():
+    """The 4x rows: bilinear upsampling is close on smooth Burgers fields; a RefineFlow whose details are all zero
+    returns the block-constant upsampling, whose 4x4 block average is exactly the base-resolution input."""
+    from flowsci.benchspec import SampleRequest
+    from flowsci.domains.pde.benchmark import RESOLUTION_FACTOR, UntrainedRow, build_refine, sample_upsampled
+
+    size = SIZES["smoke"]
+    req = SampleRequest(None, None, 3, "euler", 2, 2, 0)
+    bil = sample_upsampled(UntrainedRow("bilinear"), req, size)
+    ds = bil.dataset
+    k = RESOLUTION_FACTOR
+    assert ds.u.shape == (3, size["steps"] * k + 1, size["grid"] * k) and ds.attrs["task"] == "simulate"
+    u, truth = torch.as_tensor(ds.u.values[:, 1:]), torch.as_tensor(ds.u_solver.values[:, 1:])
+    assert float((u - truth).norm() / truth.norm()) < 0.15
+
+    model = build_refine(None, size)
+    model.detail_std = torch.full((6,), 1e-12, dtype=torch.float64)  # details ~ 0 whatever the network says
+    out = sample_upsampled(model, req, size)
+    assert out.nfe == 2 * req.steps  # two chained 2x refinements
+    fine = torch.as_tensor(out.dataset.u.values[:, 1:])[:, None].double()
+    pooled = torch.nn.functional.avg_pool2d(fine, k)
+    torch.testing.assert_close(pooled, torch.nn.functional.avg_pool2d(truth[:, None].double(), k), atol=1e-5, rtol=0)
+    adv = sample_upsampled(UntrainedRow("bilinear"), req, size, problem="advection")
+    assert adv.dataset.u.shape == (3, size["steps"] * k + 1, size["grid"] * k)
