@@ -25,7 +25,7 @@ require_extra("pde", "xarray", "pywt", "h5py")
 from flowsci.domains.pde import metrics
 from flowsci.domains.pde.data import PDEDataModule, open_dataset, read_pdebench, read_well, write_dataset
 from flowsci.domains.pde.ddpm import WaveletDDPM
-from flowsci.domains.pde.flow import FNOSurrogate, PDESolution, WaveletFlow
+from flowsci.domains.pde.flow import FNOSurrogate, MultiResolutionFlow, PDESolution, RefineFlow, WaveletFlow
 from flowsci.domains.pde.metrics import evaluate, plot_fields
 from flowsci.domains.pde.model import FNO2d, UNet
 from flowsci.domains.pde.solvers import advection, burgers, ns2d
@@ -34,8 +34,10 @@ __all__ = [
     "DOMAIN",
     "FNO2d",
     "FNOSurrogate",
+    "MultiResolutionFlow",
     "PDEDataModule",
     "PDESolution",
+    "RefineFlow",
     "UNet",
     "WaveletDDPM",
     "WaveletFlow",

@@ -31,6 +31,11 @@ Methods (same U-Net, optimiser, batch and number of optimiser steps; every train
   and steps from their base-resolution block average, by :class:`~flowsci.domains.pde.flow.RefineFlow` (trained on
   2x pairs of base-resolution data only, chained twice: resolutions never seen in training) or bilinear
   upsampling, scored against the fine solver (Burgers) or exact (advection) trajectories (:func:`sample_upsampled`);
+- ``chain-burgers-4x`` and ``chain-bilinear-burgers-4x`` (baseline): Burgers at 4x the base grid and steps from the
+  *generated* base trajectory: the fine (u0, f) block-averaged to the base grid, a ``wdno-sim``-recipe model
+  generates the trajectory there, then a ``refine-burgers-4x``-recipe :class:`RefineFlow` refines it twice
+  (:class:`~flowsci.domains.pde.flow.MultiResolutionFlow`; both parts trained by :func:`fit_chain`) or the same
+  base trajectory is upsampled bilinearly; scored against the fine solver trajectories (:func:`sample_chain`);
 - ``solver-torch`` / ``solver-numpy``: the numerical solver itself on the test (u0, f), torch vs the NumPy
   implementation of the same scheme (seconds per trajectory; rel_l2 = 0 by definition for the torch row).
 
@@ -377,6 +382,69 @@ def sample_upsampled(model: Any, request: SampleRequest, size: dict[str, Any], p
     return PDESolution(x=torch.as_tensor(u_out), nfe=nfe, times=torch.zeros(1), dataset=ds)
 
 
+def build_chain(dm: Any, size: dict[str, Any]) -> Any:
+    """:class:`~flowsci.domains.pde.flow.MultiResolutionFlow` of a ``wdno-sim``-recipe base model and a
+    ``refine-burgers-4x``-recipe refiner (both untrained; :func:`fit_chain` trains them).
+    """
+    from flowsci.domains.pde.flow import MultiResolutionFlow
+
+    return MultiResolutionFlow(build_flow(dm, WAVELET, size), build_refine(dm, size))
+
+
+def fit_chain(model: Any, dm: Any, max_steps: int, device: Any) -> None:
+    """Train both parts of a :func:`build_chain` model on ``dm``, one after the other, each with the recipe of its
+    own row (``max_steps`` optimiser steps, gradient clipping 1.0, EMA of the weights): the base as ``wdno-sim``,
+    the refiner on 2x pairs of the base-resolution data as ``refine-burgers-4x``.
+    """
+    import pytorch_lightning as pl
+
+    from flowsci.module import QUIET_TRAINER
+
+    for part in (model.base, model.refiner):
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            max_epochs=-1,
+            gradient_clip_val=1.0,
+            callbacks=ema_callbacks(),
+            **trainer_device(device),
+            **QUIET_TRAINER,
+        )
+        trainer.fit(part, datamodule=dm)
+
+
+def sample_chain(model: Any, request: SampleRequest, size: dict[str, Any], upsample: str = "refine") -> Any:
+    """Burgers simulation at :data:`RESOLUTION_FACTOR` x the base grid and steps from the *generated* base trajectory.
+
+    Test set and truth as :func:`sample_upsampled` (fine solver trajectories, seed ``TEST_SEED``). ``upsample =
+    "refine"``: :meth:`MultiResolutionFlow.simulate` (fine (u0, f) block-averaged to the base grid, base model with
+    ``request.steps`` steps, then two chained refinements of ``request.steps`` Euler steps each: NFE = 3 x steps);
+    ``"bilinear"``: the same base trajectory (the base model alone, same seed) upsampled bilinearly (NFE = steps).
+    """
+    from flowsci.domains.pde.data import make_dataset
+    from flowsci.domains.pde.flow import PDESolution
+    from flowsci.domains.pde.solvers import burgers
+
+    k = RESOLUTION_FACTOR
+    ref = burgers.generate(request.num, size["grid"] * k, size["steps"] * k, seed=TEST_SEED)
+    u0 = torch.as_tensor(ref["u"].values[:, 0])
+    f = torch.as_tensor(ref["f"].values)
+    if upsample == "refine":
+        ds = model.simulate(u0, f, steps=request.steps, factor=k, seed=request.seed)
+    elif upsample == "bilinear":
+        u0_c = torch.nn.functional.avg_pool1d(u0[:, None].float(), k)[:, 0]
+        f_c = torch.nn.functional.avg_pool2d(f[:, None].float(), k)[:, 0]
+        base = model.simulate(u0_c, f_c, steps=request.steps, factor=1, seed=request.seed)
+        coarse = torch.as_tensor(base.u.values[:, None, 1:])
+        up = torch.nn.functional.interpolate(coarse, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        u = torch.cat([u0[:, None].float(), up[:, 0]], 1).numpy()
+        attrs = {**base.attrs, "resolution_factor": k, "upsampling": "bilinear"}
+        ds = make_dataset("burgers", u, ref["f"].values, ref["x"].values, burgers.horizon, attrs=attrs)
+    else:
+        raise ValueError(f"upsample must be 'refine' or 'bilinear', got {upsample!r}")
+    ds["u_solver"] = (("sample", "time", "x"), ref["u"].values, {"units": "1", "long_name": "fine-grid truth"})
+    return PDESolution(x=torch.as_tensor(ds.u.values), nfe=int(ds.attrs["nfe"]), times=torch.zeros(1), dataset=ds)
+
+
 def _postprocess(solution: Any) -> Any:
     return solution.dataset
 
@@ -544,6 +612,25 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
                 description=f"{problem} at {res}: bilinear upsampling of the same base-resolution trajectory",
             ),
         ]
+    chained = partial(sample_chain, size=size)
+    methods += [
+        Method(
+            f"chain-burgers-{res}",
+            partial(build_chain, size=size),
+            fit=fit_chain,
+            sample=chained,
+            description=f"burgers at {res}: the wdno-sim-recipe model's generated base trajectory refined by a "
+            "refine-burgers-4x-recipe RefineFlow, chained 2x steps (NFE = base + 2 refinements, 3 x steps)",
+        ),
+        Method(
+            f"chain-bilinear-burgers-{res}",
+            partial(build_chain, size=size),
+            baseline=True,
+            sample=partial(chained, upsample="bilinear"),
+            weights_of=f"chain-burgers-{res}",
+            description=f"burgers at {res}: bilinear upsampling of the same generated base trajectory",
+        ),
+    ]
     if suite != "smoke":
         for backend in ("torch", "numpy"):
             methods.append(

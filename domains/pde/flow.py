@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -53,7 +54,7 @@ from flowsci.paths import CondOTPath
 from flowsci.solvers import FIXED_STEP_METHODS, Solution, solve_ode
 from flowsci.timesteps import TimeSampler, UniformTime
 
-__all__ = ["FNOSurrogate", "PDESolution", "RefineFlow", "WaveletFlow", "TASKS"]
+__all__ = ["FNOSurrogate", "MultiResolutionFlow", "PDESolution", "RefineFlow", "WaveletFlow", "TASKS"]
 
 
 LOSS_WEIGHTS = ("uniform", "std", "variance")
@@ -890,6 +891,11 @@ class RefineFlow(FlowMatching):
     @torch.no_grad()
     def refine(self, coarse: Tensor, steps: int | None = None, seed: int | None = 0) -> Tensor:
         """Trajectory images ``[B, F, 2T, 2X]`` from ``coarse [B, F, T, X]`` (a 2x block-averaged trajectory)."""
+        return self.refine_with_nfe(coarse, steps, seed)[0]
+
+    @torch.no_grad()
+    def refine_with_nfe(self, coarse: Tensor, steps: int | None = None, seed: int | None = 0) -> tuple[Tensor, int]:
+        """:meth:`refine` and the number of network evaluations it made."""
         if self.detail_std is None:
             raise RuntimeError("RefineFlow has no detail statistics: train it first")
         if coarse.dim() != 4 or coarse.shape[1] != self.fields:
@@ -906,7 +912,7 @@ class RefineFlow(FlowMatching):
         )
         detail = sol.x * self.detail_std.to(sol.x).reshape(1, -1, 1, 1)
         bands = torch.cat([approx[:, :, None], detail.reshape(coarse.shape[0], self.fields, 3, *coarse.shape[2:])], 2)
-        return self.transform.inverse(bands.flatten(1, 2))
+        return self.transform.inverse(bands.flatten(1, 2)), int(sol.nfe)
 
     def sample(self, num: int, *, steps: int | None = None, solver: str | None = None, seed: int | None = None) -> Any:
         """Refine ``num`` block-averaged Burgers trajectories (64 x 16 -> 128 x 32) drawn from the solver."""
@@ -919,3 +925,147 @@ class RefineFlow(FlowMatching):
         coarse = torch.nn.functional.avg_pool2d(fine, 2)
         out = self.refine(coarse, steps, seed)
         return PDESolution(x=out, nfe=steps or self.sample_steps, times=torch.zeros(1), seed=seed, dataset=None)
+
+
+class MultiResolutionFlow(pl.LightningModule):
+    """WDNO's multi-resolution chain at sampling: a base :class:`WaveletFlow` generates the trajectory on its own
+    grid, a :class:`RefineFlow` refines it ``log2(factor)`` times (base -> 2x -> 4x ...).
+
+    Neither part is trained here: train them apart (the base on base-resolution data, the refiner on 2x pairs) and
+    join them, e.g. ``MultiResolutionFlow(WaveletFlow.from_checkpoint(a), RefineFlow.from_checkpoint(b))``.
+
+    Args:
+        base: The base-resolution model (1D problems: ``burgers`` or ``advection``).
+        refiner: The refinement model, with as many fields as ``base``.
+
+    """
+
+    def __init__(self, base: WaveletFlow, refiner: RefineFlow) -> None:
+        super().__init__()
+        if base.space != 1:
+            raise InputError(
+                "base", f"the multi-resolution chain is implemented for 1D problems, not {base.problem_name!r}"
+            )
+        if refiner.fields != base.fields:
+            raise InputError("refiner", f"has {refiner.fields} fields, the base model {base.fields}")
+        self.base = base
+        self.refiner = refiner
+
+    def fine_shape(self, factor: int) -> tuple[int, int]:
+        """``(grid, steps)`` of the fine trajectory ``factor`` times finer than the base in x and t."""
+        return self.base.grid * factor, self.base.steps * factor
+
+    @torch.no_grad()
+    def simulate(
+        self,
+        u0: Any,
+        f: Any = None,
+        steps: int = 10,
+        factor: int = 4,
+        refine_steps: int | None = None,
+        seed: int | None = 0,
+        resimulate: bool = False,
+    ) -> Any:
+        """Simulate on a grid ``factor`` times finer than the base model's, in space and time.
+
+        The fine ``u0 [B, factor*Nx]`` and control ``f [B, factor*Nt, factor*Nx]`` are block-averaged to the base
+        grid (``u0`` over ``factor`` points, ``f`` over ``factor x factor`` (t, x) blocks); the base model generates
+        the trajectory there with ``steps`` ODE steps; each of the ``log2(factor)`` refinements doubles the
+        resolution (``refine_steps`` Euler steps each, default ``steps``). Between refinements the control channel
+        is replaced by the block average of the given fine control (it is known). Each refinement keeps the 2 x 2
+        block means of its input, so the ``factor x factor`` block average of the returned ``u[:, 1:]`` is the
+        base model's generated trajectory.
+
+        Args:
+            u0: Fine initial states ``[B, factor*Nx]`` (or ``[factor*Nx]``).
+            f: Fine controls ``[B, factor*Nt, factor*Nx]`` (``None`` for problems without control).
+            steps: ODE steps of the base model.
+            factor: Refinement factor, a power of two (1: the base model alone).
+            refine_steps: Euler steps per refinement (default ``steps``).
+            seed: Seed of the prior draws (base and every refinement).
+            resimulate: Also run the numerical solver on the fine (u0, f) (Burgers only): ``u_solver``.
+
+        Returns:
+            An :class:`xarray.Dataset` on the fine grid: ``u (sample, time, x)`` (``u[:, 0]`` = the given ``u0``),
+            ``f``, optionally ``u_solver``; attributes ``nfe`` (every network evaluation: base plus refinements),
+            ``base_nfe``, ``resolution_factor``, ``seed``.
+
+        """
+        base = self.base
+        if resimulate and base.problem_name != "burgers":
+            raise InputError("resimulate", f"no numerical solver run for problem {base.problem_name!r}")
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
+            raise InputError("factor", f"must be a power of two (1, 2, 4, ...), got {factor!r}")
+        grid, nt = self.fine_shape(factor)
+        u0_t = _as_tensor(u0, "u0")
+        if u0_t.dim() == 1:
+            u0_t = u0_t[None]
+        if u0_t.dim() != 2 or u0_t.shape[1] != grid:
+            raise InputError(
+                "u0",
+                f"must be [B, {grid}] (the base grid {base.grid} x factor {factor}), got {tuple(u0_t.shape)}",
+            )
+        b = u0_t.shape[0]
+        if base.fields == 2:
+            if f is None:
+                raise InputError("f", "simulation of a controlled problem needs the fine control f")
+            f_t = _as_tensor(f, "f")
+            if f_t.dim() == 2:
+                f_t = f_t[None]
+            if tuple(f_t.shape) != (b, nt, grid):
+                raise InputError(
+                    "f",
+                    f"must be [{b}, {nt}, {grid}] (the base grid and steps x factor {factor}), got {tuple(f_t.shape)}",
+                )
+        elif f is not None:
+            raise InputError("f", f"problem {base.problem_name!r} has no control field")
+        else:
+            f_t = None
+        pool = torch.nn.functional.avg_pool2d
+        u0_c = torch.nn.functional.avg_pool1d(u0_t[:, None], factor)[:, 0]
+        f_c = pool(f_t[:, None], factor)[:, 0] if f_t is not None else None
+        u_c, _, base_nfe, _ = base.generate(u0_c, f_c, steps=steps, seed=seed)
+        x = u_c[:, None, 1:] if f_t is None else torch.stack([u_c[:, 1:], f_c.to(u_c)], 1)
+        nfe = base_nfe
+        level = factor
+        while level > 1:
+            x, n = self.refiner.refine_with_nfe(x, refine_steps if refine_steps is not None else steps, seed)
+            nfe += n
+            level //= 2
+            if f_t is not None:  # the control is known: put its block average at this resolution back
+                f_l = f_t.to(x) if level == 1 else pool(f_t[:, None].to(x), level)[:, 0]
+                x = torch.stack([x[:, 0], f_l], 1)
+        u = torch.cat([u0_t.to(x)[:, None], x[:, 0]], 1).cpu()
+        truth = base.problem.solve(u0_t.double(), f_t.double()).float() if resimulate and f_t is not None else None
+        extra: dict[str, Any] = {}
+        if truth is not None:
+            extra["u_solver"] = (
+                ("sample", "time", "x"),
+                truth.numpy(),
+                {"units": "1", "long_name": "numerical solver trajectory for the same u0 and f"},
+            )
+        from flowsci.domains.pde.data import make_dataset
+
+        model = (
+            f"MultiResolutionFlow(WaveletFlow(wavelet={base.transform.wavelet}, levels={base.transform.level}) "
+            f"on {base.grid} x {base.steps}, RefineFlow x{factor})"
+        )
+        ds = make_dataset(
+            base.problem_name,
+            u=u.numpy(),
+            f=(f_t if f_t is not None else torch.zeros(b, nt, grid)).numpy(),
+            x=base.problem.grid(grid),
+            horizon=base.horizon,
+            attrs={
+                "task": "simulate",
+                "nfe": int(nfe),
+                "base_nfe": int(base_nfe),
+                "resolution_factor": int(factor),
+                "seed": -1 if seed is None else int(seed),
+                "model": model,
+                **({"nu": base.nu} if base.problem_name == "burgers" else {}),
+            },
+            extra=extra,
+        )
+        ds.attrs["source"] = f"flowsci.domains.pde.flow.MultiResolutionFlow ({model})"
+        return ds

@@ -31,19 +31,21 @@ def test_specs_are_valid(suite):
         "bilinear-burgers-4x",
         "refine-advection-4x",
         "bilinear-advection-4x",
+        "chain-burgers-4x",
+        "chain-bilinear-burgers-4x",
     } <= set(names)
     assert s.version == "3"  # v3: EMA of the weights, v-prediction DDPM; cached weights of v2 are stale
     assert any(m.baseline for m in s.methods)
     from flowsci.callbacks import EMA
-    from flowsci.domains.pde.benchmark import EMA_DECAY, fit_advection
+    from flowsci.domains.pde.benchmark import EMA_DECAY, fit_advection, fit_chain
 
     for m in s.methods:  # one recipe: every row the default trainer trains keeps an EMA of its weights
         if m.train_steps != 0 and m.weights_of is None:
             if m.fit is None:
                 (ema,) = m.callbacks()
                 assert isinstance(ema, EMA) and ema.decay == EMA_DECAY
-            else:
-                assert m.fit.func is fit_advection  # adds the same EMA callback itself
+            else:  # both add the same EMA callback themselves
+                assert m.fit is fit_chain or m.fit.func is fit_advection
     assert s.train_steps == SIZES[suite]["train_steps"]
     with pytest.raises(ValueError, match="suite"):
         spec("huge")
@@ -118,3 +120,36 @@ def test_resolution_rows_keep_the_base_trajectory_and_count_nfe():
     torch.testing.assert_close(pooled, torch.nn.functional.avg_pool2d(truth[:, None].double(), k), atol=1e-5, rtol=0)
     adv = sample_upsampled(UntrainedRow("bilinear"), req, size, problem="advection")
     assert adv.dataset.u.shape == (3, size["steps"] * k + 1, size["grid"] * k)
+
+
+def test_chain_rows_train_both_parts_and_share_the_base_trajectory():
+    """The chain rows: fit_chain trains the base and the refiner (statistics set, weights moved); the 4 x 4 block
+    average of the refined row is the base model's generated trajectory; NFE = base + two refinements."""
+    from flowsci.benchspec import SampleRequest
+    from flowsci.domains.pde.benchmark import _burgers_datamodule, build_chain, fit_chain, sample_chain
+
+    size = SIZES["smoke"]
+    dm = _burgers_datamodule(size)
+    model = build_chain(dm, size)
+    before = [p.detach().clone() for p in model.refiner.parameters()]
+    fit_chain(model, dm, 2, torch.device("cpu"))
+    assert model.base.band_std is not None and model.refiner.detail_std is not None
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.refiner.parameters(), strict=True))
+    req = SampleRequest(None, None, 2, "euler", 2, 2, 0)
+    chain = sample_chain(model, req, size)
+    bil = sample_chain(model, req, size, upsample="bilinear")
+    assert chain.nfe == 3 * 2 and bil.nfe == 2
+    shape = (2, size["steps"] * 4 + 1, size["grid"] * 4)
+    assert chain.dataset.u.shape == shape == bil.dataset.u.shape
+    pool = torch.nn.functional.avg_pool2d
+    base = model.simulate(
+        torch.nn.functional.avg_pool1d(torch.as_tensor(chain.dataset.u.values[:, None, 0]), 4)[:, 0],
+        pool(torch.as_tensor(chain.dataset.f.values[:, None]), 4)[:, 0],
+        steps=2,
+        factor=1,
+        seed=0,
+    )
+    pooled = pool(torch.as_tensor(chain.dataset.u.values[:, None, 1:]), 4)[:, 0]
+    torch.testing.assert_close(pooled, torch.as_tensor(base.u.values[:, 1:]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="upsample"):
+        sample_chain(model, req, size, upsample="cubic")

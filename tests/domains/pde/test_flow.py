@@ -317,3 +317,108 @@ def test_ns2d_model_transforms_over_t_y_x_and_simulates(small_ns2d, tmp_path):
         m.simulate(u[:, 0, 0], f, steps=2)
     with pytest.raises(ValueError, match="dims=3"):
         WaveletFlow(UNet(in_channels=16, cond_channels=10, width=8, dims=2), problem="ns2d", grid=16, steps=8)
+
+
+def _chain(small_burgers, fields=2, detail_scale=None):
+    """A base WaveletFlow on 8 x 8 (statistics of the block-averaged data) and a RefineFlow with random outputs."""
+    from flowsci.domains.pde.flow import MultiResolutionFlow, RefineFlow
+
+    b = _batch(small_burgers)  # 32 points x 8 steps: the fine grid of a 4x chain in x, 2x in t
+    base = _model(grid=8, steps=4)
+    u_c = torch.nn.functional.avg_pool1d(b["u"], 4)[:, ::2]
+    f_c = torch.nn.functional.avg_pool2d(b["f"][:, None], (2, 4))[:, 0]
+    base.fit_statistics(u_c, f_c)
+    ref = RefineFlow(UNet(in_channels=3 * fields, cond_channels=fields, width=8, mults=(1, 2), time_dim=16))
+    ref.detail_std = torch.full((3 * fields,), 0.05 if detail_scale is None else detail_scale, dtype=torch.float64)
+    with torch.no_grad():
+        for p in ref.net.out.parameters():
+            p.normal_(0, 0.1)
+    return MultiResolutionFlow(base, ref)
+
+
+def test_multiresolution_chain_keeps_the_base_trajectory_and_counts_nfe(small_burgers):
+    """base -> 2x -> 4x: the 4 x 4 block average of the chained u is the base model's generated trajectory, the
+    control is the given fine one, the coordinates are the fine grid's, and NFE counts every evaluation."""
+    from flowsci.domains.pde.solvers import burgers
+
+    fine = burgers.generate(3, grid=32, steps=16, seed=2)
+    chain = _chain(small_burgers)
+    u0, f = torch.as_tensor(fine.u.values[:, 0]), torch.as_tensor(fine.f.values)
+    ds = chain.simulate(u0, f, steps=3, factor=4, refine_steps=2, seed=5, resimulate=True)
+    assert ds.u.shape == (3, 17, 32) and ds.f.shape == (3, 16, 32)
+    assert ds.attrs["nfe"] == 3 + 2 * 2 and ds.attrs["base_nfe"] == 3 and ds.attrs["resolution_factor"] == 4
+    np.testing.assert_allclose(ds.x.values, fine.x.values)  # interior points i / 33
+    np.testing.assert_allclose(ds.time.values, np.linspace(0, 1, 17))
+    assert ds.x.attrs["axis"] == "X" and ds.time.attrs["axis"] == "T" and ds.attrs["Conventions"].startswith("CF")
+    np.testing.assert_allclose(ds.f.values, fine.f.values, atol=1e-6)
+    np.testing.assert_allclose(ds.u.values[:, 0], fine.u.values[:, 0], atol=1e-6)
+    np.testing.assert_allclose(ds.u_solver.values, fine.u.values, atol=1e-5)
+    # the base model alone on the block-averaged (u0, f), same seed
+    u0_c = torch.nn.functional.avg_pool1d(u0[:, None].float(), 4)[:, 0]
+    f_c = torch.nn.functional.avg_pool2d(f[:, None].float(), 4)[:, 0]
+    base = chain.base.simulate(u0_c, f_c, steps=3, seed=5, resimulate=False)
+    pooled = torch.nn.functional.avg_pool2d(torch.as_tensor(ds.u.values[:, None, 1:]), 4)[:, 0]
+    np.testing.assert_allclose(pooled.numpy(), base.u.values[:, 1:], atol=1e-5)
+    assert float(np.abs(ds.u.values[:, 1:] - np.repeat(np.repeat(base.u.values[:, 1:], 4, 1), 4, 2)).max()) > 1e-3
+    # factor 1 is the base model alone
+    one = chain.simulate(u0_c, f_c, steps=3, factor=1, seed=5)
+    np.testing.assert_allclose(one.u.values, base.u.values, atol=1e-6)
+    assert one.attrs["nfe"] == 3
+
+
+def test_multiresolution_chain_without_details_is_block_constant_upsampling(small_burgers):
+    """With zero detail statistics the refiner adds nothing: the chain returns the generated base trajectory
+    repeated over 2 x 2 blocks (a closed form)."""
+    from flowsci.domains.pde.solvers import burgers
+
+    fine = burgers.generate(2, grid=32, steps=16, seed=3)
+    chain = _chain(small_burgers, detail_scale=0.0)
+    u0, f = torch.as_tensor(fine.u.values[:, 0]), torch.as_tensor(fine.f.values)
+    ds = chain.simulate(u0, f, steps=2, factor=4, seed=1)
+    u0_c = torch.nn.functional.avg_pool1d(u0[:, None].float(), 4)[:, 0]
+    f_c = torch.nn.functional.avg_pool2d(f[:, None].float(), 4)[:, 0]
+    base = chain.base.simulate(u0_c, f_c, steps=2, seed=1, resimulate=False).u.values[:, 1:]
+    np.testing.assert_allclose(ds.u.values[:, 1:], np.repeat(np.repeat(base, 4, 1), 4, 2), atol=1e-5)
+
+
+def test_multiresolution_chain_rejects_bad_factors_and_grids(small_burgers):
+    chain = _chain(small_burgers)
+    u0, f = torch.zeros(2, 32), torch.zeros(2, 16, 32)
+    for bad in (3, 0, 6, 2.0):
+        with pytest.raises(InputError, match="power of two"):
+            chain.simulate(u0, f, factor=bad)
+    with pytest.raises(InputError, match=r"u0.*\[B, 16\]"):  # factor 2 needs 16 points
+        chain.simulate(u0, f, factor=2)
+    with pytest.raises(InputError, match=r"f.*\[2, 16, 32\]"):
+        chain.simulate(u0, torch.zeros(2, 8, 32), factor=4)
+    with pytest.raises(InputError, match="control"):
+        chain.simulate(u0, None, factor=4)
+    with pytest.raises(InputError, match="NaN"):
+        chain.simulate(torch.full((2, 32), float("nan")), f, factor=4)
+
+
+def test_multiresolution_chain_for_a_problem_without_control():
+    """Advection (one field): the 2x chain keeps the base model's trajectory as its 2 x 2 block means."""
+    from flowsci.domains.pde.flow import MultiResolutionFlow, RefineFlow
+    from flowsci.domains.pde.solvers import advection
+
+    ds = advection.generate(3, grid=16, steps=8, seed=0)
+    net = UNet(in_channels=4, cond_channels=5, width=8, mults=(1, 2), time_dim=16)
+    base = WaveletFlow(net, problem="advection", grid=8, steps=4, horizon=2.0)
+    u = torch.as_tensor(ds.u.values)
+    base.fit_statistics(torch.nn.functional.avg_pool1d(u, 2)[:, ::2], torch.zeros(3, 4, 8))
+    ref = RefineFlow(UNet(in_channels=3, cond_channels=1, width=8, mults=(1, 2), time_dim=16), fields=1)
+    ref.detail_std = torch.full((3,), 0.05, dtype=torch.float64)
+    chain = MultiResolutionFlow(base, ref)
+    out = chain.simulate(u[:, 0], steps=2, factor=2, seed=0)
+    assert out.u.shape == (3, 9, 16) and out.attrs["nfe"] == 4
+    np.testing.assert_allclose(out.x.values, ds.x.values)  # cell centres (j + 1/2) / 16
+    coarse = base.simulate(torch.nn.functional.avg_pool1d(u[:, None, 0], 2)[:, 0], steps=2, seed=0, resimulate=False)
+    pooled = torch.nn.functional.avg_pool2d(torch.as_tensor(out.u.values[:, None, 1:]), 2)[:, 0]
+    np.testing.assert_allclose(pooled.numpy(), coarse.u.values[:, 1:], atol=1e-5)
+    with pytest.raises(InputError, match="no control"):
+        chain.simulate(u[:, 0], torch.zeros(3, 8, 16), factor=2)
+    with pytest.raises(InputError, match="resimulate"):
+        chain.simulate(u[:, 0], factor=2, resimulate=True)
+    with pytest.raises(InputError, match="fields"):
+        MultiResolutionFlow(base, RefineFlow(UNet(in_channels=6, cond_channels=2, width=8, mults=(1, 2))))
