@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -286,21 +287,28 @@ def _rectify(
     return dict(coupling.meta)
 
 
-def _sample(model: Any, request: SampleRequest, restraint: float = 0.0) -> Any:
-    return model.sample(
-        lengths=sample_lengths(request.num),
-        steps=request.steps,
-        solver=request.solver,
-        seed=request.seed,
-        progress=False,
-        restraint=restraint,
-    )
+def _sample(model: Any, request: SampleRequest, restraint: float = 0.0, lengths: Sequence[int] | None = None) -> Any:
+    """A cell's samples (``lengths``, default :func:`sample_lengths`), prior seed ``request.seed``.
+
+    The runner's untimed warm-up draw uses the cell's seed on the same model, so the cell repeats that seed on
+    purpose: its :class:`~flowsci.domains.proteins.flow.RepeatedSeedWarning` is silenced here.
+    """
+    from flowsci.domains.proteins.flow import RepeatedSeedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepeatedSeedWarning)
+        return model.sample(
+            lengths=list(lengths) if lengths is not None else sample_lengths(request.num),
+            steps=request.steps,
+            solver=request.solver,
+            seed=request.seed,
+            progress=False,
+            restraint=restraint,
+        )
 
 
 def _sample_long(model: Any, request: SampleRequest) -> Any:
-    return model.sample(
-        lengths=bucket_lengths(request.num), steps=request.steps, solver=request.solver, seed=request.seed
-    )
+    return _sample(model, request, lengths=bucket_lengths(request.num))
 
 
 def _postprocess(solution: Any) -> list:

@@ -439,6 +439,11 @@ def long_curve(
     out: str | None = None,
     seed: int = 0,
     device: str = "cpu",
+    num_blocks: int | None = None,
+    relpos_k: int | None = None,
+    max_dist: float | None = None,
+    rg_weight: float | None = None,
+    centroid_feats: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune a trained model on whole chains (:func:`fit_long`) and score snapshots per length bucket.
 
@@ -456,9 +461,16 @@ def long_curve(
         out: Write the final weights here (:func:`flowsci.checkpoint.save_module`, with the run's metadata).
         seed: ``pl.seed_everything`` seed of the run.
         device: Training device (``"cpu"`` or ``"cuda"``).
+        num_blocks: If set, the trunk first grows to this many blocks
+            (:meth:`~flowsci.domains.proteins.model.IPAFrameNet.grown`: the same function at step 0).
+        relpos_k: If set, the relative-position clip first grows to this (``grown``).
+        max_dist: If set, the distance bins first grow out to this many Å (``grown``).
+        centroid_feats: If True, the trunk first gains the centroid node features (``grown``).
+        rg_weight: If set, the fine-tuning adds the chain-size loss with this weight (``ReQFlow(rg_weight=...)``).
 
     Returns:
-        :func:`bucket_table` rows with ``train_steps`` and ``train_seconds`` (wall time of training so far).
+        :func:`bucket_table` rows with ``train_steps``, ``train_seconds`` (wall time of training so far) and
+        ``parameters`` (of the trunk).
     """
     import pytorch_lightning as pl
 
@@ -466,6 +478,11 @@ def long_curve(
 
     model = ReQFlow.pretrained() if ckpt is None else ReQFlow.from_checkpoint(ckpt)
     model.trans_prior = trans_prior
+    if (num_blocks, relpos_k, max_dist, centroid_feats) != (None, None, None, None):
+        model.net = model.net.grown(num_blocks, relpos_k, max_dist, centroid_feats)
+    if rg_weight is not None:
+        model.rg_weight = rg_weight
+    params = sum(p.numel() for p in model.net.parameters())
     wanted = sorted({int(c) for c in checkpoints})
     snaps: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
     t0 = time.perf_counter()
@@ -475,14 +492,19 @@ def long_curve(
             if trainer.global_step in wanted and trainer.global_step not in snaps:
                 snaps[trainer.global_step] = (copy.deepcopy(pl_module.state_dict()), time.perf_counter() - t0)
 
-    rows = [{"train_steps": 0, "train_seconds": 0.0, **r} for r in bucket_table(model, per_bucket)]
+    rows = [
+        {"train_steps": 0, "train_seconds": 0.0, "parameters": params, **r} for r in bucket_table(model, per_bucket)
+    ]
     pl.seed_everything(seed, verbose=False)
     t0 = time.perf_counter()
     fit_long(model, None, wanted[-1], device, lr=lr, callbacks=[_Snap()])
     for step in wanted:
         state, sec = snaps[step]
         model.load_state_dict(state)
-        rows += [{"train_steps": step, "train_seconds": sec, **r} for r in bucket_table(model, per_bucket)]
+        rows += [
+            {"train_steps": step, "train_seconds": sec, "parameters": params, **r}
+            for r in bucket_table(model, per_bucket)
+        ]
     if out:
         meta = {
             "base": ckpt or "ReQFlow.pretrained()",
@@ -490,10 +512,22 @@ def long_curve(
             "long_lr": lr,
             "trans_prior": trans_prior,
             "train_seconds": snaps[wanted[-1]][1],
-            "parameters": sum(p.numel() for p in model.net.parameters()),
+            "parameters": params,
+            "net": model.net.config,
             "command": "python -m flowsci.domains.proteins.diagnostics long "
             + (f"--ckpt {ckpt} " if ckpt else "")
-            + f"--checkpoints {','.join(map(str, wanted))} --lr {lr:g} --out {out}",
+            + "".join(
+                f"--{flag} {v} "
+                for flag, v in (
+                    ("blocks", num_blocks),
+                    ("relpos-k", relpos_k),
+                    ("max-dist", max_dist),
+                    ("rg-weight", rg_weight),
+                )
+                if v is not None
+            )
+            + ("--centroid " if centroid_feats else "")
+            + f"--checkpoints {','.join(map(str, wanted))} --lr {lr:g} --num {per_bucket} --out {out}",
         }
         save_module(model.eval(), out, meta)
     return rows
@@ -578,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``pretrain --out PATH [--steps N] [--qflow-out PATH]``: :func:`pretrain`; ``real``: :func:`real_reference`;
     ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
     ``buckets --ckpt C [--num 8] [--nfe 10] [--seeds 0] [--restraint 0]``: :func:`bucket_table` (``--num`` chains per
-    bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH]``: :func:`long_curve`;
+    bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH] [--blocks 4]
+    [--relpos-k 64] [--max-dist 40] [--centroid] [--rg-weight 2]``: :func:`long_curve` (the trunk grown first);
     ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
     :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
     speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also
@@ -619,6 +654,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
     p.add_argument("--train-rot-prior", default="uniform", choices=("uniform", "igso3"), help="curve: training prior")
     p.add_argument("--aux-t", type=float, default=0.5, help="curve: auxiliary losses when t > this")
+    p.add_argument("--blocks", type=int, help="long: grow the trunk to this many blocks first")
+    p.add_argument("--relpos-k", type=int, help="long: grow the relative-position clip to this first")
+    p.add_argument("--max-dist", type=float, help="long: grow the distance bins out to this many Å first")
+    p.add_argument("--centroid", action="store_true", help="long: add the centroid node features first")
+    p.add_argument("--rg-weight", type=float, help="long: add the chain-size loss with this weight")
     p.add_argument("--restraint", type=float, default=0.0, help="sweep: sampling-time CA restraint weight")
     p.add_argument("--json", help="also write the rows to this JSON file")
     a = p.parse_args(argv)
@@ -650,7 +690,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = [real_reference(a.num)]
     elif a.what == "long":
         rows = long_curve(
-            a.ckpt, a.checkpoints or (150, 300, 600), a.lr, a.num, out=a.out, seed=a.train_seed, device=a.device
+            a.ckpt,
+            a.checkpoints or (150, 300, 600),
+            a.lr,
+            a.num,
+            out=a.out,
+            seed=a.train_seed,
+            device=a.device,
+            num_blocks=a.blocks,
+            relpos_k=a.relpos_k,
+            max_dist=a.max_dist,
+            rg_weight=a.rg_weight,
+            centroid_feats=a.centroid or None,
         )
     elif a.what == "curve":
         rows = training_curve(

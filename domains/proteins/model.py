@@ -198,6 +198,9 @@ class IPAFrameNet(nn.Module):
         num_dist_bins: CA–CA distance bins (up to ``max_dist`` Å).
         max_dist: Last distance bin edge (Å).
         pair_down: Edge channels in the IPA pair output (default ``c_z // 4``).
+        centroid_feats: Add to each residue's node input the vector from it to the chain's centroid in its own
+            frame, :math:`R_i^\top(\bar x - x_i)` (nm), and its length (invariant to rigid motions). Not in
+            FrameFlow/ReQFlow: a residue otherwise sees the chain's centre only through attention.
     """
 
     def __init__(
@@ -217,13 +220,15 @@ class IPAFrameNet(nn.Module):
         num_dist_bins: int = 22,
         max_dist: float = 20.0,
         pair_down: int | None = None,
+        centroid_feats: bool = False,
     ) -> None:
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         self.config = config
         self.c_pos_emb, self.c_time_emb = c_pos_emb, c_time_emb
         self.relpos_k, self.num_dist_bins, self.max_dist = relpos_k, num_dist_bins, max_dist
-        self.node_embed = nn.Linear(c_pos_emb + c_time_emb + 1, c_s)
+        self.centroid_feats = centroid_feats
+        self.node_embed = nn.Linear(c_pos_emb + c_time_emb + 1 + 4 * centroid_feats, c_s)
         self.node_pair = nn.Linear(c_s, c_z // 2)
         n_edge_in = (2 * relpos_k + 1) + 2 * num_dist_bins + 2 * (c_z // 2)
         self.edge_embed = nn.Sequential(
@@ -275,6 +280,69 @@ class IPAFrameNet(nn.Module):
             relpos_k=64,
         )
 
+    def grown(
+        self,
+        num_blocks: int | None = None,
+        relpos_k: int | None = None,
+        max_dist: float | None = None,
+        centroid_feats: bool | None = None,
+    ) -> IPAFrameNet:
+        """A larger copy that computes exactly the same function (function-preserving growth, for warm starts).
+
+        * ``relpos_k`` (≥ the current): the one-hot columns of the new offsets beyond ±``self.relpos_k`` copy the
+          current clip columns, so every offset maps to the same edge input as before until training separates them.
+        * ``max_dist`` (Å, ≥ the current, at the same bin width ``max_dist / (num_dist_bins − 1)``, which must divide
+          it): the bins beyond the current last edge copy the current overflow bin (both distograms, of x_t and of
+          the self-conditioning prediction).
+        * ``num_blocks`` (≥ the current): the new blocks are appended with the constructor's zero-initialised
+          backbone update, so they change nodes and edges but not the predicted frames; the former last block
+          gets a (fresh) edge transition, whose output only the new blocks read.
+        * ``centroid_feats=True``: the new node inputs (the centroid vector and its length) get zero weights.
+
+        Args:
+            num_blocks: Trunk blocks of the copy (default: the current).
+            relpos_k: Relative-position clip of the copy (default: the current).
+            max_dist: Last distance-bin edge of the copy in Å (default: the current).
+            centroid_feats: Centroid node features in the copy (default: as now; cannot be switched off).
+
+        Returns:
+            A new :class:`IPAFrameNet` whose ``forward`` equals this one's (up to float rounding at bin edges).
+        """
+        cfg = dict(self.config)
+        k0, nb0, m0 = self.relpos_k, self.num_dist_bins, self.max_dist
+        k1 = k0 if relpos_k is None else int(relpos_k)
+        m1 = m0 if max_dist is None else float(max_dist)
+        width = m0 / (nb0 - 1)
+        nb1 = round(m1 / width) + 1
+        if k1 < k0 or m1 < m0 or abs((nb1 - 1) * width - m1) > 1e-6 * m1:
+            raise ValueError(
+                f"grown() only enlarges: relpos_k {k1} < {k0}, or max_dist {m1} < {m0} or not a multiple of the bin "
+                f"width {width:g} Å"
+            )
+        nblk = len(self.blocks) if num_blocks is None else int(num_blocks)
+        if nblk < len(self.blocks):
+            raise ValueError(f"grown() only enlarges: num_blocks {nblk} < {len(self.blocks)}")
+        cen = self.centroid_feats if centroid_feats is None else bool(centroid_feats)
+        if self.centroid_feats and not cen:
+            raise ValueError("grown() only enlarges: centroid_feats cannot be switched off")
+        cfg.update(num_blocks=nblk, relpos_k=k1, num_dist_bins=nb1, max_dist=m1, centroid_feats=cen)
+        new = IPAFrameNet(**cfg).to(next(self.parameters()))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("edge_embed.0.", "node_embed."))}
+        new.load_state_dict(state, strict=False)  # missing: edge_embed.0 (below) and the new blocks' parameters
+        # old columns -> new columns of the edge-embedding input (rel ‖ d_t ‖ d_sc ‖ node pairs)
+        rel = [min(max(d, -k0), k0) + k0 for d in range(-k1, k1 + 1)]
+        dist = [min(b, nb0 - 1) for b in range(nb1)]
+        off_t, off_sc = 2 * k0 + 1, 2 * k0 + 1 + nb0
+        rest = list(range(off_sc + nb0, self.edge_embed[0].in_features))
+        cols = rel + [off_t + b for b in dist] + [off_sc + b for b in dist] + rest
+        with torch.no_grad():
+            new.edge_embed[0].weight.copy_(self.edge_embed[0].weight[:, cols])
+            new.edge_embed[0].bias.copy_(self.edge_embed[0].bias)
+            new.node_embed.weight.zero_()
+            new.node_embed.weight[:, : self.node_embed.in_features].copy_(self.node_embed.weight)
+            new.node_embed.bias.copy_(self.node_embed.bias)
+        return new
+
     def forward(
         self,
         x_t: Tensor,
@@ -317,6 +385,10 @@ class IPAFrameNet(nn.Module):
             ],
             dim=-1,
         )
+        if self.centroid_feats:
+            centre = (trans * mask[..., None]).sum(1, keepdim=True) / mask.sum(1).clamp_min(1)[:, None, None]
+            local = invert_apply_rigid(quaternion_to_matrix(quat), trans, centre.expand_as(trans))
+            node_in = torch.cat([node_in, local, local.norm(dim=-1, keepdim=True)], dim=-1)
         s = self.node_embed(node_in) * mask[..., None]
 
         rel = (res_idx[:, None, :] - res_idx[:, :, None]).clamp(-self.relpos_k, self.relpos_k) + self.relpos_k

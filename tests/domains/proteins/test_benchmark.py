@@ -104,6 +104,17 @@ def test_sampler_and_metrics_plumbing_on_untrained_model():
     nan = next(m for m in s.metrics if m.name == "set").fn([Backbone(torch.full((5, 4, 3), float("nan")).numpy())], ref)
     assert all(v != v for v in nan.values())  # all NaN, no crash
     assert evaluate([]).summary["num_samples"] == 0.0
+    # the runner's warm-up draw repeats the cell's seed on purpose: the cell sampler does not warn, a user call does
+    import warnings
+
+    from flowsci.domains.proteins.flow import RepeatedSeedWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.sample(model, SampleRequest(dm, ref, 3, "euler", 2, 2, 0))
+        assert not [w for w in caught if issubclass(w.category, RepeatedSeedWarning)]
+        model.sample(lengths=[60], steps=2, seed=0)
+        assert [w for w in caught if issubclass(w.category, RepeatedSeedWarning)]
 
 
 def test_teacher_best_nfe_scores_each_candidate_and_breaks_ties_by_fewest_steps():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flowsci.domains.proteins.model import InvariantPointAttention, IPAFrameNet
@@ -28,9 +29,11 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
             blk.bb_update.bias.copy_(0.1 * torch.randn(blk.bb_update.bias.shape, generator=g))
 
 
-def test_predicted_frames_are_se3_equivariant():
+@pytest.mark.parametrize("centroid_feats", [False, True])
+def test_predicted_frames_are_se3_equivariant(centroid_feats):
     torch.manual_seed(0)
-    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2).double().eval()
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, centroid_feats=centroid_feats)
+    net = net.double().eval()
     _randomise(net, 1)
     x, t, x_sc = _inputs()
     mask = torch.ones(2, 12, dtype=torch.float64)
@@ -98,3 +101,42 @@ def test_parameter_counts():
     paper = sum(p.numel() for p in IPAFrameNet.paper().parameters())
     assert 1e5 < tiny < 1e6
     assert 14e6 < paper < 20e6  # FrameFlow/ReQFlow report ~17 M
+
+
+def test_grown_net_computes_the_same_function_and_then_differs():
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, relpos_k=4).double().eval()
+    _randomise(net, 2)
+    # 30 residues spread over ~60 A: offsets beyond ±4 and distances beyond 20 A occur, so the grown features matter
+    x, t, x_sc = _inputs(n=30, seed=3)
+    x = torch.cat([3.0 * x[..., :3], x[..., 3:]], -1)
+    mask = torch.ones(2, 30, dtype=torch.float64)
+    mask[1, 25:] = 0
+    big = net.grown(num_blocks=3, relpos_k=10, max_dist=40.0, centroid_feats=True).eval()
+    assert big.config["num_dist_bins"] == 43 and len(big.blocks) == 3 and big.relpos_k == 10 and big.centroid_feats
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in net.parameters())
+    ref = net(x, t, mask=mask, x_sc=x_sc)
+    out = big(x, t, mask=mask, x_sc=x_sc)
+    m = mask.bool()
+    assert torch.allclose(out[m], ref[m], atol=1e-10)
+    # the new distance bins are separate inputs: changing their weights changes the output (the test can fail)
+    with torch.no_grad():
+        big.edge_embed[0].weight[:, 2 * 10 + 1 + 30] += 1.0  # d_t bin 30 (~28.6 A), merged into "> 20 A" before
+        big.blocks[-1].bb_update.bias.add_(0.1)  # the new block now moves frames
+    out2 = big(x, t, mask=mask, x_sc=x_sc)
+    assert (out2[m] - ref[m]).abs().max() > 1e-3
+    with torch.no_grad():  # so do the centroid inputs once they have weights
+        big.blocks[-1].bb_update.bias.sub_(0.1)
+        big.edge_embed[0].weight[:, 2 * 10 + 1 + 30] -= 1.0
+        assert torch.allclose(big(x, t, mask=mask, x_sc=x_sc)[m], ref[m], atol=1e-10)
+        big.node_embed.weight[:, -4:] = 1.0
+    assert (big(x, t, mask=mask, x_sc=x_sc)[m] - ref[m]).abs().max() > 1e-3
+
+
+def test_grown_rejects_shrinking_and_off_grid_distances():
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=2)
+    for kw in ({"num_blocks": 1}, {"relpos_k": 8}, {"max_dist": 10.0}, {"max_dist": 30.5}):
+        with pytest.raises(ValueError, match="only enlarges"):
+            net.grown(**kw)
+    with pytest.raises(ValueError, match="only enlarges"):
+        net.grown(centroid_feats=True).grown(centroid_feats=False)
