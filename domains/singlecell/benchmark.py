@@ -14,8 +14,7 @@ Methods (same data, batch 64, AdamW):
 - ``dit-flow``: the same with standard DiT blocks (attention + 4x MLP) at equal width and depth (the paper's
   comparison: quality, parameters, seconds per step);
 - ``wbdit-ddpm``: the paper's DDPM (linear beta 1e-4..0.02, T = 1000, epsilon prediction) with the WBDiT network,
-  sampled with deterministic DDIM at NFE = steps (the ``solver`` column says ``euler`` only because the runner's
-  grid is keyed by fixed-step solvers);
+  sampled with deterministic DDIM at NFE = steps (``solver`` column ``ddim``);
 - ``latent-mlp-flow``: flow matching in 50 standardised PCs with the core MLP (3 x 256), decoded linearly;
 - ``wbdit-reflow``: ``wbdit-flow``'s weights rectified once (1,000 pairs from 20 Euler steps, then ``reflow_steps`` on
   the pairs), sampled at 1-2 NFE;
@@ -35,7 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest, trainer_device
+from flowsci.benchspec import (
+    DIFFUSION_SAMPLERS,
+    BenchmarkSpec,
+    Method,
+    Metric,
+    ReferenceRow,
+    SampleRequest,
+    trainer_device,
+)
 
 __all__ = [
     "CellReference",
@@ -215,7 +222,9 @@ def sample_cells(model: Any, request: SampleRequest, decoder: str = "lattice") -
     ref = request.reference
     heldout = ref.heldout if isinstance(ref, CellReference) else ref
     cells = dict(Counter(heldout.obs["cell_type"].astype(str)))
-    solver = "ddim" if isinstance(model, WhiteBoxDiffusion) else request.solver
+    solver = request.solver
+    if isinstance(model, WhiteBoxDiffusion) and solver not in DIFFUSION_SAMPLERS:
+        solver = "ddim"  # a flow solver name asked of the DDPM: its deterministic sampler
     sol = model.sample(request.num, steps=request.steps, solver=solver, seed=request.seed, cells=cells, decoder=decoder)
     sol.adata.uns["flowsci"]["params"] = int(sum(p.numel() for p in model.parameters()))
     return sol
@@ -314,63 +323,30 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(_SIZES)}")
     size = _SIZES[suite]
     width, steps, nfe = size["width"], size["steps"], size["nfe"]
-    methods = [
-        Method(
-            "wbdit-flow",
-            partial(build_wbdit_flow, width=width, block="crate"),
-            description=f"WBDiT (CRATE blocks) flow, width {width}, Euler",
-            train_steps=steps,
-        ),
-        Method(
-            "gaussian-pca",
-            build_gaussian,
-            baseline=True,
-            description="per-type diagonal Gaussian on 30 standardised PCs (sanity floor)",
-            train_steps=0,
-            nfe_grid=(1,),
-        ),
-        Method(
-            "latent-mlp-flow",
-            build_latent,
-            description="flow matching on 50 standardised PCs, core MLP 3x256, Euler",
-            train_steps=size["latent_steps"],
-        ),
-    ]
-    if suite != "smoke":
-        methods.append(
-            Method(
-                "wbdit-reflow",
-                partial(build_wbdit_flow, width=width, block="crate"),
-                description="wbdit-flow rectified once (1k pairs at 20 NFE), 1-2 Euler steps",
-                train_steps=size["reflow_steps"],
-                init_from="wbdit-flow",
-                fit=fit_reflow,
-                nfe_grid=(1, 2),
-            )
-        )
-        methods += [
-            Method(
-                "wbdit-ddpm",
-                partial(build_wbdit_ddpm, width=width),
-                description="the paper's DDPM (T=1000, linear beta) with WBDiT, deterministic DDIM at NFE steps",
-                train_steps=steps,
-                nfe_grid=(*nfe, 100) if 100 not in nfe else nfe,
-            ),
-            Method(
-                "dit-flow",
-                partial(build_wbdit_flow, width=width, block="dit"),
-                description=f"DiT blocks (attention + 4x MLP) flow, width {width}, Euler (ablation)",
-                train_steps=steps,
-            ),
-        ]
-        methods.append(
-            Method(
-                "wbdit-flow-typeprior",
-                partial(build_wbdit_flow, width=width, block="crate", prior="type"),
-                description=f"WBDiT flow from the per-type Gaussian prior (prior='type'), width {width}, Euler",
-                train_steps=steps,
-            )
-        )
+    wbdit = Method(
+        "wbdit-flow",
+        partial(build_wbdit_flow, width=width, block="crate"),
+        description=f"WBDiT (CRATE blocks) flow, width {width}, Euler",
+        train_steps=steps,
+    )
+    gaussian = Method(
+        "gaussian-pca",
+        build_gaussian,
+        baseline=True,
+        description="per-type diagonal Gaussian on 30 standardised PCs (sanity floor)",
+        train_steps=0,
+        nfe_grid=(1,),
+    )
+    latent = Method(
+        "latent-mlp-flow",
+        build_latent,
+        description="flow matching on 50 standardised PCs, core MLP 3x256, Euler",
+        train_steps=size["latent_steps"],
+    )
+    if suite == "smoke":
+        methods = [wbdit, gaussian, latent]
+    else:  # rows that reuse wbdit-flow's weights first, then the trained ones
+        methods = [wbdit, gaussian]
         # the count decoder's ablation: the same weights / fit, cells decoded otherwise (no training)
         for decoder in ("round", "none"):
             methods += [
@@ -391,6 +367,38 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
                     nfe_grid=(1,),
                 ),
             ]
+        methods += [
+            Method(
+                "dit-flow",
+                partial(build_wbdit_flow, width=width, block="dit"),
+                description=f"DiT blocks (attention + 4x MLP) flow, width {width}, Euler (ablation)",
+                train_steps=steps,
+            ),
+            Method(
+                "wbdit-ddpm",
+                partial(build_wbdit_ddpm, width=width),
+                description="the paper's DDPM (T=1000, linear beta) with WBDiT, deterministic DDIM at NFE steps",
+                train_steps=steps,
+                nfe_grid=(*nfe, 100) if 100 not in nfe else nfe,
+                solvers=("ddim",),
+            ),
+            latent,
+            Method(
+                "wbdit-reflow",
+                partial(build_wbdit_flow, width=width, block="crate"),
+                description="wbdit-flow rectified once (1k pairs at 20 NFE), 1-2 Euler steps",
+                train_steps=size["reflow_steps"],
+                init_from="wbdit-flow",
+                fit=fit_reflow,
+                nfe_grid=(1, 2),
+            ),
+            Method(
+                "wbdit-flow-typeprior",
+                partial(build_wbdit_flow, width=width, block="crate", prior="type"),
+                description=f"WBDiT flow from the per-type Gaussian prior (prior='type'), width {width}, Euler",
+                train_steps=steps,
+            ),
+        ]
     columns = {**HIGHER_IS_BETTER, "params_k": False}
     if not size["markers"]:
         columns = {k: v for k, v in columns.items() if not k.startswith("marker_")}

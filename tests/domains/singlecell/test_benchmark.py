@@ -17,6 +17,7 @@ def test_spec_builds_for_every_suite(suite):
     if suite != "smoke":
         assert {"dit-flow", "wbdit-ddpm", "latent-mlp-flow"} <= set(names)
         assert s.method("wbdit-reflow").init_from == "wbdit-flow"
+        assert {c.solver for c in s.cells() if c.method == "wbdit-ddpm"} == {"ddim"}  # the DDPM rows say DDIM
         # decoder ablations reuse the trained weights and only sample differently
         for name in ("wbdit-flow-round", "wbdit-flow-continuous"):
             assert s.method(name).weights_of == "wbdit-flow" and s.method(name).sample is not None
