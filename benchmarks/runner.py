@@ -564,6 +564,14 @@ def run_spec(
 
     reuse_floor = spec.noise_floor and bool(old) and "noise_floor" in prev
     floor: dict[str, float | None] = dict(prev["noise_floor"]) if reuse_floor else {}
+    threads = torch.get_num_threads()
+
+    def keep_threads(what: str) -> None:
+        # a library (or a method's own code) may reset torch's thread count: timings and the recorded environment
+        # must be the run's, so set it back and say who changed it
+        if torch.get_num_threads() != threads:
+            log.warning("%s changed torch's thread count to %d: set back to %d", what, torch.get_num_threads(), threads)
+            torch.set_num_threads(threads)
 
     def flush() -> dict[str, Any]:
         ordered = [records[c.id] for c in cells if c.id in records]
@@ -598,6 +606,7 @@ def run_spec(
                     if spec.noise_floor:
                         floor.clear()
                         floor.update(_noise_floor(spec, dm, reference))
+                    keep_threads("data and noise floor")
                 trained: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
                 for method in spec.methods:
                     todo = [c for c in pending if c.method == method.name]
@@ -607,15 +616,19 @@ def run_spec(
                     try:
                         model, info = _train(spec, method, dm, dev, cache_dir, reuse=not force, trained=trained)
                     except Exception as e:
+                        keep_threads(f"training {method.name}")
                         fail(todo, e, "training")
                         bar.update(len(todo))
                         continue
+                    keep_threads(f"training {method.name}")
                     _warmup(spec, method, todo[0], model, dm, reference)
+                    keep_threads(f"warm-up of {method.name}")
                     for cell in todo:
                         bar.set_postfix_str(cell.id)
                         records[cell.id] = _measure(
                             spec, method, cell, model, dm, reference, dev, info, columns, out_dir if plots else None
                         )
+                        keep_threads(cell.id)
                         flush()
                         bar.update(1)
                     del model

@@ -379,3 +379,26 @@ def test_init_from_starts_from_the_source_weights_and_is_part_of_the_fingerprint
     assert longer.train_fingerprint(tuned) != spec.train_fingerprint(tuned)  # the source's training counts
     with pytest.raises(ValueError, match="earlier method"):
         dataclasses.replace(base, methods=[tuned, shift])
+
+
+def test_a_method_that_resets_torch_threads_does_not_change_the_run(fakes, tmp_path, caplog) -> None:
+    import dataclasses
+    import logging
+
+    before = torch.get_num_threads()
+    other = before + 1
+
+    def greedy_fit(model, dm, steps, device):  # as a library that sizes its own thread pool
+        torch.set_num_threads(other)
+        fakes.closed_form_fit(model, dm, steps, device)
+
+    base = fakes.make_spec(nfe_grid=(1, 2), solvers=("euler",))
+    spec = dataclasses.replace(base, methods=[dataclasses.replace(base.methods[0], fit=greedy_fit), base.methods[1]])
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowsci.benchmarks.runner"):
+            doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False, cache=False)
+        assert torch.get_num_threads() == before
+        assert doc["environment"]["torch_threads"] == before
+        assert any("training shift changed torch's thread count" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.set_num_threads(before)
