@@ -40,10 +40,9 @@ import torch
 
 from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
-from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest, trainer_device
+from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest, fit_method
 from flowsci.checkpoint import read_checkpoint
 from flowsci.io import atomic_write, atomic_write_text
-from flowsci.module import QUIET_TRAINER
 
 __all__ = [
     "PeakMemory",
@@ -225,23 +224,6 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------------ training
-def _default_fit(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps: int, device: torch.device) -> int:
-    import pytorch_lightning as pl
-
-    kwargs: dict[str, Any] = {
-        "max_steps": steps,
-        "max_epochs": -1,
-        **trainer_device(device),
-        **QUIET_TRAINER,
-        "callbacks": method.callbacks() if method.callbacks is not None else [],
-        "deterministic": False,
-    }
-    kwargs.update(spec.trainer_kwargs)
-    trainer = pl.Trainer(**kwargs)
-    trainer.fit(model, datamodule=dm)
-    return int(trainer.global_step)
-
-
 def _train(
     spec: BenchmarkSpec,
     method: Method,
@@ -287,11 +269,7 @@ def _train(
         _sync(device)
         t0 = time.perf_counter()
         if steps > 0:
-            if method.fit is not None:
-                method.fit(model, dm, steps, device)
-                done = steps
-            else:
-                done = _default_fit(spec, method, model, dm, steps, device)
+            done = fit_method(spec, method, model, dm, steps, device)
         _sync(device)
         elapsed = time.perf_counter() - t0
     info = {

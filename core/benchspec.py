@@ -50,6 +50,7 @@ __all__ = [
     "SampleRequest",
     "default_postprocess",
     "default_sample",
+    "fit_method",
     "trainer_device",
 ]
 
@@ -154,6 +155,34 @@ def trainer_device(device: Any) -> dict[str, Any]:
     if device.type == "cuda":
         return {"accelerator": "gpu", "devices": [device.index or 0]}
     return {"accelerator": "cpu", "devices": 1}
+
+
+def fit_method(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps: int, device: Any) -> int:
+    """Train ``model`` in place as the benchmark runner does: the method's own ``fit``, else a quiet ``pl.Trainer``
+    (``steps`` optimizer steps on ``device``, the method's callbacks, the spec's ``trainer_kwargs``).
+
+    Returns:
+        The optimizer steps done.
+    """
+    if method.fit is not None:
+        method.fit(model, dm, steps, device)
+        return steps
+    import pytorch_lightning as pl
+
+    from flowsci.module import QUIET_TRAINER
+
+    kwargs: dict[str, Any] = {
+        "max_steps": steps,
+        "max_epochs": -1,
+        **trainer_device(device),
+        **QUIET_TRAINER,
+        "callbacks": method.callbacks() if method.callbacks is not None else [],
+        "deterministic": False,
+    }
+    kwargs.update(spec.trainer_kwargs)
+    trainer = pl.Trainer(**kwargs)
+    trainer.fit(model, datamodule=dm)
+    return int(trainer.global_step)
 
 
 @dataclass(frozen=True)

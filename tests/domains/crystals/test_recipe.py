@@ -9,7 +9,7 @@ def test_cli_config_trains_the_benchmark_model(config, tmp_path, monkeypatch):
     """A few steps of the shipped config and of the benchmark's own training give bit-identical weights."""
     import pytorch_lightning as pl
 
-    from flowsci.benchmarks.runner import _default_fit
+    from flowsci.benchspec import fit_method
     from flowsci.cli import main
     from flowsci.domains.crystals import benchmark as B
 
@@ -34,7 +34,7 @@ def test_cli_config_trains_the_benchmark_model(config, tmp_path, monkeypatch):
     dm = B.bundled_datamodule(size)
     pl.seed_everything(spec.seed, workers=True, verbose=False)  # as benchmarks.runner._train
     model = method.build(dm)
-    _default_fit(spec, method, model, dm, steps, torch.device("cpu"))
+    fit_method(spec, method, model, dm, steps, torch.device("cpu"))
     ours = model.state_dict()
     assert set(ours) == set(ckpt)
     for k, v in ours.items():
