@@ -28,6 +28,8 @@ regresses ``L_1 − L_0``, which a rotation-invariant network cannot know).
 
 :func:`nfe_sweep` measures one trained model's match rate against the number of steps, with the diagnostics
 behind its trend (matches at a tighter site tolerance, the predicted coordinates in the true cell).
+:func:`seed_study` trains methods with several training seeds and reports mean ± standard error across seeds and
+the paired difference of two methods.
 
 All CrysBFN rows except ``crysbfn-paper-loss`` use the tuned loss: the coordinate error is taken up to the best
 global translation of each crystal (``translation_invariant=True``) and every step of the n-step loss has the same
@@ -54,6 +56,9 @@ __all__ = [
     "sample_csp",
     "csp_metric",
     "nfe_sweep",
+    "mean_se",
+    "paired_difference",
+    "seed_study",
     "REFERENCES",
     "REFERENCES_C24",
 ]
@@ -291,6 +296,153 @@ def nfe_sweep(
         row["match_rate_true_lattice"] = csp_metrics(in_true_cell, gts, require_valid=False)["match_rate"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def mean_se(values: Any) -> tuple[float, float]:
+    """Mean and standard error of the mean, ``sd / sqrt(n)`` with the sample standard deviation (``ddof = 1``).
+
+    Args:
+        values: ``(n,)`` numbers (e.g. one match rate per training seed); ``n = 1`` gives ``se = nan``.
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"mean_se: need a non-empty 1-D sequence, got shape {x.shape}")
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+    return float(x.mean()), se
+
+
+def paired_difference(a: Any, b: Any) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences ``a_s − b_s`` (a paired comparison: both methods
+    trained with the same seeds and scored on the same crystals).
+
+    Args:
+        a: ``(n,)`` values of the first method, seed by seed.
+        b: ``(n,)`` values of the second method, the same seeds in the same order.
+    """
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: shapes {a.shape} and {b.shape} differ")
+    return mean_se(a - b)
+
+
+def seed_study(
+    methods: tuple[str, ...] = ("crysbfn", "fm-torus"),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    dataset: str = "perov_5",
+    nfe: int = 10,
+    num: int = 500,
+    suite: str = "quick",
+    cache_dir: Any = None,
+    prior_seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train each method once per training seed with the ``suite``'s exact recipe and score CSP at ``nfe`` steps.
+
+    Training is the benchmark runner's own (``pl.seed_everything(seed)``, the spec's builder, data module, steps
+    and :func:`flowsci.benchspec.fit_method`), with the spec's seed replaced by each training seed; with
+    ``cache_dir`` a trained model is saved there (keyed by the spec's training fingerprint, which includes the seed;
+    the runner's cache format) and reused by a later call.
+    Scoring is the tables': the first ``num`` crystals of the bundled test subset, one sample each, prior seed
+    ``prior_seed``, all in one batch, ``StructureMatcher(0.5, 10, 0.3)``.
+
+    Args:
+        methods: method names of the ``dataset``'s spec (``crystals`` or ``crystals_c24``); with two names, the
+            paired difference is ``methods[0] − methods[1]``.
+        seeds: training seeds (at least two for a standard error).
+        dataset: ``perov_5`` or ``carbon_24``.
+        nfe: sampling steps.
+        num: test crystals (at most the suite's ``num_samples``).
+        suite: ``smoke``, ``quick`` or ``full``.
+        cache_dir: folder of trained weights, or ``None`` (train every time).
+        prior_seed: seed of the prior draw (the same for every model: common random numbers).
+        device: training and sampling device (``"cpu"`` or ``"cuda"``).
+
+    Returns:
+        ``{"per_seed", "summary", "paired"}`` DataFrames. ``per_seed``: one row per (method, seed) with
+        ``match_rate`` (invalid predictions are misses, smact14), ``match_rate_ungated``, ``rmse`` (of the gated
+        matches), ``valid`` and ``train_time_s``. ``summary``: per method and metric, ``mean``, ``se`` (sd/√n over
+        seeds) and ``n``. ``paired``: per metric, the mean and SE of the per-seed difference (empty unless two
+        methods).
+    """
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+    import pytorch_lightning as pl
+
+    from flowsci.benchspec import SampleRequest, fit_method
+    from flowsci.checkpoint import read_checkpoint
+    from flowsci.domains.crystals.metrics import csp_metrics, validity
+    from flowsci.io import atomic_write
+
+    specs = {"perov_5": (spec, _SIZES), "carbon_24": (carbon24_spec, _C24_SIZES)}
+    if dataset not in specs:
+        raise ValueError(f"seed_study: unknown dataset {dataset!r}; choose one of {sorted(specs)}")
+    make, sizes = specs[dataset]
+    base, size = make(suite), sizes[suite]
+    if num > size["num_samples"]:
+        raise ValueError(f"seed_study: num={num} exceeds the {suite} suite's {size['num_samples']} test crystals")
+    cache = Path(cache_dir) if cache_dir is not None else None
+    rows = []
+    for seed in seeds:
+        spec_s = dataclasses.replace(base, seed=seed)
+        for name in methods:
+            dm = base.datamodule()
+            method = spec_s.method(name)
+            pl.seed_everything(seed, workers=True, verbose=False)  # as the runner, before building
+            model = method.build(dm)
+            path = cache / f"{name}-{spec_s.train_fingerprint(method)}.pt" if cache is not None else None
+            if path is not None and path.exists():
+                blob = read_checkpoint(path)
+                model.load_state_dict(blob["state_dict"])
+                info = blob["info"]
+            else:
+                t0 = time.perf_counter()
+                fit_method(spec_s, method, model, dm, spec_s.train_steps_of(method), torch.device(device))
+                info = {"train_time_s": time.perf_counter() - t0}
+                if path is not None:
+                    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                    atomic_write(
+                        path, lambda tmp, state=state, info=info: torch.save({"state_dict": state, "info": info}, tmp)
+                    )
+            model.to(device).eval()
+            gts = reference_structures(dm, num, prior_seed)
+            request = SampleRequest(dm, gts, len(gts), "euler", nfe, nfe, prior_seed)
+            preds = sample_csp(model, request).structures
+            gated = csp_metrics(preds, gts, require_valid=True, processes=2)
+            ungated = csp_metrics(preds, gts, require_valid=False, processes=2)
+            rows.append(
+                {
+                    "method": name,
+                    "seed": seed,
+                    "match_rate": gated["match_rate"],
+                    "match_rate_ungated": ungated["match_rate"],
+                    "rmse": gated["rmse"],
+                    "valid": sum(all(validity(s)) for s in preds) / len(preds),
+                    "train_time_s": info["train_time_s"],
+                }
+            )
+    per_seed = pd.DataFrame(rows)
+    metrics = ("match_rate", "match_rate_ungated", "rmse", "valid")
+    summary = pd.DataFrame(
+        [
+            {"method": m, "metric": k, **dict(zip(("mean", "se"), mean_se(g[k]), strict=True)), "n": len(g)}
+            for m, g in per_seed.groupby("method", sort=False)
+            for k in metrics
+        ]
+    )
+    paired = []
+    if len(methods) == 2:
+        a, b = (per_seed[per_seed.method == m].set_index("seed").loc[list(seeds)] for m in methods)
+        for k in metrics:
+            mean, se = paired_difference(a[k], b[k])
+            paired.append({"metric": k, "difference": f"{methods[0]} - {methods[1]}", "mean": mean, "se": se})
+    return {"per_seed": per_seed, "summary": summary, "paired": pd.DataFrame(paired)}
 
 
 def bundled_datamodule(size: dict[str, Any], dataset: str = "perov_5") -> Any:
