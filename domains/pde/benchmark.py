@@ -137,6 +137,24 @@ def ema_callbacks() -> list[Any]:
     return [EMA(EMA_DECAY)]
 
 
+def custom_fit_trainer(max_steps: int, device: Any) -> Any:
+    """The trainer of the suite's custom fits, as the default rows': ``max_steps`` on ``device``, gradient clipping
+    1.0, :func:`ema_callbacks`, no logs or checkpoints.
+    """
+    import pytorch_lightning as pl
+
+    from flowsci.module import QUIET_TRAINER
+
+    return pl.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        gradient_clip_val=1.0,
+        callbacks=ema_callbacks(),
+        **trainer_device(device),
+        **QUIET_TRAINER,
+    )
+
+
 def build_flow(
     dm: Any,
     wavelet: str,
@@ -259,10 +277,7 @@ def fit_advection(model: Any, dm: Any, max_steps: int, device: Any, size: dict[s
     """Train ``model`` on advection data (``dm``, the spec's Burgers data, is not used); same trainer settings
     (gradient clipping, EMA of the weights) as the other rows.
     """
-    import pytorch_lightning as pl
-
     from flowsci.domains.pde.data import PDEDataModule
-    from flowsci.module import QUIET_TRAINER
 
     adm = PDEDataModule(
         train=str(advection_file(size, size["num_train"], 0)),
@@ -272,15 +287,7 @@ def fit_advection(model: Any, dm: Any, max_steps: int, device: Any, size: dict[s
         steps=size["steps"],
         batch_size=size["batch_size"],
     )
-    trainer = pl.Trainer(
-        max_steps=max_steps,
-        max_epochs=-1,
-        gradient_clip_val=1.0,
-        callbacks=ema_callbacks(),
-        **trainer_device(device),
-        **QUIET_TRAINER,
-    )
-    trainer.fit(model, datamodule=adm)
+    custom_fit_trainer(max_steps, device).fit(model, datamodule=adm)
 
 
 def sample_advection(model: Any, request: SampleRequest) -> Any:
@@ -396,20 +403,8 @@ def fit_chain(model: Any, dm: Any, max_steps: int, device: Any) -> None:
     own row (``max_steps`` optimiser steps, gradient clipping 1.0, EMA of the weights): the base as ``wdno-sim``,
     the refiner on 2x pairs of the base-resolution data as ``refine-burgers-4x``.
     """
-    import pytorch_lightning as pl
-
-    from flowsci.module import QUIET_TRAINER
-
     for part in (model.base, model.refiner):
-        trainer = pl.Trainer(
-            max_steps=max_steps,
-            max_epochs=-1,
-            gradient_clip_val=1.0,
-            callbacks=ema_callbacks(),
-            **trainer_device(device),
-            **QUIET_TRAINER,
-        )
-        trainer.fit(part, datamodule=dm)
+        custom_fit_trainer(max_steps, device).fit(part, datamodule=dm)
 
 
 def sample_chain(model: Any, request: SampleRequest, size: dict[str, Any], upsample: str = "refine") -> Any:
