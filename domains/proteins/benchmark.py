@@ -311,8 +311,23 @@ def _sample_long(model: Any, request: SampleRequest) -> Any:
     return _sample(model, request, lengths=bucket_lengths(request.num))
 
 
+class _CellSamples(list):
+    """A cell's backbones; :attr:`evaluation` is the one ``evaluate`` the geometry and bucket metrics share."""
+
+    @functools.cached_property
+    def evaluation(self) -> Any:
+        from flowsci.domains.proteins.metrics import evaluate
+
+        return evaluate(self, diversity_per_length=False)
+
+
+def _evaluation(samples: list) -> Any:
+    """``evaluate(samples, diversity_per_length=False)``, computed once per :class:`_CellSamples`."""
+    return (samples if isinstance(samples, _CellSamples) else _CellSamples(samples)).evaluation
+
+
 def _postprocess(solution: Any) -> list:
-    return list(solution)
+    return _CellSamples(solution)
 
 
 def _plot_cell(samples: list, reference: dict[str, list], path: Any, title: str) -> Any:
@@ -348,9 +363,7 @@ _GEOMETRY_KEYS = {
 
 
 def _geometry(samples: list, reference: Any) -> dict[str, float]:
-    from flowsci.domains.proteins.metrics import evaluate
-
-    s = evaluate(samples, diversity_per_length=False).summary
+    s = _evaluation(samples).summary
     return {k: s[k] for k in _GEOMETRY_KEYS}
 
 
@@ -367,9 +380,9 @@ _BUCKET_KEYS = {
 
 def _buckets(samples: list, reference: Any) -> dict[str, float]:
     """``evaluate(...).by_length`` flattened to ``<key>@<bucket>`` (NaN for a bucket without samples)."""
-    from flowsci.domains.proteins.metrics import LENGTH_BUCKETS, evaluate
+    from flowsci.domains.proteins.metrics import LENGTH_BUCKETS
 
-    by = evaluate(samples, diversity_per_length=False).by_length
+    by = _evaluation(samples).by_length
     return {
         f"{k}@{lo}-{hi}": float(by.get(f"{lo}-{hi}", {}).get(k, float("nan")))
         for lo, hi in LENGTH_BUCKETS
