@@ -40,9 +40,8 @@ import torch
 
 from flowsci.benchmarks.report import sample_plot_path
 from flowsci.benchmarks.schema import SCHEMA_VERSION, SchemaError, validate_result
-from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest, fit_method
-from flowsci.checkpoint import read_checkpoint
-from flowsci.io import atomic_write, atomic_write_text
+from flowsci.benchspec import BenchmarkSpec, Cell, Method, SampleRequest, fit_method, read_trained, save_trained
+from flowsci.io import atomic_write_text
 
 __all__ = [
     "PeakMemory",
@@ -243,8 +242,7 @@ def _train(
 
     source = spec.trained_by(method)
     steps = spec.train_steps_of(method)
-    fp = spec.train_fingerprint(method)
-    cache = cache_dir / f"{source.name}-{fp}.pt" if cache_dir is not None else None
+    cache = spec.train_cache_file(cache_dir, method) if cache_dir is not None else None
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     model = method.build(dm)
     if trained is not None and source is not method and source.name in trained:
@@ -253,9 +251,9 @@ def _train(
         return model.to(device), dict(info, weights_of=source.name)
     if reuse and cache is not None and cache.exists():
         try:
-            blob = read_checkpoint(cache)
-            model.load_state_dict(blob["state_dict"])
-            info = dict(blob["info"], train_cached=True)
+            state, info = read_trained(cache)
+            model.load_state_dict(state)
+            info = dict(info, train_cached=True)
             if source is not method:
                 info["weights_of"] = source.name
             return model.to(device), info
@@ -281,7 +279,7 @@ def _train(
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if cache is not None:
-        atomic_write(cache, lambda tmp: torch.save({"state_dict": state, "info": info}, tmp))
+        save_trained(cache, state, info)
     if trained is not None and any(source.name in (m.weights_of, m.init_from) for m in spec.methods):
         trained[source.name] = (state, info)
     if source is not method:
@@ -301,9 +299,9 @@ def _source_state(
     if trained is not None and source.name in trained:
         return trained[source.name][0]
     if cache_dir is not None:
-        cache = cache_dir / f"{source.name}-{spec.train_fingerprint(source)}.pt"
+        cache = spec.train_cache_file(cache_dir, source)
         if cache.exists():
-            return read_checkpoint(cache)["state_dict"]
+            return read_trained(cache)[0]
     raise RuntimeError(f"method {source.name!r} has no trained weights in this run to start from")
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "default_postprocess",
     "default_sample",
     "fit_method",
+    "read_trained",
+    "save_trained",
     "trainer_device",
 ]
 
@@ -183,6 +185,25 @@ def fit_method(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps: 
     trainer = pl.Trainer(**kwargs)
     trainer.fit(model, datamodule=dm)
     return int(trainer.global_step)
+
+
+def save_trained(path: str | Path, state: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """Write trained weights ``state`` (CPU tensors) and their training record ``info`` to a training-cache file,
+    atomically.
+    """
+    import torch
+
+    from flowsci.io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({"state_dict": dict(state), "info": dict(info)}, tmp))
+
+
+def read_trained(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state_dict, info)`` of a training-cache file (read with ``weights_only``: :mod:`flowsci.checkpoint`)."""
+    from flowsci.checkpoint import read_checkpoint
+
+    blob = read_checkpoint(path)
+    return blob["state_dict"], blob["info"]
 
 
 @dataclass(frozen=True)
@@ -410,6 +431,12 @@ class BenchmarkSpec:
                     if n % k == 0:
                         out.append(Cell(m.name, s, n, n // k))
         return out
+
+    def train_cache_file(self, cache_dir: str | Path, method: Method) -> Path:
+        """The training-cache file of ``method``'s weights (those of the method that trains them, keyed by the
+        training fingerprint): ``<cache_dir>/<name>-<fingerprint>.pt`` (:func:`save_trained` / :func:`read_trained`).
+        """
+        return Path(cache_dir) / f"{self.trained_by(method).name}-{self.train_fingerprint(method)}.pt"
 
     def train_fingerprint(self, method: Method) -> str:
         """Hash of everything that determines a method's trained weights (keys the training cache)."""

@@ -375,10 +375,8 @@ def seed_study(
     import pandas as pd
     import pytorch_lightning as pl
 
-    from flowsci.benchspec import SampleRequest, fit_method
-    from flowsci.checkpoint import read_checkpoint
+    from flowsci.benchspec import SampleRequest, fit_method, read_trained, save_trained
     from flowsci.domains.crystals.metrics import csp_metrics, validity
-    from flowsci.io import atomic_write
 
     specs = {"perov_5": (spec, _SIZES), "carbon_24": (carbon24_spec, _C24_SIZES)}
     if dataset not in specs:
@@ -396,20 +394,16 @@ def seed_study(
             method = spec_s.method(name)
             pl.seed_everything(seed, workers=True, verbose=False)  # as the runner, before building
             model = method.build(dm)
-            path = cache / f"{name}-{spec_s.train_fingerprint(method)}.pt" if cache is not None else None
+            path = spec_s.train_cache_file(cache, method) if cache is not None else None
             if path is not None and path.exists():
-                blob = read_checkpoint(path)
-                model.load_state_dict(blob["state_dict"])
-                info = blob["info"]
+                state, info = read_trained(path)
+                model.load_state_dict(state)
             else:
                 t0 = time.perf_counter()
                 fit_method(spec_s, method, model, dm, spec_s.train_steps_of(method), torch.device(device))
                 info = {"train_time_s": time.perf_counter() - t0}
                 if path is not None:
-                    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                    atomic_write(
-                        path, lambda tmp, state=state, info=info: torch.save({"state_dict": state, "info": info}, tmp)
-                    )
+                    save_trained(path, {k: v.detach().cpu() for k, v in model.state_dict().items()}, info)
             model.to(device).eval()
             gts = reference_structures(dm, num, prior_seed)
             request = SampleRequest(dm, gts, len(gts), "euler", nfe, nfe, prior_seed)
