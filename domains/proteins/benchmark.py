@@ -18,6 +18,10 @@ budget; they differ only in what is compared:
   of at most 8 chains and 65,536 padded residue pairs) with the length-aware translation prior
   (``trans_prior="rg"``: prior radius of gyration 2.2·L^0.38 Å), sampled across 50–250 residues (the
   ``bucket`` metrics report each length bucket). Not rectified again: a QFlow fine-tune of the ReQFlow weights;
+- ``reqflow-long-speed``: the ``reqflow-long`` weights and lengths, sampled three ways back to back in one cell
+  (:func:`mixed_length_speed`: one bucketed ``sample(lengths=...)`` call, one call per length, one padded batch),
+  so load on the machine affects all three alike; the ``set`` metric gains the seconds per backbone of each and
+  the speedups of the bucketed call;
 - ``reqflow``: ``qflow`` + one rectification: (noise, sample) pairs from ``qflow`` at ``reflow_nfe`` Euler
   steps (coil ≤ 0.9 filter; none in ``smoke``), then fine-tuning from the ``qflow`` weights on the stored pairs
   at lr 1e-4 (the paper's). ``reflow_nfe`` is the teacher's best measured NFE at the suite's training budget
@@ -36,8 +40,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +53,14 @@ from flowsci.benchspec import BenchmarkSpec, Method, Metric, SampleRequest, trai
 __all__ = [
     "LENGTHS",
     "LONG_BATCH_PAIRS",
+    "SPEED_VARIANTS",
     "bucket_lengths",
     "build_model",
     "datamodule",
     "fit_long",
     "long_datamodule",
     "fit_qflow",
+    "mixed_length_speed",
     "fit_reqflow",
     "sample_lengths",
     "spec",
@@ -79,6 +86,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_max_coil": None,  # a 20-step model makes coil only: no filter, the smoke suite tests plumbing
         "reqflow_max_nfe": 4,
         "igso3": True,
+        "speed_passes": 1,  # the mixed-length speed cell: plumbing only, one pass (A B C)
     },
     "quick": {
         "long_steps": 600,
@@ -93,6 +101,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_max_coil": 0.9,
         "reqflow_max_nfe": 50,
         "igso3": False,
+        "speed_passes": 2,
     },
     "full": {
         "long_steps": 5000,
@@ -107,6 +116,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "reflow_max_coil": 0.9,
         "reqflow_max_nfe": 500,
         "igso3": True,
+        "speed_passes": 2,
     },
 }
 _log = logging.getLogger(__name__)
@@ -311,8 +321,101 @@ def _sample_long(model: Any, request: SampleRequest) -> Any:
     return _sample(model, request, lengths=bucket_lengths(request.num))
 
 
+#: Sampler variants timed by :func:`mixed_length_speed`, in the order of the first pass (the second is mirrored).
+SPEED_VARIANTS = ("bucketed", "per_length", "padded")
+#: Columns :func:`mixed_length_speed` adds to the ``set`` metric (higher-is-better flags).
+_SPEED_KEYS = {
+    "s_per_backbone_bucketed": False,
+    "s_per_backbone_per_length": False,
+    "s_per_backbone_padded": False,
+    "speedup_vs_per_length": True,
+    "speedup_vs_padded": True,
+}
+
+
+def mixed_length_speed(
+    model: Any,
+    lengths: Sequence[int],
+    steps: int,
+    seed: int,
+    solver: str = "euler",
+    passes: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[Any, dict[str, float]]:
+    """Seconds per backbone of one mixed-length set sampled three ways, back to back on the same model.
+
+    Variants: ``bucketed`` = one ``model.sample(lengths=lengths)`` call (length buckets, the default);
+    ``per_length`` = one call per distinct length (all chains of that length together, the usual alternative);
+    ``padded`` = one call with ``bucket=False`` (a single batch padded to the longest chain). The variants run in
+    the order :data:`SPEED_VARIANTS`, then mirrored (A B C C B A), ``passes`` times in all, so a load that drifts
+    linearly in time costs each variant the same; on CUDA every run is synchronised before the clock is read.
+
+    Args:
+        model: A :class:`~flowsci.domains.proteins.flow.ReQFlow`.
+        lengths: Residues per backbone (mixed).
+        steps: Euler steps (NFE) of every call.
+        seed: Prior seed of every call (a timing comparison: the repeated-seed warning is silenced).
+        solver: Fixed-step solver.
+        passes: Runs per variant (≥ 1; the order alternates forward and mirrored).
+        clock: Seconds since an arbitrary origin (``time.perf_counter``; injectable for tests).
+
+    Returns:
+        ``(solution, speed)``: the bucketed call's samples and ``{"s_per_backbone_<variant>": total seconds of the
+        variant / (passes × len(lengths))}`` plus ``speedup_vs_per_length`` and ``speedup_vs_padded`` (the other
+        variant's seconds / the bucketed ones; > 1 means the bucketed call is faster).
+    """
+    from flowsci.domains.proteins.flow import RepeatedSeedWarning
+
+    if passes < 1 or not lengths:
+        raise ValueError(f"need passes >= 1 and lengths, got passes={passes}, lengths={list(lengths)}")
+    lengths = [int(n) for n in lengths]
+    per_length = {n: lengths.count(n) for n in dict.fromkeys(lengths)}
+    kw = {"steps": steps, "seed": seed, "solver": solver, "progress": False}
+    runs: dict[str, Callable[[], Any]] = {
+        "bucketed": lambda: model.sample(lengths=lengths, **kw),
+        "per_length": lambda: [model.sample(lengths=[n] * k, **kw) for n, k in per_length.items()],
+        "padded": lambda: model.sample(lengths=lengths, bucket=False, **kw),
+    }
+    cuda = getattr(model, "device", torch.device("cpu")).type == "cuda"
+    seconds = dict.fromkeys(SPEED_VARIANTS, 0.0)
+    solution = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepeatedSeedWarning)
+        for p in range(passes):
+            for name in SPEED_VARIANTS if p % 2 == 0 else SPEED_VARIANTS[::-1]:
+                t0 = clock()
+                out = runs[name]()
+                if cuda:
+                    torch.cuda.synchronize()
+                seconds[name] += clock() - t0
+                if name == "bucketed":
+                    solution = out
+    speed = {f"s_per_backbone_{k}": v / (passes * len(lengths)) for k, v in seconds.items()}
+    base = speed["s_per_backbone_bucketed"]
+    for other in ("per_length", "padded"):
+        speed[f"speedup_vs_{other}"] = speed[f"s_per_backbone_{other}"] / base if base > 0 else float("nan")
+    return solution, speed
+
+
+def _sample_speed(model: Any, request: SampleRequest, passes: int = 2) -> Any:
+    """The ``reqflow-long-speed`` cell: :func:`mixed_length_speed` on the ``reqflow-long`` lengths (``passes`` runs
+    per variant); the bucketed samples carry the timings in ``extras["speed"]`` (read by the ``set`` metric).
+    """
+    solution, speed = mixed_length_speed(
+        model, bucket_lengths(request.num), request.steps, request.seed, request.solver, passes=passes
+    )
+    solution.extras["speed"] = speed
+    return solution
+
+
 class _CellSamples(list):
-    """A cell's backbones; :attr:`evaluation` is the one ``evaluate`` the geometry and bucket metrics share."""
+    """A cell's backbones; :attr:`evaluation` is the one ``evaluate`` the geometry and bucket metrics share;
+    :attr:`speed` the timings of a ``reqflow-long-speed`` cell (empty otherwise).
+    """
+
+    def __init__(self, backbones: Any = (), speed: dict[str, float] | None = None) -> None:
+        super().__init__(backbones)
+        self.speed = dict(speed or {})
 
     @functools.cached_property
     def evaluation(self) -> Any:
@@ -327,7 +430,7 @@ def _evaluation(samples: list) -> Any:
 
 
 def _postprocess(solution: Any) -> list:
-    return _CellSamples(solution)
+    return _CellSamples(solution, (getattr(solution, "extras", None) or {}).get("speed"))
 
 
 def _plot_cell(samples: list, reference: dict[str, list], path: Any, title: str) -> Any:
@@ -393,6 +496,7 @@ def _buckets(samples: list, reference: Any) -> dict[str, float]:
 def _set_level(samples: list, reference: Any) -> dict[str, float]:
     from flowsci.domains.proteins.metrics import angle_histogram_w1, diversity, novelty
 
+    speed = dict(getattr(samples, "speed", None) or {})  # a reqflow-long-speed cell's timings
     finite = [b.coords for b in samples if np.isfinite(b.coords).all()]
     if not finite:
         keys = (
@@ -402,7 +506,7 @@ def _set_level(samples: list, reference: Any) -> dict[str, float]:
             "bend_angle_w1",
             "ca_dihedral_w1",
         )
-        return dict.fromkeys(keys, float("nan"))
+        return {**dict.fromkeys(keys, float("nan")), **speed}
     by_len: dict[int, list] = {}
     for x in finite:
         by_len.setdefault(len(x), []).append(x)
@@ -414,6 +518,7 @@ def _set_level(samples: list, reference: Any) -> dict[str, float]:
         "novelty_max_tm": nov["novelty_max_tm"],
         "memorisation_frac_above_0.9": nov["memorisation_frac_above_0.9"],
         **w1,
+        **speed,
     }
 
 
@@ -492,6 +597,18 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             "length-aware prior (Rg 2.2 L^0.38 A); sampled at 50-250 residues",
         )
     )
+    methods.append(
+        Method(
+            "reqflow-long-speed",
+            build=lambda dm: _build(trans_prior="rg"),
+            weights_of="reqflow-long",
+            nfe_grid=(min(full_grid),),
+            sample=functools.partial(_sample_speed, passes=sz["speed_passes"]),
+            description="reqflow-long weights and lengths, sampled 3 ways back to back "
+            f"({'A B C C B A' if sz['speed_passes'] > 1 else 'A B C'}): one bucketed call, one call per length, one "
+            "padded batch; set columns s_per_backbone_* and speedup_* (its s / sample column is all runs together)",
+        )
+    )
     if sz["igso3"]:
         methods.append(
             Method(
@@ -536,8 +653,10 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
                     "memorisation_frac_above_0.9": False,
                     "bend_angle_w1": False,
                     "ca_dihedral_w1": False,
+                    **_SPEED_KEYS,
                 },
-                description="pairwise TM (diversity), max TM to 40 training chains, angle W1 to held-out",
+                description="pairwise TM (diversity), max TM to 40 training chains, angle W1 to held-out; "
+                "reqflow-long-speed: s per backbone bucketed / one call per length / padded, speedups",
             ),
         ],
         num_samples=sz["num_samples"],

@@ -28,6 +28,7 @@ def test_spec_for_every_suite():
             "reqflow",
             "reqflow-restraint",
             "reqflow-long",
+            "reqflow-long-speed",
             *igso3,
             "frameflow-path",
         ]
@@ -35,6 +36,10 @@ def test_spec_for_every_suite():
         long = s.method("reqflow-long")
         assert long.init_from == "reqflow" and long.train_steps == B._SIZES[suite]["long_steps"]
         assert long.build(None).trans_prior == "rg" and s.method("reqflow").build(None).trans_prior == "fixed"
+        speed = s.method("reqflow-long-speed")  # times the reqflow-long weights: no training of its own
+        assert speed.weights_of == "reqflow-long" and speed.build(None).trans_prior == "rg"
+        assert s.trained_by(speed).name == "reqflow-long"
+        assert speed.sample.keywords["passes"] == (1 if suite == "smoke" else 2)  # smoke: plumbing, one pass
         assert [m.name for m in s.methods if m.baseline] == ["frameflow-path"]
         # the reflow teacher NFE (or the candidates it is chosen from) is measured for the teacher too
         pair_nfe = B._SIZES[suite]["reflow_nfe"]
@@ -43,6 +48,7 @@ def test_spec_for_every_suite():
     cells = {m: [c.nfe for c in quick.cells() if c.method == m] for m in names}
     assert cells["qflow"] == cells["frameflow-path"] == [10, 20, 50, 100]
     assert cells["reqflow"] == [10, 20, 50] and cells["reqflow-restraint"] == [10] == cells["reqflow-long"]
+    assert cells["reqflow-long-speed"] == [10]
     assert cells["qflow-x1"] == cells["qflow-linear"] == [10, 100]
     x1 = quick.methods[1].build(None)
     assert x1.final_step == "x1" and quick.methods[0].build(None).final_step == "euler"
@@ -139,3 +145,65 @@ def test_teacher_best_nfe_scores_each_candidate_and_breaks_ties_by_fewest_steps(
     expected = evaluate(crops, diversity_per_length=False).summary["ca_ca_valid"]
     assert set(scores) == {2, 3, 4} and best == 2
     assert all(abs(v - expected) < 1e-3 for v in scores.values()) and expected > 0.8
+
+
+class _ClockedSampler:
+    """A stand-in model whose ``sample`` advances a fake clock by a known cost: 1 s per call plus 0.01 s per padded
+    residue (chains × longest length) of each batch it would run."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.now, self.calls = 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sample(self, lengths, steps, seed, solver, progress, bucket=True):
+        from flowsci.domains.proteins.flow import CPU_BATCH_PAIRS, length_buckets
+
+        groups = length_buckets(lengths, CPU_BATCH_PAIRS) if bucket else [list(range(len(lengths)))]
+        self.now += 1.0 + 0.01 * sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        self.calls.append((tuple(lengths), bucket))
+        return f"samples of {lengths}"
+
+
+def test_mixed_length_speed_accounts_each_variant_in_mirrored_order():
+    fake = _ClockedSampler()
+    lengths = [40, 200, 40, 100]
+    sol, speed = B.mixed_length_speed(fake, lengths, steps=3, seed=0, passes=2, clock=fake.clock)
+    assert sol == f"samples of {lengths}" and set(speed) == set(B._SPEED_KEYS)
+    bucketed, padded = (tuple(lengths), True), (tuple(lengths), False)
+    singles = [((40, 40), True), ((200,), True), ((100,), True)]  # one call per distinct length, first-seen order
+    assert fake.calls == [bucketed, *singles, padded, padded, *singles, bucketed]  # A B C C B A
+    # costs: bucketed = one call, buckets {200}, {100}, {40, 40}; per length = three calls; padded = 4 x 200
+    cost = {"bucketed": 1 + 0.01 * (200 + 100 + 80), "per_length": 3 + 0.01 * 380, "padded": 1 + 0.01 * 800}
+    for k, c in cost.items():
+        assert speed[f"s_per_backbone_{k}"] == pytest.approx(c / 4)  # both passes / (2 passes x 4 backbones)
+    assert speed["speedup_vs_per_length"] == pytest.approx(cost["per_length"] / cost["bucketed"])
+    assert speed["speedup_vs_padded"] == pytest.approx(cost["padded"] / cost["bucketed"])
+    with pytest.raises(ValueError, match="passes"):
+        B.mixed_length_speed(fake, lengths, steps=3, seed=0, passes=0)
+
+
+def test_speed_cell_returns_the_bucketed_chains_and_reports_timings_in_the_set_metric():
+    s = B.spec("smoke")
+    dm = s.datamodule()
+    ref = s.reference_data(dm, s.num_samples, 0)
+    torch.manual_seed(0)
+    method = s.method("reqflow-long-speed")
+    model = method.build(dm)
+    sol = method.sample(model, SampleRequest(dm, ref, 3, "euler", 2, 2, 0))
+    from flowsci.domains.proteins.flow import RepeatedSeedWarning
+
+    with pytest.warns(RepeatedSeedWarning):  # the cell's own calls were silenced, this repeat is a user's
+        direct = model.sample(lengths=B.bucket_lengths(3), steps=2, seed=0)
+    assert [len(b) for b in sol] == [50, 150, 250] and sol.extras["batches"] == direct.extras["batches"]
+    assert torch.equal(sol.x, direct.x)  # the returned samples are the bucketed call's: same chains as a plain call
+    samples = s.postprocess(sol)
+    out = next(m for m in s.metrics if m.name == "set").fn(samples, ref)
+    assert {k: out[k] for k in B._SPEED_KEYS} == sol.extras["speed"]
+    assert all(out[f"s_per_backbone_{k}"] > 0 for k in B.SPEED_VARIANTS)
+    assert out["speedup_vs_padded"] == pytest.approx(out["s_per_backbone_padded"] / out["s_per_backbone_bucketed"])
+    plain = s.postprocess(s.sample(model, SampleRequest(dm, ref, 3, "euler", 2, 2, 0)))
+    assert not set(B._SPEED_KEYS) & set(next(m for m in s.metrics if m.name == "set").fn(plain, ref))

@@ -243,6 +243,29 @@ def test_length_aware_translation_prior_matches_globular_rg_and_keeps_the_fixed_
         assert float(got) == pytest.approx(300 * (n - 1) / n, rel=0.03)  # 3 (10 A)^2 (L - 1)/L at every length
 
 
+def test_translation_prior_is_stored_in_the_checkpoint_and_older_files_load_with_the_fixed_one(tmp_path):
+    from flowsci.checkpoint import save_module
+
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    path = save_module(ReQFlow(net=net, trans_prior="rg"), tmp_path / "rg.pt")
+    loaded = ReQFlow.from_checkpoint(path)
+    assert loaded.trans_prior == "rg"
+    blob = torch.load(path, weights_only=True)
+    del blob["flowsci"]["init"]["trans_prior"]  # a file written before the option existed
+    torch.save(blob, tmp_path / "old.pt")
+    old = ReQFlow.from_checkpoint(tmp_path / "old.pt")
+    assert old.trans_prior == "fixed"
+    mask = torch.ones(2, 50)
+    g = torch.Generator().manual_seed(0)
+    x_rg = loaded.sample_prior(torch.empty(()), {"mask": mask}, torch.Generator().manual_seed(0))[..., :3]
+    x_old = old.sample_prior(torch.empty(()), {"mask": mask}, g)[..., :3]
+    # same draw, scaled by sigma(50) / 1 nm: the loaded option is what sampling uses
+    assert torch.allclose(x_rg, x_old * float(translation_prior_std(torch.tensor([50]))[0]), atol=1e-6)
+    for a, b in zip(loaded.state_dict().values(), old.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_reflow_pairs_and_rectify_use_stored_noise():
     from flowsci.reflow import ReflowDataModule, rectify
 
