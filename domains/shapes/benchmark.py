@@ -11,7 +11,6 @@ floor is a second seeded draw of reference shapes (data-vs-data).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,8 +27,9 @@ from flowsci.domains.shapes.model import SetTransformer
 from flowsci.domains.shapes.mosaic import MosaicSDF
 from flowsci.guidance import ConditionDropout
 from flowsci.module import QUIET_TRAINER
+from flowsci.optim import WarmupCosineAdamW
 
-__all__ = ["SIZES", "WarmupCosineAdamW", "spec"]
+__all__ = ["SIZES", "spec"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": dict(classes=["ellipsoid", "rounded_box"], per_class=2, n=32, k=3, width=32, depth=1, steps=4, num=4,
@@ -50,31 +50,6 @@ at ``k = 5``, ``d = 129`` rows through a width-96 embedding gave noisy patch val
 tokens are ``4^3`` patches of a ``20^3`` grid (64 values, 125 tokens), point clouds 128 points; 1,200 steps of
 batch 32 with warm-up + cosine learning rate and an EMA of the weights, 40 samples (10 per class).
 """
-
-
-class WarmupCosineAdamW(torch.optim.AdamW):
-    """AdamW whose learning rate follows a linear warm-up then a cosine decay to ``final * lr`` over ``total`` steps.
-
-    The schedule lives in the optimizer (per optimiser step), so it needs no Lightning scheduler config.
-    """
-
-    def __init__(self, params: Any, lr: float, total: int, warmup: int = 50, final: float = 0.05) -> None:
-        super().__init__(params, lr=lr, weight_decay=0.0)
-        self.peak, self.total, self.warmup, self.final, self.done = lr, max(int(total), 1), int(warmup), final, 0
-
-    def rate(self, step: int) -> float:
-        """Learning rate at optimiser step ``step``."""
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        frac = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
-        return self.peak * (self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D102
-        for group in self.param_groups:
-            group["lr"] = self.rate(self.done)
-        self.done += 1
-        return super().step(closure)
 
 
 def _net(size: dict[str, Any], dim: int, positions: int = 0) -> SetTransformer:

@@ -2,11 +2,10 @@ import json
 from importlib import resources
 
 import pytest
-import torch
 import yaml
 
 from flowsci.benchspec import SUITES
-from flowsci.domains.shapes.benchmark import WarmupCosineAdamW, spec
+from flowsci.domains.shapes.benchmark import spec
 
 CONFIGS = ["msdf_procedural.yaml", "msdf_paper.yaml", "msdf_pybullet.yaml"]
 
@@ -47,16 +46,3 @@ def test_quick_suite_has_a_few_step_reflow_row():
     assert reflow.init_from == "msdf" and reflow.fit is not None
     assert {c.nfe for c in s.cells() if c.method == "msdf-reflow"} == {1, 2}
     assert "init_from" in json.dumps(s.describe())
-
-
-def test_warmup_cosine_schedule():
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = WarmupCosineAdamW([p], lr=1e-3, total=100, warmup=10, final=0.1)
-    rates = []
-    for _ in range(100):
-        p.grad = torch.ones(3)
-        opt.step()
-        rates.append(opt.param_groups[0]["lr"])
-    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
-    assert rates[-1] == pytest.approx(1e-4, rel=0.05)
