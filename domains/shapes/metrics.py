@@ -43,6 +43,7 @@ __all__ = [
     "normalise_cloud",
     "pairwise_chamfer",
     "sample_points",
+    "shape_statistics",
     "validity_rate",
 ]
 
@@ -158,6 +159,54 @@ def is_valid(mesh: Any) -> bool:
 def validity_rate(meshes: Sequence[Any]) -> float:
     """Fraction of :func:`is_valid` meshes."""
     return float(np.mean([is_valid(m) for m in meshes])) if len(meshes) else 0.0
+
+
+def shape_statistics(shapes: Any) -> Any:
+    r"""Simple per-shape statistics for diagnosing *which* property separates generated from reference shapes.
+
+    The point-cloud metrics normalise every cloud by its bounding box, so what they see of a shape is its aspect
+    (the bounding-box half-extents relative to the largest) and how it fills that box. Per shape:
+
+    * ``ext_x``, ``ext_y``, ``ext_z`` — bounding-box half-extents divided by the largest one (in ``(0, 1]``; the
+      procedural classes are upright along ``y``, so ``ext_y`` is a cylinder's height over its largest extent);
+    * ``fill`` — enclosed volume over bounding-box volume (box 1, cylinder :math:`\pi/4`, sphere
+      :math:`\pi/6`; rounded edges and dents lower it); NaN for a mesh that is not watertight;
+    * ``components`` — connected components of the mesh (0 for an empty shape, 1 for a point cloud).
+
+    Args:
+        shapes: A :class:`~flowsci.domains.shapes.data.ShapeSet`, a
+            :class:`~flowsci.domains.shapes.flow.ShapeSolution` or a list of meshes.
+
+    Returns:
+        A ``pandas.DataFrame`` with one row per shape: ``label`` (class name, or ``None``), the columns above;
+        an empty shape has NaN statistics.
+
+    """
+    import pandas as pd
+    import trimesh
+
+    s = _as_set(shapes)
+    names = list(s.class_names)
+    rows = []
+    for i, mesh in enumerate(s.meshes):
+        label = None if s.labels is None else (names[s.labels[i]] if s.labels[i] < len(names) else str(s.labels[i]))
+        verts = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))), dtype=np.float64)
+        row: dict[str, Any] = {"label": label, "ext_x": np.nan, "ext_y": np.nan, "ext_z": np.nan, "fill": np.nan}
+        row["components"] = 0
+        if len(verts):
+            half = (verts.max(0) - verts.min(0)) / 2
+            big = max(float(half.max()), 1e-12)
+            row.update(ext_x=half[0] / big, ext_y=half[1] / big, ext_z=half[2] / big)
+            faces = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))))
+            if len(faces):
+                if mesh.is_watertight:
+                    row["fill"] = abs(float(mesh.volume)) / float(np.prod(2 * np.maximum(half, 1e-12)))
+                adjacency = mesh.face_adjacency
+                row["components"] = len(trimesh.graph.connected_components(adjacency, nodes=np.arange(len(faces))))
+            else:
+                row["components"] = 1
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["label", "ext_x", "ext_y", "ext_z", "fill", "components"])
 
 
 def chamfer_l1(x: np.ndarray, y: np.ndarray) -> float:

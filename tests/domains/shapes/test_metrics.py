@@ -16,6 +16,7 @@ from flowsci.domains.shapes.metrics import (
     normalise_cloud,
     pairwise_chamfer,
     sample_points,
+    shape_statistics,
     validity_rate,
 )
 from flowsci.errors import InputError
@@ -122,3 +123,20 @@ def test_evaluate_table_per_class():
     assert {"mmd_emd", "cov_emd", "1nna_emd"} <= set(table.columns)
     with pytest.raises(ValueError):
         evaluate([], ref)
+
+
+def test_shape_statistics_closed_forms():
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))  # half-extents 1, 0.5, 0.25
+    cyl = trimesh.creation.cylinder(radius=0.5, height=2.0, sections=256)  # axis along z
+    sphere = trimesh.creation.icosphere(4)
+    two = trimesh.util.concatenate([box, box.copy().apply_translation((5.0, 0.0, 0.0))])
+    stats = shape_statistics(ShapeSet([box, cyl, sphere, trimesh.Trimesh(), two], [0, 1, 2, 0, 0], ["b", "c", "s"]))
+    assert list(stats["label"]) == ["b", "c", "s", "b", "b"]
+    np.testing.assert_allclose(stats.loc[0, ["ext_x", "ext_y", "ext_z", "fill"]].to_numpy(float), [1, 0.5, 0.25, 1])
+    np.testing.assert_allclose(stats.loc[1, ["ext_x", "ext_y", "ext_z"]].to_numpy(float), [0.5, 0.5, 1], atol=1e-4)
+    assert stats.loc[1, "fill"] == pytest.approx(np.pi / 4, rel=1e-3)  # polygonal section: pi/4 from below
+    assert stats.loc[2, "fill"] == pytest.approx(np.pi / 6, rel=3e-3)
+    assert stats.loc[3].isna()[["ext_x", "fill"]].all() and stats.loc[3, "components"] == 0
+    assert list(stats["components"]) == [1, 1, 1, 0, 2]
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-1])  # a missing triangle: no volume
+    assert np.isnan(shape_statistics([open_box]).loc[0, "fill"])
