@@ -14,6 +14,9 @@ preprocessing (``X`` = log1p(normalize_total 1e4) on the same genes), principal 
 * ``type_w2`` / ``type_mmd``: per-type :math:`W_2` / MMD averaged over types with >= 5 cells in both sets;
 * ``marker_jaccard`` / ``marker_lfc_pearson``: top-20 Wilcoxon markers per type (scanpy ``rank_genes_groups``) of
   real vs generated cells, Jaccard overlap and correlation of log-fold changes, averaged over types.
+
+:func:`pc_moments` says *where* two sets differ on those PCs (per-PC mean errors, variance ratios overall and
+within types).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "knn_auc",
     "marker_overlap",
     "match_composition",
+    "pc_moments",
     "pca_basis",
     "plot_cells",
 ]
@@ -179,6 +183,68 @@ def match_composition(pool: Any, like: Any, label_key: str = CELL_TYPE_KEY, seed
         if len(idx):
             take += rng.choice(idx, size=n, replace=len(idx) < n).tolist()
     return pool[np.sort(np.asarray(take, dtype=np.int64))].copy()
+
+
+def pc_moments(
+    generated: Any,
+    real: Any,
+    *,
+    train: Any = None,
+    label_key: str = CELL_TYPE_KEY,
+    n_pcs: int = 30,
+    min_cells: int = _MIN_TYPE_CELLS,
+) -> Any:
+    r"""Per-PC moments of generated vs real cells on the PCs the distribution metrics use.
+
+    PCs are fitted on ``train`` (else on ``real``). With generated and real scores :math:`p^g, p^r` on PC
+    :math:`k`:
+
+    * ``mean_error`` :math:`= (\bar p^g_k - \bar p^r_k) / s^r_k` (in real standard deviations);
+    * ``var_ratio`` :math:`= \mathrm{var}(p^g_k) / \mathrm{var}(p^r_k)`;
+    * ``within_var_ratio``: the same ratio of within-type variances, each averaged over the types with at least
+      ``min_cells`` cells in both sets (NaN when none);
+    * ``type_mean_error``: root mean square over those types of (type mean difference) / :math:`s^r_k`.
+
+    Args:
+        generated: AnnData of generated cells (or a solution holding one).
+        real: AnnData of real cells, same genes.
+        train: AnnData of real training cells to fit the PCs on.
+        label_key: ``obs`` column of the cell type.
+        n_pcs: Principal components.
+        min_cells: Smallest type counted in the within-type columns.
+
+    Returns:
+        ``pandas.DataFrame`` indexed ``PC1`` ... ``PC<n_pcs>`` with the four columns above.
+
+    Raises:
+        InputError: Not AnnData, different genes, missing ``label_key``, non-finite values.
+
+    """
+    import pandas as pd
+
+    gen, ref = _adata(generated, "generated"), _adata(real, "real")
+    genes = list(map(str, ref.var_names))
+    fit_on = ref if train is None else _adata(train, "train")
+    mean, vt, _ = pca_basis(_aligned(fit_on, genes, "train" if train is not None else "real"), n_pcs)
+    pg = (_aligned(gen, genes, "generated") - mean) @ vt.T
+    pr = (_aligned(ref, genes, "real") - mean) @ vt.T
+    yg, yr = _labels(gen, label_key, "generated"), _labels(ref, label_key, "real")
+    sd = np.maximum(pr.std(0), 1e-12)
+    types = [t for t in sorted(set(yr.tolist())) if (yr == t).sum() >= min_cells and (yg == t).sum() >= min_cells]
+    nan = np.full(pr.shape[1], np.nan)
+    if types:
+        within_g = np.mean([pg[yg == t].var(0) for t in types], 0)
+        within_r = np.mean([pr[yr == t].var(0) for t in types], 0)
+        diff = np.stack([(pg[yg == t].mean(0) - pr[yr == t].mean(0)) / sd for t in types])
+    return pd.DataFrame(
+        {
+            "mean_error": (pg.mean(0) - pr.mean(0)) / sd,
+            "var_ratio": pg.var(0) / sd**2,
+            "within_var_ratio": within_g / np.maximum(within_r, 1e-12) if types else nan,
+            "type_mean_error": np.sqrt((diff**2).mean(0)) if types else nan,
+        },
+        index=[f"PC{k + 1}" for k in range(pr.shape[1])],
+    )
 
 
 def _scores(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from flowsci.benchspec import BenchmarkSpec
@@ -18,6 +19,8 @@ def test_spec_builds_for_every_suite(suite):
         assert {"dit-flow", "wbdit-ddpm", "latent-mlp-flow"} <= set(names)
         assert s.method("wbdit-reflow").init_from == "wbdit-flow"
         assert {c.solver for c in s.cells() if c.method == "wbdit-ddpm"} == {"ddim"}  # the DDPM rows say DDIM
+        # the type-prior row trains at least as long as the others (4,000 steps in quick, chosen on validation)
+        assert s.train_steps_of(s.method("wbdit-flow-typeprior")) >= s.train_steps
         # decoder ablations reuse the trained weights and only sample differently
         for name in ("wbdit-flow-round", "wbdit-flow-continuous"):
             assert s.method(name).weights_of == "wbdit-flow" and s.method(name).sample is not None
@@ -52,3 +55,17 @@ def test_smoke_models_build_and_sample():
         assert sol.adata.uns["flowsci"]["decoder"] == "lattice"
     cont = benchmark.sample_cells(model, SampleRequest(dm, ref, 112, "euler", 2, 2, 0), decoder="none")
     assert cont.adata.uns["flowsci"]["decoder"] == "none"
+
+
+def test_spread_is_the_mean_and_standard_error_over_draws():
+    dm = benchmark._datamodule()
+    ref = benchmark.reference_data(dm, 112, 0)
+    floors = [benchmark.reference_data(dm, 112, s + 1) for s in range(3)]
+    out = benchmark.spread(lambda s: floors[s], ref, draws=3)
+    aucs = [benchmark.score(f, ref, markers=False)["knn_auc"] for f in floors]
+    assert out["knn_auc"][0] == pytest.approx(np.mean(aucs))
+    assert out["knn_auc"][1] == pytest.approx(np.std(aucs, ddof=1) / np.sqrt(3)) and out["knn_auc"][1] > 0
+    same = benchmark.spread(lambda s: floors[0], ref, draws=2)  # one draw repeated: no spread
+    assert same["knn_auc"] == (pytest.approx(aucs[0]), 0.0)
+    with pytest.raises(ValueError):
+        benchmark.spread(lambda s: floors[0], ref, draws=1)

@@ -11,6 +11,7 @@ from flowsci.domains.singlecell.metrics import (
     knn_auc,
     marker_overlap,
     match_composition,
+    pc_moments,
     pca_basis,
     plot_cells,
 )
@@ -41,6 +42,29 @@ def test_pca_basis_recovers_planted_axis():
     mean, vt, sd = pca_basis(x, 2)
     np.testing.assert_allclose(np.abs(vt[0]), [0.6, 0.8, 0.0], atol=0.02)
     assert sd[0] == pytest.approx(5, rel=0.1) and sd[1] < 0.2
+
+
+def test_pc_moments_closed_forms(big):
+    train, real = big[:300].copy(), big[300:].copy()
+    same = pc_moments(real, real, train=train, n_pcs=5)
+    assert list(same.index) == [f"PC{k}" for k in range(1, 6)]
+    np.testing.assert_allclose(same[["mean_error", "type_mean_error"]], 0, atol=1e-9)
+    np.testing.assert_allclose(same[["var_ratio", "within_var_ratio"]], 1, atol=1e-9)
+    x = np.asarray(real.X, np.float64)
+    wide = real.copy()
+    wide.X = x.mean(0) + 2 * (x - x.mean(0))  # twice as far from the mean: variances x4, means kept
+    w = pc_moments(wide, real, train=train, n_pcs=5)
+    np.testing.assert_allclose(w[["var_ratio", "within_var_ratio"]], 4, rtol=1e-9)
+    np.testing.assert_allclose(w["mean_error"], 0, atol=1e-9)
+    mean, vt, _ = pca_basis(np.asarray(train.X, np.float64), 5)
+    moved = real.copy()
+    moved.X = x + 3.0 * vt[1]  # a shift along PC2 only
+    m = pc_moments(moved, real, train=train, n_pcs=5)
+    sd2 = ((x - mean) @ vt[1]).std()
+    assert m["mean_error"]["PC2"] == pytest.approx(3.0 / sd2)
+    assert m["type_mean_error"]["PC2"] == pytest.approx(3.0 / sd2)
+    np.testing.assert_allclose(m["mean_error"].drop("PC2"), 0, atol=1e-6)
+    np.testing.assert_allclose(m["var_ratio"], 1, rtol=1e-6)
 
 
 def test_marker_overlap_recovers_planted_markers(big):
