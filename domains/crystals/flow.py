@@ -571,6 +571,10 @@ class CrysBFN(CrystalGenerativeModule):
             ``‖L − L̂‖²``, with one weight for every step, so the early steps that place the atoms on sites are
             trained as much as the late refinement ones; better at few steps on Perov-5). Types keep their
             n-step loss.
+        late_weight: ``γ ≥ 0``, with ``loss_weighting="uniform"`` only: weight each crystal's coordinate and
+            lattice loss at step ``k`` by ``(1 + γ t) / (1 + γ (n − 1) / 2n)``, ``t = k / n``, a linear ramp
+            towards the late steps (where atoms commit to sites) whose mean over the uniformly drawn ``k`` is 1
+            (the type loss is not reweighted). ``0``: every step alike.
         lattice_prediction: ``"direct"`` (default): the lattice estimate is the network's lattice output,
             ``L̂ = W h̄``, in the canonical orientation every crystal is put in; ``"residual"``: ``L̂ = μ + W h̄``
             with ``μ`` the lattice belief's mean. The network sees ``μ`` only through ``μ μᵀ`` and cannot know
@@ -614,6 +618,7 @@ class CrysBFN(CrystalGenerativeModule):
         translation_invariant: bool = False,
         lattice_prediction: str = "direct",
         lattice_center: bool = False,
+        late_weight: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -624,6 +629,8 @@ class CrysBFN(CrystalGenerativeModule):
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if late_weight < 0 or (late_weight and loss_weighting != "uniform"):
+            raise ValueError(f"late_weight must be >= 0 and needs loss_weighting='uniform', got {late_weight}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if getattr(net, "cond_entropy", cond_entropy) != cond_entropy:
@@ -641,6 +648,7 @@ class CrysBFN(CrystalGenerativeModule):
         self.translation_invariant = translation_invariant
         self.lattice_prediction = lattice_prediction
         self.lattice_center = lattice_center
+        self.late_weight = float(late_weight)
         if lattice_center:  # c = mean standardised training lattice (canonical orientation), filled at fit start
             self.register_buffer("lattice_offset", torch.zeros(3, 3))
         self.coord_flow = PeriodicBayesianFlow(beta1=coord_beta1, period=1.0)
@@ -729,6 +737,9 @@ class CrysBFN(CrystalGenerativeModule):
         else:  # the same distances, every step weighted alike
             l_coord = (1.0 - torch.cos(self.coord_flow.to_angle(cb.frac - f_hat))).sum(-1)
             l_lat = (x_lat.reshape(b, 9) - l_hat.reshape(b, 9)).square().sum(-1)
+            if self.late_weight:
+                w = (1.0 + self.late_weight * t) / (1.0 + self.late_weight * (n - 1) / (2 * n))  # [B], mean 1 over k
+                l_coord, l_lat = l_coord * w[cb.batch], l_lat * w
         l_coord = _per_graph_mean(l_coord, cb.batch, b).mean()
         l_lat = l_lat.mean()
         loss = self.weights["coord"] * l_coord + self.weights["lattice"] * l_lat

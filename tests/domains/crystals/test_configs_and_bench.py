@@ -172,3 +172,26 @@ def test_nfe_sweep_columns_with_an_oracle_predictor():
     assert list(df["match_rate"]) == [1.0, 1.0] and list(df["match_rate_stol0.2"]) == [0.0, 1.0]
     assert list(df["se"]) == [0.0, 0.0] and df["rmse"].iloc[1] == pytest.approx(0.0, abs=1e-6)
     assert list(df["match_rate_true_lattice"]) == [1.0, 1.0] and np.all(df["valid"] <= 1.0)
+
+
+def test_nfe_sweep_start_scores_held_out_crystals():
+    """``start`` scores crystals start … start + num − 1 (recipes are chosen on crystals the tables do not use):
+    the model is asked for exactly those compositions, and copies of the first crystals would not match them."""
+    from flowsci.domains.crystals import benchmark as B
+    from flowsci.domains.crystals.data import CrystalDataset
+
+    everything = CrystalDataset("perov_5_test_subset", limit=4).structures()
+    held_out = everything[2:4]
+
+    class Copier:
+        def __init__(self, structures):
+            self.structures = structures
+
+        def predict_structures(self, z, steps, seed, batch_size, solver):
+            assert z == [[site.specie.Z for site in s] for s in held_out] and batch_size == 2
+            return [s.copy() for s in self.structures]
+
+    assert list(B.nfe_sweep(Copier(held_out), num=2, nfes=(1,), start=2, stols=())["match_rate"]) == [1.0]
+    assert list(B.nfe_sweep(Copier(everything[:2]), num=2, nfes=(1,), start=2, stols=())["match_rate"]) == [0.0]
+    with pytest.raises(ValueError, match="start"):
+        B.nfe_sweep(Copier(held_out), num=2, start=-1)

@@ -226,10 +226,11 @@ def test_fm_checkpoint_round_trip(tmp_path):
         loaded.sample_crystals(None, torch.tensor([5]))
 
 
-@pytest.mark.parametrize("weighting", ["bfn", "uniform"])
+@pytest.mark.parametrize("weighting", ["bfn", "uniform", "late"])
 def test_bfn_loss_weighting_closed_form(perov, monkeypatch, weighting):
     """With a fixed prediction error, the loss equals the closed form of each weighting (and 0 when exact)."""
-    model = _bfn(loss_weighting=weighting)
+    gamma = 3.0  # "late": uniform distances, each crystal weighted (1 + γ k/n) / (1 + γ (n − 1) / 2n)
+    model = _bfn(loss_weighting="uniform", late_weight=gamma) if weighting == "late" else _bfn(loss_weighting=weighting)
     cb = CrystalBatch.from_pyg(structures_to_batch(perov[:4]))
     b = len(cb.num_atoms)
     df, dl = 0.1, 0.2  # error of every fractional coordinate / standardised lattice entry
@@ -247,6 +248,10 @@ def test_bfn_loss_weighting_closed_form(perov, monkeypatch, weighting):
     per_coord = 1.0 - np.cos(2 * np.pi * df)
     if weighting == "uniform":
         want_c, want_l = 3 * per_coord, 9 * dl**2
+    elif weighting == "late":
+        w = (1 + gamma * k / 10) / (1 + gamma * 9 / 20)
+        assert abs(float(((1 + gamma * torch.arange(10.0) / 10) / (1 + gamma * 9 / 20)).mean()) - 1) < 1e-6
+        want_c, want_l = float((w * 3 * per_coord).mean()), float((w * 9 * dl**2).mean())
     else:
         alpha_c = model.coord_flow.step_accuracy(k.long() + 1, 10).double()
         w_c = alpha_c * torch.special.i1e(alpha_c) / torch.special.i0e(alpha_c)
@@ -258,6 +263,10 @@ def test_bfn_loss_weighting_closed_form(perov, monkeypatch, weighting):
     np.testing.assert_allclose(float(loss), want_c + want_l, rtol=1e-4)
     with pytest.raises(ValueError, match="loss_weighting"):
         _bfn(loss_weighting="snr")
+    with pytest.raises(ValueError, match="late_weight"):
+        _bfn(loss_weighting="bfn", late_weight=1.0)
+    with pytest.raises(ValueError, match="late_weight"):
+        _bfn(loss_weighting="uniform", late_weight=-1.0)
 
 
 def test_optimal_shift_minimises_torus_loss():
