@@ -73,6 +73,8 @@ __all__ = [
     "TrajectorySolution",
     "rectify_goalflow",
     "reflow_pairs",
+    "reverse_windows",
+    "scale_windows",
     "agent_frame",
     "coverage_goals",
     "nms_goals",
@@ -424,6 +426,59 @@ def mirror_rows(
     return x1 * sign[:, None], cond, aux
 
 
+def scale_windows(batch: dict[str, Tensor], factor: Tensor) -> dict[str, Tensor]:
+    """Scale each world-frame window about its agent's last observed position: training-time speed / scale
+    augmentation (a walker ``factor`` times faster on the same scene geometry, scaled).
+
+    Args:
+        batch: ``obs [B, L, 2]``, ``fut [B, T, 2]``, ``nbr_obs [B, M, L, 2]``, ``nbr_fut [B, M, T, 2]`` (metres);
+            other keys (``nbr_mask``) pass unchanged, absent position keys are skipped.
+        factor: ``[B]`` scale factors (> 0).
+
+    Returns:
+        A new batch dict: every position ``p`` becomes ``o + factor * (p - o)``, ``o = obs[:, -1]``.
+
+    """
+    out = dict(batch)
+    origin = batch["obs"][:, -1]
+    for key in ("obs", "fut", "nbr_obs", "nbr_fut"):
+        if key in batch:
+            v = batch[key]
+            o = origin.reshape(origin.shape[0], *([1] * (v.ndim - 2)), 2)
+            f = factor.to(v.dtype).reshape(-1, *([1] * (v.ndim - 1)))
+            out[key] = o + f * (v - o)
+    return out
+
+
+def reverse_windows(batch: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    """Play the selected windows backwards in time: training-time time-reversal augmentation.
+
+    The ``L + T`` frames of a window (agent and neighbours, all present in every frame by the window rule) are
+    reversed and cut again into ``L`` observed and ``T`` future steps.
+
+    Args:
+        batch: ``obs [B, L, 2]``, ``fut [B, T, 2]``, ``nbr_obs [B, M, L, 2]``, ``nbr_fut [B, M, T, 2]``; other keys
+            pass unchanged.
+        rows: ``[B]`` bool, the windows to reverse.
+
+    Returns:
+        A new batch dict with the selected rows reversed.
+
+    """
+    out = dict(batch)
+    pairs = [("obs", "fut", 1)]
+    if "nbr_obs" in batch and "nbr_fut" in batch:
+        pairs.append(("nbr_obs", "nbr_fut", 2))
+    for ko, kf, dim in pairs:
+        obs, fut = batch[ko], batch[kf]
+        full = torch.cat([obs, fut], dim=dim)
+        rev = full.flip(dim)
+        sel = rows.reshape(-1, *([1] * (full.ndim - 1)))
+        full = torch.where(sel, rev, full)
+        out[ko], out[kf] = full.split([obs.shape[dim], fut.shape[dim]], dim=dim)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ GoalFlow
 class GoalFlow(FlowMatching):
     """Goal-driven rectified flow for multimodal trajectory prediction (see the module docstring).
@@ -466,6 +521,11 @@ class GoalFlow(FlowMatching):
         speed_ref: Speed normalisation of the agent frame (metres per observed step; None = off): positions of
             an agent faster than this are divided by ``speed / speed_ref`` (see :meth:`frame`), so the scene, the
             vocabulary and the goals of fast walkers look like those of walkers at ``speed_ref``.
+        augment_scale: ``(lo, hi)``: scale each training window about its agent's last observed position by a
+            factor drawn log-uniformly from ``[lo, hi]`` (:func:`scale_windows`; speeds and distances alike), and
+            cluster the vocabulary from endpoints augmented the same way; ``None`` = off.
+        augment_reverse: Play each training window backwards with probability 1/2 (:func:`reverse_windows`; the
+            vocabulary is clustered from endpoints augmented the same way).
 
     """
 
@@ -501,6 +561,8 @@ class GoalFlow(FlowMatching):
         augment_flip: bool = False,
         coverage_temperature: float = 1.0,
         speed_ref: float | None = None,
+        augment_scale: tuple[float, float] | None = None,
+        augment_reverse: bool = False,
     ) -> None:
         if goal_mode not in GOAL_MODES:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
@@ -542,6 +604,12 @@ class GoalFlow(FlowMatching):
         if speed_ref is not None and not speed_ref > 0:
             raise ValueError(f"speed_ref must be > 0 or None, got {speed_ref}")
         self.speed_ref = speed_ref
+        if augment_scale is not None:
+            lo, hi = (float(v) for v in augment_scale)
+            if not 0 < lo <= hi:
+                raise ValueError(f"augment_scale must be (lo, hi) with 0 < lo <= hi, got {augment_scale}")
+            augment_scale = (lo, hi)
+        self.augment_scale, self.augment_reverse = augment_scale, augment_reverse
         # data statistics that travel in the checkpoint (float buffers: the EMA callback averages buffers too)
         self.register_buffer("goals", torch.zeros(num_goals, 2))
         self.register_buffer("pos_scale", torch.ones(2))
@@ -550,21 +618,27 @@ class GoalFlow(FlowMatching):
     # ------------------------------------------------------------------------------ statistics
     def fit_statistics(self, windows: TrajectoryWindows) -> None:
         """Set the position scale (per-axis RMS of agent-frame futures) and the goal vocabulary (k-means of the
-        agent-frame endpoints, k-means++ seeded by ``kmeans_seed``) from training windows.
+        agent-frame endpoints, k-means++ seeded by ``kmeans_seed``) from training windows. With ``augment_scale`` /
+        ``augment_reverse`` the vocabulary clusters the endpoints of the windows augmented once (draws seeded by
+        ``kmeans_seed``); the position scale stays that of the windows as given.
         """
         from scipy.cluster.vq import kmeans2
 
-        obs = torch.as_tensor(windows.obs, dtype=torch.float64)
-        fut = torch.as_tensor(windows.fut, dtype=torch.float64)
         scene = {
-            "obs": obs,
+            "obs": torch.as_tensor(windows.obs, dtype=torch.float64),
+            "fut": torch.as_tensor(windows.fut, dtype=torch.float64),
             "nbr_obs": torch.as_tensor(windows.nbr_obs, dtype=torch.float64),
+            "nbr_fut": torch.as_tensor(windows.nbr_fut, dtype=torch.float64),
             "nbr_mask": torch.as_tensor(windows.nbr_mask, dtype=torch.float64),
         }
         origin, rot = self.frame(scene)
-        local = to_local(fut, origin, rot)
+        local = to_local(scene["fut"], origin, rot)
         scale = local.pow(2).mean(dim=(0, 1)).sqrt().clamp_min(self.min_scale)
         ends = local[:, -1].numpy()
+        if self.augment_scale is not None or self.augment_reverse:  # the vocabulary of the augmented windows
+            aug = self.augment_windows(scene, torch.Generator().manual_seed(self.kmeans_seed))
+            origin, rot = self.frame(aug)
+            ends = to_local(aug["fut"][:, -1:], origin, rot)[:, 0].numpy()
         if self.augment_flip:
             ends = np.concatenate([ends, ends * np.array([1.0, -1.0])])
         if len(ends) > 50_000:
@@ -584,6 +658,19 @@ class GoalFlow(FlowMatching):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and float(self.fitted) < 0.5 and hasattr(dm, "windows"):
             self.fit_statistics(dm.windows("train"))
+
+    def augment_windows(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The training augmentations that act on world-frame windows: time reversal of a random half
+        (``augment_reverse``), then a log-uniform scale per window (``augment_scale``). Identity when both are off.
+        """
+        b, dev = batch["obs"].shape[0], batch["obs"].device
+        if self.augment_reverse:
+            batch = reverse_windows(batch, torch.rand(b, generator=generator, device=dev) < 0.5)
+        if self.augment_scale is not None:
+            lo, hi = math.log(self.augment_scale[0]), math.log(self.augment_scale[1])
+            u = torch.rand(b, generator=generator, device=dev)
+            batch = scale_windows(batch, torch.exp(lo + (hi - lo) * u))
+        return batch
 
     # ------------------------------------------------------------------------------ batches
     def frame(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -660,7 +747,7 @@ class GoalFlow(FlowMatching):
                     "GoalFlow has no goal vocabulary yet: train through a TrajectoryDataModule (fit sets it) or call "
                     "fit_statistics(windows) first"
                 )
-            x1, cond, aux = self.prepare(batch)
+            x1, cond, aux = self.prepare(self.augment_windows(batch, generator) if self.training else batch)
             cond.pop("_origin"), cond.pop("_rot")
             if self.augment_flip:
                 x1, cond, aux = mirror_rows(x1, cond, aux, generator)
