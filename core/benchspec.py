@@ -465,7 +465,11 @@ class BenchmarkSpec:
                 "cell": cell.id,
                 "steps": cell.steps,
                 "num_samples": self.num_samples,
-                "metrics": [m.name for m in self.metrics],
+                # a metric's declared columns count: changing them (e.g. dropping one) reruns its cells
+                "metrics": [
+                    [m.name, sorted(m.higher_is_better)] if isinstance(m.higher_is_better, Mapping) else m.name
+                    for m in self.metrics
+                ],
             }
         )
 

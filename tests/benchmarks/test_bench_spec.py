@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flowsci.benchmarks.registry import DOMAINS, available_domains, load_spec
-from flowsci.benchspec import BenchmarkSpec, Method
+from flowsci.benchspec import BenchmarkSpec, Method, Metric
 
 
 def test_cells_are_nfe_matched(fakes) -> None:
@@ -74,6 +74,11 @@ def test_fingerprints_track_what_determines_a_result(fakes) -> None:
     assert a.cell_fingerprint(cell) != fakes.make_spec(num_samples=401).cell_fingerprint(cell)
     assert a.cell_fingerprint(cell) != fakes.make_spec(train_steps=11).cell_fingerprint(cell)
     assert a.cell_fingerprint(cell) != fakes.make_spec(seed=1).cell_fingerprint(cell)
+    # a metric's declared columns are part of it: a table that gains or loses a column is recomputed
+    two = [Metric("pair", lambda x, y: {"a": 0.0, "b": 1.0}, higher_is_better={"a": False, "b": True})]
+    one = [Metric("pair", lambda x, y: {"a": 0.0}, higher_is_better={"a": False})]
+    assert fakes.make_spec(metrics=two).cell_fingerprint(cell) != fakes.make_spec(metrics=one).cell_fingerprint(cell)
+    assert fakes.make_spec(metrics=two).train_fingerprint(a.method("shift")) == a.train_fingerprint(a.method("shift"))
     # the training fingerprint ignores the sampling grid
     m = a.method("shift")
     assert a.train_fingerprint(m) == fakes.make_spec(nfe_grid=(8,), num_samples=3).train_fingerprint(m)
