@@ -454,7 +454,7 @@ _GEOMETRY_KEYS = {
     "clash_free": True,
     "clash_fraction": False,
     "num_ca_ca_clashes": False,
-    "angle_N_CA_C_dev": False,
+    "num_ca_clashes_3A": False,
     "angle_CA_C_N_dev": False,
     "peptide_break_rate": False,
     "helix": True,

@@ -9,6 +9,7 @@ pytest.importorskip("tmtools", reason="proteins extra (tmtools) not installed")
 
 from flowsci.benchspec import BenchmarkSpec, SampleRequest  # noqa: E402
 from flowsci.domains.proteins import benchmark as B  # noqa: E402
+from flowsci.domains.proteins import metrics as M  # noqa: E402
 from flowsci.domains.proteins.data import Backbone  # noqa: E402
 from flowsci.domains.proteins.metrics import evaluate  # noqa: E402
 
@@ -107,6 +108,8 @@ def test_sampler_and_metrics_plumbing_on_untrained_model():
     assert [len(b) for b in samples] == [60, 80, 100] and sol.nfe == 2
     geo = s.metrics[0].fn(samples, ref)
     assert set(geo) == set(B._GEOMETRY_KEYS) and geo["finite"] == 1.0
+    # the table leaves out what is constant for idealised backbones and counts close CA pairs per chain
+    assert not set(M.CONSTANT_WHEN_IDEALISED) & set(geo) and geo["num_ca_clashes_3A"] >= 0.0
     nan = next(m for m in s.metrics if m.name == "set").fn([Backbone(torch.full((5, 4, 3), float("nan")).numpy())], ref)
     assert all(v != v for v in nan.values())  # all NaN, no crash
     assert evaluate([]).summary["num_samples"] == 0.0
