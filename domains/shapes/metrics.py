@@ -41,6 +41,7 @@ __all__ = [
     "fscore",
     "is_valid",
     "normalise_cloud",
+    "num_components",
     "pairwise_chamfer",
     "sample_points",
     "shape_statistics",
@@ -142,6 +143,13 @@ def coverage_mmd_1nna(d_gr: np.ndarray, d_gg: np.ndarray, d_rr: np.ndarray) -> d
     return {"mmd": mmd, "cov": cov, "1nna": nna}
 
 
+def num_components(mesh: Any) -> int:
+    """Connected components of a mesh's faces (face adjacency); 0 for a mesh without faces."""
+    import trimesh
+
+    return len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces))))
+
+
 def is_valid(mesh: Any) -> bool:
     """Non-empty, closed (watertight) and one connected component; point clouds: non-empty and finite."""
     verts = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))))
@@ -151,9 +159,7 @@ def is_valid(mesh: Any) -> bool:
         return True
     if len(mesh.faces) == 0 or not mesh.is_watertight:
         return False
-    import trimesh
-
-    return len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)))) == 1
+    return num_components(mesh) == 1
 
 
 def validity_rate(meshes: Sequence[Any]) -> float:
@@ -183,7 +189,6 @@ def shape_statistics(shapes: Any) -> Any:
 
     """
     import pandas as pd
-    import trimesh
 
     s = _as_set(shapes)
     names = list(s.class_names)
@@ -201,8 +206,7 @@ def shape_statistics(shapes: Any) -> Any:
             if len(faces):
                 if mesh.is_watertight:
                     row["fill"] = abs(float(mesh.volume)) / float(np.prod(2 * np.maximum(half, 1e-12)))
-                adjacency = mesh.face_adjacency
-                row["components"] = len(trimesh.graph.connected_components(adjacency, nodes=np.arange(len(faces))))
+                row["components"] = num_components(mesh)
             else:
                 row["components"] = 1
         rows.append(row)
