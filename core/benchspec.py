@@ -51,6 +51,7 @@ __all__ = [
     "default_postprocess",
     "default_sample",
     "fit_method",
+    "mean_se",
     "read_trained",
     "save_trained",
     "trainer_device",
@@ -185,6 +186,22 @@ def fit_method(spec: BenchmarkSpec, method: Method, model: Any, dm: Any, steps: 
     trainer = pl.Trainer(**kwargs)
     trainer.fit(model, datamodule=dm)
     return int(trainer.global_step)
+
+
+def mean_se(values: Any) -> tuple[float, float]:
+    """Mean and standard error of the mean, ``sd / sqrt(n)`` with the sample standard deviation (``ddof = 1``):
+    how rows measured over several training seeds or sample draws are compared.
+
+    Args:
+        values: ``(n,)`` numbers (e.g. one match rate per training seed); ``n = 1`` gives ``se = nan``.
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"mean_se: need a non-empty 1-D sequence, got shape {x.shape}")
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+    return float(x.mean()), se
 
 
 def save_trained(path: str | Path, state: Mapping[str, Any], info: Mapping[str, Any]) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, ReferenceRow, SampleRequest, mean_se
 
 __all__ = [
     "spec",
@@ -56,7 +56,6 @@ __all__ = [
     "sample_csp",
     "csp_metric",
     "nfe_sweep",
-    "mean_se",
     "paired_difference",
     "seed_study",
     "REFERENCES",
@@ -306,21 +305,6 @@ def nfe_sweep(
         row["match_rate_true_lattice"] = csp_metrics(in_true_cell, gts, require_valid=False)["match_rate"]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def mean_se(values: Any) -> tuple[float, float]:
-    """Mean and standard error of the mean, ``sd / sqrt(n)`` with the sample standard deviation (``ddof = 1``).
-
-    Args:
-        values: ``(n,)`` numbers (e.g. one match rate per training seed); ``n = 1`` gives ``se = nan``.
-    """
-    import numpy as np
-
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"mean_se: need a non-empty 1-D sequence, got shape {x.shape}")
-    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
-    return float(x.mean()), se
 
 
 def paired_difference(a: Any, b: Any) -> tuple[float, float]:

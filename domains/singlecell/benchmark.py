@@ -43,6 +43,7 @@ from flowsci.benchspec import (
     Metric,
     ReferenceRow,
     SampleRequest,
+    mean_se,
     trainer_device,
 )
 
@@ -338,11 +339,7 @@ def spread(
     if draws < 2:
         raise ValueError(f"a standard error needs draws >= 2, got {draws}")
     rows = [score(draw(s), reference, markers=markers) for s in range(draws)]
-    out = {}
-    for k in rows[0]:
-        v = np.array([r.get(k, np.nan) for r in rows], dtype=np.float64)
-        out[k] = (float(v.mean()), float(v.std(ddof=1) / np.sqrt(draws)))
-    return out
+    return {k: mean_se([r.get(k, np.nan) for r in rows]) for k in rows[0]}
 
 
 def _plot(samples: Any, reference: CellReference, path: Any, title: str) -> None:

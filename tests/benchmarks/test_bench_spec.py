@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from flowsci.benchmarks.registry import DOMAINS, available_domains, load_spec
-from flowsci.benchspec import BenchmarkSpec, Method, Metric
+from flowsci.benchspec import BenchmarkSpec, Method, Metric, mean_se
 
 
 def test_cells_are_nfe_matched(fakes) -> None:
@@ -128,3 +130,14 @@ def test_trainer_device_sends_custom_fits_to_the_runners_device(device, expected
 
     assert trainer_device(device) == expected
     assert trainer_device(torch.device(device)) == expected
+
+
+def test_mean_se_on_known_numbers():
+    mean, se = mean_se([0.6, 0.5, 0.7])  # sd = 0.1 (ddof 1)
+    assert mean == pytest.approx(0.6)
+    assert se == pytest.approx(0.1 / math.sqrt(3))
+    assert mean_se([2.0, 2.0, 2.0, 2.0]) == (2.0, 0.0)
+    m1, se1 = mean_se([0.4])
+    assert m1 == 0.4 and math.isnan(se1)
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_se([])
