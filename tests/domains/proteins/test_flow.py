@@ -65,6 +65,13 @@ def _x1(model: ReQFlow, batch) -> torch.Tensor:
     return model.unpack_batch(batch)[0]
 
 
+def _oracle_losses(x1: torch.Tensor, batch, **weights: float) -> tuple[float, float]:
+    """(total loss, auxiliary loss) of a ReQFlow whose network always predicts ``x1``, at t = 0.8."""
+    model = ReQFlow(net=Oracle(x1), self_condition_prob=0.0, time_sampler=FixedTime(0.8), **weights)
+    loss, logs = model.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    return float(loss), float(logs["aux_loss"])
+
+
 def test_unpack_batch_centres_in_nm(batch):
     m = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1))
     x1, cond, mask = m.unpack_batch(batch)
@@ -417,17 +424,11 @@ def test_clash_loss_closed_form_zero_on_real_chains_and_in_training_loss(batch):
     assert float(m._clash_loss(real, torch.ones(20, 40, dtype=torch.float64), s).abs().max()) == 0.0
     # an oracle trained with the penalty still has zero loss; a clashing prediction raises the auxiliary loss
     x1 = _x1(m, batch)
-    oracle = ReQFlow(net=Oracle(x1), self_condition_prob=0.0, clash_weight=1.0, time_sampler=FixedTime(0.8))
-    assert float(oracle.compute_loss(batch, generator=torch.Generator().manual_seed(0))[0]) < 1e-8
+    assert _oracle_losses(x1, batch, clash_weight=1.0)[0] < 1e-8
     bad = x1.clone()
     bad[:, 5, :3] = bad[:, 0, :3]
-    logs = [
-        ReQFlow(net=Oracle(bad), self_condition_prob=0.0, clash_weight=w, time_sampler=FixedTime(0.8)).compute_loss(
-            batch, generator=torch.Generator().manual_seed(0)
-        )[1]["aux_loss"]
-        for w in (0.0, 1.0)
-    ]
-    assert float(logs[1]) > float(logs[0]) > 0
+    logs = [_oracle_losses(bad, batch, clash_weight=w)[1] for w in (0.0, 1.0)]
+    assert logs[1] > logs[0] > 0
 
 
 def test_rg_loss_closed_form_invariant_and_in_training_loss(batch):
@@ -451,16 +452,10 @@ def test_rg_loss_closed_form_invariant_and_in_training_loss(batch):
     assert float(ReQFlow._rg_loss(gt, gt @ rot.T + 5.0, mask, s).abs().max()) < 1e-12
     # an oracle trained with the loss has zero loss; a compacted prediction raises the auxiliary loss
     x1 = _x1(ReQFlow(), batch)
-    oracle = ReQFlow(net=Oracle(x1), self_condition_prob=0.0, rg_weight=1.0, time_sampler=FixedTime(0.8))
-    assert float(oracle.compute_loss(batch, generator=torch.Generator().manual_seed(0))[0]) < 1e-8
+    assert _oracle_losses(x1, batch, rg_weight=1.0)[0] < 1e-8
     small = torch.cat([0.7 * x1[..., :3], x1[..., 3:]], -1)
-    logs = [
-        ReQFlow(net=Oracle(small), self_condition_prob=0.0, rg_weight=w, time_sampler=FixedTime(0.8)).compute_loss(
-            batch, generator=torch.Generator().manual_seed(0)
-        )[1]["aux_loss"]
-        for w in (0.0, 1.0)
-    ]
-    assert float(logs[1]) > float(logs[0]) > 0
+    logs = [_oracle_losses(small, batch, rg_weight=w)[1] for w in (0.0, 1.0)]
+    assert logs[1] > logs[0] > 0
 
 
 def test_shipped_pretrained_model_samples_trained_backbones():
