@@ -34,20 +34,29 @@ class Coupling(ABC):
 
     Attributes:
         candidates: Prior draws the caller supplies per data point (``x0`` holds ``candidates * B`` rows).
+        group_key: Conditioning key whose values ``[B]`` split a batch into groups that are never paired across
+            (e.g. class labels, so a class-conditional prior keeps its class); None: one group.
 
     """
 
     candidates: int = 1
+    group_key: str | None = None
 
     @abstractmethod
-    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
-        """Return the paired ``(x0, x1)``, both ``[B, *D]``; ``manifold`` supplies the geodesic distance."""
+    def __call__(
+        self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None, groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Return the paired ``(x0, x1)``, both ``[B, *D]``; ``manifold`` supplies the geodesic distance and
+        ``groups`` ``[B]`` the group of each data point (pairs stay inside a group).
+        """
 
 
 class IndependentCoupling(Coupling):
     """The product coupling :math:`q(x_0)\\,q(x_1)`: pairs are kept as drawn."""
 
-    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None, groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Return the pairs unchanged."""
         return x0, x1
 
@@ -58,18 +67,36 @@ class MinibatchOTCoupling(Coupling):
     Solves the exact assignment :math:`\\min_\\pi \\sum_i \\|x_0^{\\pi(i)} - x_1^i\\|^2` over permutations with
     scipy's Hungarian solver (for uniform weights the OT plan is a permutation, so this equals POT's ``ot.emd``
     without its sampling step) and permutes the noise, so data and conditions keep their order.
+
+    With ``group_key`` the assignment is solved within each group of equal conditioning values (class-wise OT):
+    the noise drawn for a class-conditional prior, or meant for one class under classifier-free guidance, is
+    only ever paired with data of that class, so each class's noise marginal stays the prior.
+
+    Args:
+        group_key: Conditioning key holding the group of each data point (e.g. ``"y"``), or None.
     """
 
-    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
-        """Permute ``x0`` to its optimal partners (geodesic cost on a manifold)."""
+    def __init__(self, group_key: str | None = None) -> None:
+        self.group_key = group_key
+
+    def __call__(
+        self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None, groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Permute ``x0`` to its optimal partners (geodesic cost on a manifold), within ``groups`` when given."""
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"OT coupling needs equal batch sizes, got {x0.shape[0]} and {x1.shape[0]}")
         import ot
 
         cost = pair_cost(x0, x1, manifold).cpu().numpy()
-        uniform = np.full(x0.shape[0], 1.0 / x0.shape[0])
-        plan = ot.emd(uniform, uniform, cost)
-        perm = plan.argmax(axis=0)  # data j gets noise perm[j]
+        labels = np.zeros(x1.shape[0], dtype=np.int64) if groups is None else groups.reshape(-1).cpu().numpy()
+        if labels.shape[0] != x1.shape[0]:
+            raise ValueError(f"OT coupling got {labels.shape[0]} group labels for {x1.shape[0]} data points")
+        perm = np.arange(x1.shape[0])  # data j gets noise perm[j]
+        for g in np.unique(labels):
+            idx = np.flatnonzero(labels == g)
+            uniform = np.full(len(idx), 1.0 / len(idx))
+            plan = ot.emd(uniform, uniform, np.ascontiguousarray(cost[np.ix_(idx, idx)]))
+            perm[idx] = idx[plan.argmax(axis=0)]
         return x0[torch.as_tensor(perm, device=x0.device)], x1
 
 
@@ -91,8 +118,12 @@ class ImmiscibleCoupling(Coupling):
         self.k = k
         self.candidates = k
 
-    def __call__(self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None) -> tuple[Tensor, Tensor]:
-        """Choose, per data point, the nearest of its ``k`` prior candidates (geodesic distance on a manifold)."""
+    def __call__(
+        self, x0: Tensor, x1: Tensor, manifold: Manifold | None = None, groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Choose, per data point, the nearest of its ``k`` prior candidates (geodesic distance on a manifold);
+        candidates are never shared between data points, so ``groups`` needs no handling.
+        """
         b = x1.shape[0]
         if x0.shape[0] != self.k * b:
             raise ValueError(f"ImmiscibleCoupling(k={self.k}) needs {self.k * b} prior draws, got {x0.shape[0]}")

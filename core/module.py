@@ -164,7 +164,11 @@ class FlowMatching(GenerativeModule):
         x0 = cond.pop("x0", None)
         if x0 is None:
             x0 = self.sample_prior(b * self.coupling.candidates, cond, generator=generator).to(x1.dtype)
-            x0, x1 = self.coupling(x0, x1, manifold=self._manifold())
+            key = self.coupling.group_key
+            if key is not None and key not in cond:
+                raise KeyError(f"the coupling pairs within groups of cond[{key!r}], but the batch has no {key!r}")
+            groups = None if key is None else cond[key]
+            x0, x1 = self.coupling(x0, x1, manifold=self._manifold(), groups=groups)
         t = self.time_sampler.sample(b, device=x1.device, generator=generator).to(x1.dtype)
         if self.cond_dropout is not None:  # drawn last: noise and times do not depend on it
             cond = self.cond_dropout(cond, generator=generator)

@@ -30,6 +30,48 @@ def test_ot_lowers_pair_cost_and_keeps_data_order():
     assert abs(c[r, k].mean() - mean_cost(y0, y1)) < 1e-4
 
 
+def test_grouped_ot_pairs_within_groups_and_is_optimal_in_each():
+    x0, x1 = _batch(2, 60)
+    groups = torch.arange(60) % 3
+    x0 = x0 + groups[:, None] * 10.0  # noise drawn from a per-group prior, as a class-conditional one is
+    y0, y1 = MinibatchOTCoupling(group_key="y")(x0, x1, groups=groups)
+    assert torch.equal(y1, x1)
+    # each data point got noise of its own group, and each group's noise is a permutation of that group's draws
+    torch.testing.assert_close(torch.div(y0[:, 0] + 5.0, 10.0, rounding_mode="floor"), groups.float(), atol=0, rtol=0)
+    from scipy.optimize import linear_sum_assignment
+
+    for g in range(3):
+        idx = torch.nonzero(groups == g).flatten()
+        assert sorted(y0[idx, 0].tolist()) == sorted(x0[idx, 0].tolist())
+        c = pair_cost(x0[idx], x1[idx]).numpy()
+        r, k = linear_sum_assignment(c)
+        assert abs(c[r, k].mean() - mean_cost(y0[idx], x1[idx])) < 1e-4
+    # one group is the plain minibatch OT
+    same = torch.zeros(60, dtype=torch.long)
+    torch.testing.assert_close(MinibatchOTCoupling("y")(x0, x1, groups=same)[0], MinibatchOTCoupling()(x0, x1)[0])
+    with pytest.raises(ValueError, match="group labels"):
+        MinibatchOTCoupling("y")(x0, x1, groups=groups[:10])
+
+
+def test_flow_matching_passes_the_group_key_to_the_coupling():
+    from flowsci.module import FlowMatching
+    from flowsci.nets import MLP
+
+    seen = {}
+
+    class Spy(MinibatchOTCoupling):
+        def __call__(self, x0, x1, manifold=None, groups=None):
+            seen["groups"] = groups
+            return super().__call__(x0, x1, manifold, groups)
+
+    fm = FlowMatching(MLP(2, hidden=8, depth=1, num_classes=2), coupling=Spy(group_key="y"))
+    y = torch.tensor([0, 1, 0, 1])
+    fm.compute_loss((torch.randn(4, 2), y), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen["groups"], y)
+    with pytest.raises(KeyError, match="no 'y'"):
+        fm.compute_loss(torch.randn(4, 2))
+
+
 def test_immiscible_picks_nearest_candidate():
     x0, x1 = _batch(1, 64)
     cand = torch.randn(4 * 64, 2, generator=torch.Generator().manual_seed(5))
