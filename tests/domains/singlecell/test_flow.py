@@ -230,3 +230,56 @@ def test_type_prior_is_the_per_type_gaussian_of_the_training_cells(synth_dm):
     np.testing.assert_allclose(sol.adata.X, model.decode(sol.x0).clamp_min(0).numpy(), atol=1e-5)
     with pytest.raises(InputError, match="prior"):
         WhiteBoxFlow(WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2), prior="uniform")
+
+
+# the synthetic types are far apart, so with their own priors even a global plan would stay within types; the
+# N(0, I) prior gives every type the same draws, where a plan that ignored the types would cross them
+@pytest.mark.parametrize("prior", ["type", "normal"])
+def test_class_wise_ot_pairs_prior_draws_only_with_cells_of_their_type(synth_dm, prior):
+    from scipy.optimize import linear_sum_assignment
+
+    from flowsci.couplings import IndependentCoupling, MinibatchOTCoupling
+
+    calls = []
+
+    class Spy(MinibatchOTCoupling):
+        def __call__(self, x0, x1, manifold=None, groups=None):
+            out = super().__call__(x0, x1, manifold, groups)
+            calls.append((x0, out[0], x1, groups.clone()))
+            return out
+
+    torch.manual_seed(0)
+    net = WBDiT(60, 3, patch=6, hidden=16, depth=1, heads=2)
+    model = WhiteBoxFlow(net, prior=prior, coupling=Spy(group_key="y"), label_dropout=0.5)
+    model.set_metadata(synth_dm.metadata())
+    indep = copy.deepcopy(model)
+    indep.coupling = IndependentCoupling()
+    batch = next(iter(synth_dm.train_dataloader()))
+    y = batch["y"]
+    loss_ot, _ = model.compute_loss(batch, torch.Generator().manual_seed(0))
+    loss_indep, _ = indep.compute_loss(batch, torch.Generator().manual_seed(0))
+    x0, paired, x1, groups = calls[-1]
+    # groups are the true types although half the labels are dropped for guidance (dropout is drawn afterwards)
+    assert torch.equal(groups, y) and len(set(y.tolist())) == 3
+    src = torch.cdist(paired, x0).argmin(1)  # which prior draw each cell got
+    assert sorted(src.tolist()) == list(range(len(y)))
+    assert torch.equal(y[src], y)  # draw src[j] was made for y[src[j]] = y[j]: never across types
+    assert not torch.equal(src, torch.arange(len(y)))
+    # the untrained flow predicts zero velocity, so the loss is the mean squared path length; class-wise OT makes
+    # it the exact optimum of each type's assignment problem (and below the independent pairing's)
+    cost = torch.cdist(x1.double(), x0.double()).pow(2).numpy()
+    best = 0.0
+    for k in range(3):
+        idx = np.flatnonzero(y.numpy() == k)
+        rows, cols = linear_sum_assignment(cost[np.ix_(idx, idx)])
+        best += cost[np.ix_(idx, idx)][rows, cols].sum()
+    assert float(loss_ot) * x1.numel() == pytest.approx(best, rel=1e-5)
+    assert float(loss_ot) < float(loss_indep)
+    # and it trains: parameters move, every training batch is paired within types
+    before = copy.deepcopy(model.state_dict())
+    calls.clear()
+    _fit(model, synth_dm, steps=3)
+    assert len(calls) == 3 and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for x0, paired, _, groups in calls:
+        src = torch.cdist(paired, x0).argmin(1)
+        assert torch.equal(groups[src], groups)
