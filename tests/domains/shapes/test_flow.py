@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 import trimesh
 
+from flowsci.couplings import MinibatchOTCoupling
 from flowsci.domains.shapes import GridSDFFlow, MosaicFlow, PointCloudFlow, SetTransformer, ShapesDataModule
 from flowsci.domains.shapes.flow import patchify, unpatchify
 from flowsci.errors import InputError
@@ -69,6 +71,42 @@ def test_geometry_columns_are_standardised_to_geometry_scale(tmp_path):
         np.testing.assert_allclose((x * model.x_std.double() + model.x_mean.double()).numpy(), mats.numpy(), atol=1e-5)
     with pytest.raises(InputError, match="geometry_scale"):
         _model(geometry_scale=0.0)
+
+
+def test_classwise_ot_pairs_mosaics_within_their_class_before_label_dropout(tmp_path):
+    """``MosaicFlow(coupling=MinibatchOTCoupling(group_key="y"))``: the coupling gets the batch's class labels even
+    when label dropout nulls all of them (dropout comes after the pairing); every mosaic keeps a noise draw of its
+    own class, and the paired squared distance is minimal within each class."""
+    seen = {}
+
+    class Recording(MinibatchOTCoupling):
+        def __call__(self, x0, x1, manifold=None, groups=None):
+            out = super().__call__(x0, x1, manifold, groups)
+            seen.update(x0=x0, x1=x1, groups=groups, paired=out[0])
+            return out
+
+    dm = _dm(tmp_path, classes=["torus", "chair", "cylinder"], train_per_class=4, batch_size=12)
+    dm.setup("fit")
+    model = _model(coupling=Recording(group_key="y"))
+    model.cond_dropout = ConditionDropout(1.0, keys=["y"], null_label=10)  # every label dropped
+    model.set_statistics(*dm.statistics())
+    batch = next(iter(dm.train_dataloader()))
+    loss, _ = model.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    labels = batch["y"]
+    assert torch.equal(seen["groups"], labels) and len(labels.unique()) == 3
+    x0, x1, paired = seen["x0"], seen["x1"], seen["paired"]
+    torch.testing.assert_close(x1, (batch["x1"] - model.x_mean) / model.x_std)  # pairs in standardised units
+    src = [int(torch.nonzero((x0 == row).all(dim=-1).all(dim=-1)).item()) for row in paired]
+    assert sorted(src) == list(range(len(labels)))  # a permutation of the drawn noise
+    for c in labels.unique():
+        idx = torch.nonzero(labels == c).flatten().tolist()
+        assert {src[i] for i in idx} == set(idx)  # noise stays in its class
+        cost = torch.cdist(x0[idx].flatten(1).double(), x1[idx].flatten(1).double()) ** 2  # [noise, data]
+        pos = {g: a for a, g in enumerate(idx)}
+        got = sum(cost[pos[src[i]], j].item() for j, i in enumerate(idx))
+        best = min(sum(cost[p[j], j].item() for j in range(len(idx))) for p in itertools.permutations(range(len(idx))))
+        assert got == pytest.approx(best, rel=1e-9)
 
 
 def test_sample_returns_meshes_labels_and_counts_cfg_nfe(trained):
