@@ -444,13 +444,17 @@ def long_curve(
     max_dist: float | None = None,
     rg_weight: float | None = None,
     centroid_feats: bool | None = None,
+    length_feats: bool | None = None,
+    seeds: Sequence[int] = (0,),
+    loss_chains: int | None = None,
+    grad_clip: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Fine-tune a trained model on whole chains (:func:`fit_long`) and score snapshots per length bucket.
 
     The model (``ckpt``; None: ``ReQFlow.pretrained()``) switches to the translation prior ``trans_prior`` (``"rg"``:
     length-aware, :func:`~flowsci.domains.proteins.flow.translation_prior_std`) for training and sampling, is
-    trained for ``max(checkpoints)`` steps at ``lr`` and scored by :func:`bucket_table` (NFE 10, prior seed 0) at
-    step 0 and after each step count in ``checkpoints``.
+    trained for ``max(checkpoints)`` steps at ``lr`` and scored by :func:`bucket_table` (NFE 10, each prior seed of
+    ``seeds``) at step 0 and after each step count in ``checkpoints``.
 
     Args:
         ckpt: Starting checkpoint.
@@ -466,11 +470,17 @@ def long_curve(
         relpos_k: If set, the relative-position clip first grows to this (``grown``).
         max_dist: If set, the distance bins first grow out to this many Å (``grown``).
         centroid_feats: If True, the trunk first gains the centroid node features (``grown``).
+        length_feats: If True, the trunk first gains the chain-length node features (``grown``).
+        loss_chains: If set, the fine-tuning's batch loss is the sum over chains / this (``ReQFlow(loss_chains=...)``:
+            every chain the same weight in length-aware batches).
+        grad_clip: Gradient-norm clipping of the fine-tuning (:func:`fit_long`).
+        seeds: Prior seeds of the scored cells (one :func:`bucket_table` each; choose on seeds other than the
+            reported ones).
         rg_weight: If set, the fine-tuning adds the chain-size loss with this weight (``ReQFlow(rg_weight=...)``).
 
     Returns:
-        :func:`bucket_table` rows with ``train_steps``, ``train_seconds`` (wall time of training so far) and
-        ``parameters`` (of the trunk).
+        :func:`bucket_table` rows with ``train_steps``, ``train_seconds`` (wall time of training so far),
+        ``parameters`` (of the trunk) and the prior ``seed``.
     """
     import pytorch_lightning as pl
 
@@ -478,10 +488,12 @@ def long_curve(
 
     model = ReQFlow.pretrained() if ckpt is None else ReQFlow.from_checkpoint(ckpt)
     model.trans_prior = trans_prior
-    if (num_blocks, relpos_k, max_dist, centroid_feats) != (None, None, None, None):
-        model.net = model.net.grown(num_blocks, relpos_k, max_dist, centroid_feats)
+    if (num_blocks, relpos_k, max_dist, centroid_feats, length_feats) != (None,) * 5:
+        model.net = model.net.grown(num_blocks, relpos_k, max_dist, centroid_feats, length_feats)
     if rg_weight is not None:
         model.rg_weight = rg_weight
+    if loss_chains is not None:
+        model.loss_chains = int(loss_chains)
     params = sum(p.numel() for p in model.net.parameters())
     wanted = sorted({int(c) for c in checkpoints})
     snaps: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
@@ -492,19 +504,21 @@ def long_curve(
             if trainer.global_step in wanted and trainer.global_step not in snaps:
                 snaps[trainer.global_step] = (copy.deepcopy(pl_module.state_dict()), time.perf_counter() - t0)
 
-    rows = [
-        {"train_steps": 0, "train_seconds": 0.0, "parameters": params, **r} for r in bucket_table(model, per_bucket)
-    ]
+    def score(step: int, sec: float) -> list[dict[str, Any]]:
+        return [
+            {"train_steps": step, "train_seconds": sec, "parameters": params, "seed": int(s), **r}
+            for s in seeds
+            for r in bucket_table(model, per_bucket, seed=int(s))
+        ]
+
+    rows = score(0, 0.0)
     pl.seed_everything(seed, verbose=False)
     t0 = time.perf_counter()
-    fit_long(model, None, wanted[-1], device, lr=lr, callbacks=[_Snap()])
+    fit_long(model, None, wanted[-1], device, lr=lr, callbacks=[_Snap()], grad_clip=grad_clip)
     for step in wanted:
         state, sec = snaps[step]
         model.load_state_dict(state)
-        rows += [
-            {"train_steps": step, "train_seconds": sec, "parameters": params, **r}
-            for r in bucket_table(model, per_bucket)
-        ]
+        rows += score(step, sec)
     if out:
         meta = {
             "base": ckpt or "ReQFlow.pretrained()",
@@ -523,10 +537,14 @@ def long_curve(
                     ("relpos-k", relpos_k),
                     ("max-dist", max_dist),
                     ("rg-weight", rg_weight),
+                    ("loss-chains", loss_chains),
+                    ("grad-clip", grad_clip if grad_clip != 1.0 else None),
                 )
                 if v is not None
             )
             + ("--centroid " if centroid_feats else "")
+            + ("--length-feats " if length_feats else "")
+            + f"--train-seed {seed} --seeds {','.join(map(str, seeds))} "
             + f"--checkpoints {','.join(map(str, wanted))} --lr {lr:g} --num {per_bucket} --out {out}",
         }
         save_module(model.eval(), out, meta)
@@ -613,7 +631,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``speed --ckpt C [--lengths 50,100,150,200,250] [--batches 1,8] [--nfe 10]``: :func:`sampling_speed`;
     ``buckets --ckpt C [--num 8] [--nfe 10] [--seeds 0] [--restraint 0]``: :func:`bucket_table` (``--num`` chains per
     bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH] [--blocks 4]
-    [--relpos-k 64] [--max-dist 40] [--centroid] [--rg-weight 2]``: :func:`long_curve` (the trunk grown first);
+    [--relpos-k 64] [--max-dist 40] [--centroid] [--length-feats] [--rg-weight 2] [--loss-chains 8] [--grad-clip 100]
+    [--seeds 1,2]``:
+    :func:`long_curve` (the trunk grown first);
     ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
     :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
     speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also
@@ -650,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--final-steps", default="euler")
     p.add_argument("--times", default="0.1,0.3,0.5,0.7,0.9,0.99,1.0")
     p.add_argument("--checkpoints", type=ints, default=None, help="curve: 800,1200,1600,2000; long: 150,300,600")
-    p.add_argument("--train-seed", type=int, default=0, help="curve: seed of the training run")
+    p.add_argument("--train-seed", type=int, default=0, help="curve / long: seed of the training run")
     p.add_argument("--res-idx", default="chain", choices=("chain", "crop"), help="curve: crop residue indices")
     p.add_argument("--train-rot-prior", default="uniform", choices=("uniform", "igso3"), help="curve: training prior")
     p.add_argument("--aux-t", type=float, default=0.5, help="curve: auxiliary losses when t > this")
@@ -658,6 +678,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--relpos-k", type=int, help="long: grow the relative-position clip to this first")
     p.add_argument("--max-dist", type=float, help="long: grow the distance bins out to this many Å first")
     p.add_argument("--centroid", action="store_true", help="long: add the centroid node features first")
+    p.add_argument("--length-feats", action="store_true", help="long: add the chain-length node features first")
+    p.add_argument("--loss-chains", type=int, help="long: batch loss = sum over chains / this (per-chain weight)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="long: gradient-norm clipping of the fine-tuning")
     p.add_argument("--rg-weight", type=float, help="long: add the chain-size loss with this weight")
     p.add_argument("--restraint", type=float, default=0.0, help="sweep: sampling-time CA restraint weight")
     p.add_argument("--json", help="also write the rows to this JSON file")
@@ -702,6 +725,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_dist=a.max_dist,
             rg_weight=a.rg_weight,
             centroid_feats=a.centroid or None,
+            length_feats=a.length_feats or None,
+            seeds=a.seeds,
+            loss_chains=a.loss_chains,
+            grad_clip=a.grad_clip,
         )
     elif a.what == "curve":
         rows = training_curve(

@@ -313,6 +313,11 @@ class ReQFlow(FlowMatching):
             CA trace, scaled by 1/s(t) like the other terms), added for t > ``aux_t``; 0 (default) = the paper's
             loss. Not part of ReQFlow: it targets the one global mode (the chain's size) that a per-residue
             loss weights by 1/N.
+        loss_chains: None (default): the batch loss is the mean of its chains' losses (the paper's). An integer N:
+            their sum divided by N, so every chain weighs the same whatever else its batch holds (with length-aware
+            batches of at most N chains a 250-residue chain otherwise fills a batch alone and weighs N times a
+            short chain batched with N − 1 others). Not part of ReQFlow. Gradient-norm clipping below the
+            gradients' norm (the suite's 1.0) rescales every batch to the same step and undoes this weight.
     """
 
     def __init__(
@@ -345,6 +350,7 @@ class ReQFlow(FlowMatching):
         clash_t: float | None = None,
         trans_prior: str = "fixed",
         rg_weight: float = 0.0,
+        loss_chains: int | None = None,
     ) -> None:
         if trans_prior not in TRANS_PRIORS:
             raise ValueError(f"trans_prior must be one of {TRANS_PRIORS}, got {trans_prior!r}")
@@ -387,6 +393,9 @@ class ReQFlow(FlowMatching):
         self.dist_cutoff = dist_cutoff
         self.clash_weight, self.clash_dist, self.clash_t = clash_weight, clash_dist, clash_t
         self.rg_weight = rg_weight
+        if loss_chains is not None and int(loss_chains) < 1:
+            raise ValueError(f"loss_chains must be None or >= 1, got {loss_chains!r}")
+        self.loss_chains = None if loss_chains is None else int(loss_chains)
         if pdb_residue not in ("GLY", "ALA"):
             raise ValueError(f"pdb_residue must be 'GLY' or 'ALA', got {pdb_residue!r}")
         self.pdb_residue = pdb_residue
@@ -519,7 +528,7 @@ class ReQFlow(FlowMatching):
             rg_l = self.rg_weight * self._rg_loss(x1[..., :3], pred[..., :3], mask_f, s) * (t > self.aux_t).to(x1.dtype)
             aux_l = aux_l + rg_l.clamp(max=self.loss_clamp)
         total = trans_l + rot_l + aux_l
-        loss = total.mean()
+        loss = total.mean() if self.loss_chains is None else total.sum() / self.loss_chains
         logs = {
             "loss": loss.detach(),
             "trans_loss": trans_l.mean().detach(),
@@ -896,6 +905,7 @@ class ReQFlow(FlowMatching):
             "clash_t",
             "trans_prior",
             "rg_weight",
+            "loss_chains",
         )
         return {k: getattr(self, k) for k in keys}
 

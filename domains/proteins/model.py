@@ -33,7 +33,28 @@ from flowsci.domains.proteins.geometry import apply_rigid, invert_apply_rigid
 from flowsci.manifolds import quaternion_multiply, quaternion_normalize, quaternion_to_matrix
 from flowsci.nets import sinusoidal_features
 
-__all__ = ["IPAFrameNet", "InvariantPointAttention"]
+__all__ = ["LENGTH_FEATS", "IPAFrameNet", "InvariantPointAttention", "length_features"]
+
+LENGTH_FEATS = 9
+"""Node-input columns added by ``IPAFrameNet(length_feats=True)``: log(L / 100) and 8 sinusoids of L."""
+
+
+def length_features(mask: Tensor) -> Tensor:
+    r"""Chain-length node features ``[B, L, LENGTH_FEATS]`` from a residue mask ``[B, L]``.
+
+    Every residue of chain b gets the same row: :math:`\log(N_b / 100)` and ``sinusoidal_features(N_b, 8)``
+    (periods 2π to 2π·10³ residues), with :math:`N_b` the number of real residues (the mask's sum, so padding
+    does not change them). Padding rows are zeroed.
+    """
+    n = mask.sum(-1).clamp_min(1)  # [B]
+    feats = torch.cat(
+        [
+            torch.log(n / 100.0)[:, None],
+            sinusoidal_features(n, LENGTH_FEATS - 1, compute_dtype=torch.float64).to(mask.dtype),
+        ],
+        dim=-1,
+    )
+    return feats[:, None, :] * mask[..., None]
 
 
 def _distogram(ca: Tensor, num_bins: int, max_dist: float) -> Tensor:
@@ -201,6 +222,9 @@ class IPAFrameNet(nn.Module):
         centroid_feats: Add to each residue's node input the vector from it to the chain's centroid in its own
             frame, :math:`R_i^\top(\bar x - x_i)` (nm), and its length (invariant to rigid motions). Not in
             FrameFlow/ReQFlow: a residue otherwise sees the chain's centre only through attention.
+        length_feats: Add to each residue's node input the chain's length (:func:`length_features`: log(N/100) and
+            8 sinusoids of the number N of real residues). Not in FrameFlow/ReQFlow: there a residue sees N only
+            through attention sums (the index sinusoid, clipped relative positions and the mask do not give it).
     """
 
     def __init__(
@@ -221,14 +245,15 @@ class IPAFrameNet(nn.Module):
         max_dist: float = 20.0,
         pair_down: int | None = None,
         centroid_feats: bool = False,
+        length_feats: bool = False,
     ) -> None:
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         self.config = config
         self.c_pos_emb, self.c_time_emb = c_pos_emb, c_time_emb
         self.relpos_k, self.num_dist_bins, self.max_dist = relpos_k, num_dist_bins, max_dist
-        self.centroid_feats = centroid_feats
-        self.node_embed = nn.Linear(c_pos_emb + c_time_emb + 1 + 4 * centroid_feats, c_s)
+        self.centroid_feats, self.length_feats = centroid_feats, length_feats
+        self.node_embed = nn.Linear(sum(hi - lo for lo, hi in self._node_columns().values()), c_s)
         self.node_pair = nn.Linear(c_s, c_z // 2)
         n_edge_in = (2 * relpos_k + 1) + 2 * num_dist_bins + 2 * (c_z // 2)
         self.edge_embed = nn.Sequential(
@@ -280,12 +305,28 @@ class IPAFrameNet(nn.Module):
             relpos_k=64,
         )
 
+    def _node_columns(self) -> dict[str, tuple[int, int]]:
+        """Column ranges ``[lo, hi)`` of the node-embedding input: ``base`` (index, time, mask), ``centroid`` and
+        ``length`` (empty when the option is off), in the order ``forward`` concatenates them.
+        """
+        widths = {
+            "base": self.c_pos_emb + self.c_time_emb + 1,
+            "centroid": 4 * self.centroid_feats,
+            "length": LENGTH_FEATS * self.length_feats,
+        }
+        cols, lo = {}, 0
+        for name, w in widths.items():
+            cols[name] = (lo, lo + w)
+            lo += w
+        return cols
+
     def grown(
         self,
         num_blocks: int | None = None,
         relpos_k: int | None = None,
         max_dist: float | None = None,
         centroid_feats: bool | None = None,
+        length_feats: bool | None = None,
     ) -> IPAFrameNet:
         """A larger copy that computes exactly the same function (function-preserving growth, for warm starts).
 
@@ -297,13 +338,15 @@ class IPAFrameNet(nn.Module):
         * ``num_blocks`` (≥ the current): the new blocks are appended with the constructor's zero-initialised
           backbone update, so they change nodes and edges but not the predicted frames; the former last block
           gets a (fresh) edge transition, whose output only the new blocks read.
-        * ``centroid_feats=True``: the new node inputs (the centroid vector and its length) get zero weights.
+        * ``centroid_feats=True`` / ``length_feats=True``: the new node inputs (the centroid vector and its length;
+          the chain-length features) get zero weights.
 
         Args:
             num_blocks: Trunk blocks of the copy (default: the current).
             relpos_k: Relative-position clip of the copy (default: the current).
             max_dist: Last distance-bin edge of the copy in Å (default: the current).
             centroid_feats: Centroid node features in the copy (default: as now; cannot be switched off).
+            length_feats: Chain-length node features in the copy (default: as now; cannot be switched off).
 
         Returns:
             A new :class:`IPAFrameNet` whose ``forward`` equals this one's (up to float rounding at bin edges).
@@ -325,7 +368,10 @@ class IPAFrameNet(nn.Module):
         cen = self.centroid_feats if centroid_feats is None else bool(centroid_feats)
         if self.centroid_feats and not cen:
             raise ValueError("grown() only enlarges: centroid_feats cannot be switched off")
-        cfg.update(num_blocks=nblk, relpos_k=k1, num_dist_bins=nb1, max_dist=m1, centroid_feats=cen)
+        lfe = self.length_feats if length_feats is None else bool(length_feats)
+        if self.length_feats and not lfe:
+            raise ValueError("grown() only enlarges: length_feats cannot be switched off")
+        cfg.update(num_blocks=nblk, relpos_k=k1, num_dist_bins=nb1, max_dist=m1, centroid_feats=cen, length_feats=lfe)
         new = IPAFrameNet(**cfg).to(next(self.parameters()))
         state = {k: v for k, v in self.state_dict().items() if not k.startswith(("edge_embed.0.", "node_embed."))}
         new.load_state_dict(state, strict=False)  # missing: edge_embed.0 (below) and the new blocks' parameters
@@ -339,7 +385,10 @@ class IPAFrameNet(nn.Module):
             new.edge_embed[0].weight.copy_(self.edge_embed[0].weight[:, cols])
             new.edge_embed[0].bias.copy_(self.edge_embed[0].bias)
             new.node_embed.weight.zero_()
-            new.node_embed.weight[:, : self.node_embed.in_features].copy_(self.node_embed.weight)
+            new_cols = new._node_columns()
+            for name, (lo, hi) in self._node_columns().items():
+                new_lo = new_cols[name][0]
+                new.node_embed.weight[:, new_lo : new_lo + hi - lo].copy_(self.node_embed.weight[:, lo:hi])
             new.node_embed.bias.copy_(self.node_embed.bias)
         return new
 
@@ -389,6 +438,8 @@ class IPAFrameNet(nn.Module):
             centre = (trans * mask[..., None]).sum(1, keepdim=True) / mask.sum(1).clamp_min(1)[:, None, None]
             local = invert_apply_rigid(quaternion_to_matrix(quat), trans, centre.expand_as(trans))
             node_in = torch.cat([node_in, local, local.norm(dim=-1, keepdim=True)], dim=-1)
+        if self.length_feats:
+            node_in = torch.cat([node_in, length_features(mask)], dim=-1)
         s = self.node_embed(node_in) * mask[..., None]
 
         rel = (res_idx[:, None, :] - res_idx[:, :, None]).clamp(-self.relpos_k, self.relpos_k) + self.relpos_k

@@ -168,20 +168,48 @@ def test_long_curve_grows_the_trunk_without_changing_step_0_and_records_the_flag
     base = ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1, relpos_k=8))
     save_module(base, tmp_path / "base.pt", {})
     plain = D.long_curve(str(tmp_path / "base.pt"), checkpoints=(1,), per_bucket=1)
-    flags = ["--blocks", "2", "--relpos-k", "16", "--max-dist", "40", "--centroid", "--rg-weight", "1"]
+    flags = [
+        "--blocks",
+        "2",
+        "--relpos-k",
+        "16",
+        "--max-dist",
+        "40",
+        "--centroid",
+        "--length-feats",
+        "--rg-weight",
+        "1",
+        "--loss-chains",
+        "4",
+        "--grad-clip",
+        "50",
+    ]
     out = tmp_path / "grown.pt"
     D.main(["long", "--ckpt", str(tmp_path / "base.pt"), "--checkpoints", "1", "--num", "1", "--out", str(out), *flags])
     capsys.readouterr()
     grown = ReQFlow.from_checkpoint(out)
     net = grown.net
     assert len(net.blocks) == 2 and net.relpos_k == 16 and net.max_dist == 40.0 and net.centroid_feats
-    assert grown.rg_weight == 1.0 and grown.trans_prior == "rg"
+    assert net.length_feats
+    assert grown.rg_weight == 1.0 and grown.trans_prior == "rg" and grown.loss_chains == 4
     meta = read_checkpoint(out)["meta"]
     assert meta["parameters"] > sum(p.numel() for p in base.net.parameters())
-    for flag in ("--blocks 2", "--relpos-k 16", "--max-dist 40.0", "--rg-weight 1.0", "--centroid"):
+    for flag in (
+        "--blocks 2",
+        "--relpos-k 16",
+        "--max-dist 40.0",
+        "--rg-weight 1.0",
+        "--loss-chains 4",
+        "--grad-clip 50.0",
+        "--centroid",
+        "--length-feats",
+    ):
         assert flag in meta["command"]
     # step 0 is the same function: the grown model's samples score exactly as the base model's
-    rows = D.long_curve(str(tmp_path / "base.pt"), checkpoints=(1,), per_bucket=1, num_blocks=2, centroid_feats=True)
+    kw = {"num_blocks": 2, "centroid_feats": True, "length_feats": True, "seeds": (0, 3)}
+    rows = D.long_curve(str(tmp_path / "base.pt"), checkpoints=(1,), per_bucket=1, **kw)
+    assert [r["seed"] for r in rows] == [0] * 4 + [3] * 4 + [0] * 4 + [3] * 4
+    assert [r["rg_ratio_median"] for r in rows[:4]] != [r["rg_ratio_median"] for r in rows[4:8]]  # other prior draws
     for a, b in zip(plain[:4], rows[:4], strict=True):
         assert a["train_steps"] == b["train_steps"] == 0 and b["parameters"] > a["parameters"]
         assert a["rg_ratio_median"] == pytest.approx(b["rg_ratio_median"], rel=1e-4)

@@ -431,6 +431,28 @@ def test_clash_loss_closed_form_zero_on_real_chains_and_in_training_loss(batch):
     assert logs[1] > logs[0] > 0
 
 
+def test_loss_chains_sums_per_chain_losses_and_is_stored(batch, tmp_path):
+    from flowsci.checkpoint import save_module
+
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    losses = {}
+    for n in (None, 8, 3):
+        model = ReQFlow(net=net, loss_chains=n, time_sampler=FixedTime(0.8))
+        losses[n] = float(model.compute_loss(batch, generator=torch.Generator().manual_seed(0))[0])
+    # 3 chains: the mean is sum / 3; with loss_chains=8 the sum / 8, and loss_chains=3 is the mean again
+    assert losses[8] == pytest.approx(losses[None] * 3 / 8, rel=1e-6)
+    assert losses[3] == pytest.approx(losses[None], rel=1e-6)
+    with pytest.raises(ValueError, match="loss_chains"):
+        ReQFlow(net=net, loss_chains=0)
+    path = save_module(ReQFlow(net=net, loss_chains=8), tmp_path / "w.pt")
+    assert ReQFlow.from_checkpoint(path).loss_chains == 8
+    blob = torch.load(path, weights_only=True)
+    del blob["flowsci"]["init"]["loss_chains"]  # a file written before the option existed
+    torch.save(blob, tmp_path / "old.pt")
+    assert ReQFlow.from_checkpoint(tmp_path / "old.pt").loss_chains is None
+
+
 def test_rg_loss_closed_form_invariant_and_in_training_loss(batch):
     g = torch.Generator().manual_seed(0)
     gt = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)

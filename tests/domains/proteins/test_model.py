@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowsci.domains.proteins.model import InvariantPointAttention, IPAFrameNet
+from flowsci.domains.proteins.model import LENGTH_FEATS, InvariantPointAttention, IPAFrameNet, length_features
 from flowsci.manifolds import quaternion_multiply, quaternion_to_matrix, random_quaternion
 
 torch.set_num_threads(1)
@@ -29,10 +29,12 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
             blk.bb_update.bias.copy_(0.1 * torch.randn(blk.bb_update.bias.shape, generator=g))
 
 
-@pytest.mark.parametrize("centroid_feats", [False, True])
-def test_predicted_frames_are_se3_equivariant(centroid_feats):
+@pytest.mark.parametrize(("centroid_feats", "length_feats"), [(False, False), (True, False), (False, True)])
+def test_predicted_frames_are_se3_equivariant(centroid_feats, length_feats):
     torch.manual_seed(0)
-    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, centroid_feats=centroid_feats)
+    net = IPAFrameNet(
+        c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, centroid_feats=centroid_feats, length_feats=length_feats
+    )
     net = net.double().eval()
     _randomise(net, 1)
     x, t, x_sc = _inputs()
@@ -84,9 +86,11 @@ def test_ipa_is_invariant_and_masked_residues_do_not_leak():
     assert torch.allclose(a[0, :5], c[0, :5], atol=1e-12)
 
 
-def test_net_masked_padding_does_not_change_real_residues():
+@pytest.mark.parametrize("length_feats", [False, True])
+def test_net_masked_padding_does_not_change_real_residues(length_feats):
     torch.manual_seed(0)
-    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2).double().eval()
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, length_feats=length_feats)
+    net = net.double().eval()
     _randomise(net, 3)
     x, t, _ = _inputs(b=1, n=10)
     mask = torch.ones(1, 10, dtype=torch.float64)
@@ -140,3 +144,71 @@ def test_grown_rejects_shrinking_and_off_grid_distances():
             net.grown(**kw)
     with pytest.raises(ValueError, match="only enlarges"):
         net.grown(centroid_feats=True).grown(centroid_feats=False)
+
+
+def test_length_features_closed_form_equal_for_equal_lengths_and_blind_to_padding():
+    mask = torch.zeros(3, 40, dtype=torch.float64)
+    mask[0, :25] = 1  # 25 residues, 15 padding
+    mask[1, :25] = 1
+    mask[1, 30:] = 0.0  # same length, same padding pattern written differently
+    mask[2, :40] = 1  # 40 residues, no padding
+    f = length_features(mask)
+    assert f.shape == (3, 40, LENGTH_FEATS)
+    assert torch.allclose(f[0, 0, 0], torch.log(torch.tensor(0.25, dtype=torch.float64)))
+    assert torch.allclose(f[2, 0, 0], torch.log(torch.tensor(0.40, dtype=torch.float64)))
+    # sin/cos pairs: sin^2 + cos^2 = 1 for each of the 4 frequencies; the first is sin(25), cos(25)
+    half = (LENGTH_FEATS - 1) // 2
+    sc = f[0, 0, 1:]
+    assert torch.allclose(sc[:half] ** 2 + sc[half:] ** 2, torch.ones(half, dtype=torch.float64))
+    assert float(sc[0]) == pytest.approx(torch.sin(torch.tensor(25.0)).item(), abs=1e-6)
+    # every real residue of a chain has the same row; padding rows are zero
+    assert torch.equal(f[0, :25], f[0, :1].expand(25, -1)) and torch.equal(f[0, 25:], torch.zeros(15, LENGTH_FEATS))
+    # equal lengths -> equal features, whatever the padding; the same chain without padding too
+    assert torch.equal(f[0], f[1])
+    assert torch.equal(length_features(mask[:1, :25])[0], f[0, :25])
+    assert not torch.allclose(f[0, 0], f[2, 0])
+
+
+def test_grown_length_feats_is_exact_then_tells_lengths_apart():
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=32, c_z=16, c_hidden=8, num_heads=2, num_blocks=2, centroid_feats=True).double().eval()
+    _randomise(net, 4)
+    with torch.no_grad():  # the centroid columns carry weight, so a wrong column mapping would show
+        net.node_embed.weight[:, -4:] = torch.randn(
+            32, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+        )
+    x, t, x_sc = _inputs(n=20, seed=6)
+    mask = torch.ones(2, 20, dtype=torch.float64)
+    mask[1, 14:] = 0
+    big = net.grown(length_feats=True).eval()
+    assert big.length_feats and big.centroid_feats and big.config["length_feats"]
+    assert big.node_embed.in_features == net.node_embed.in_features + LENGTH_FEATS
+    m = mask.bool()
+    ref = net(x, t, mask=mask, x_sc=x_sc)
+    assert torch.allclose(big(x, t, mask=mask, x_sc=x_sc)[m], ref[m], atol=1e-12)  # zero weights: same sums
+    with torch.no_grad():  # once the length columns have weights, the output depends on the chain length
+        big.node_embed.weight[:, -LENGTH_FEATS:] = 1.0
+    out = big(x, t, mask=mask, x_sc=x_sc)
+    assert (out[m] - ref[m]).abs().max() > 1e-3
+    # with weighted length inputs, chain 1 (14 residues padded to 20) still equals the same chain unpadded: the
+    # features read N = 14 from the mask, not the padded width
+    head = big(x[1:, :14], t[1:], mask=mask[1:, :14], x_sc=x_sc[1:, :14])
+    assert torch.allclose(head[0], out[1, :14], atol=1e-9)
+    with pytest.raises(ValueError, match="only enlarges"):
+        big.grown(length_feats=False)
+
+
+def test_config_without_length_feats_loads_as_before(tmp_path):
+    from flowsci.checkpoint import save_module
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    torch.manual_seed(0)
+    path = save_module(
+        ReQFlow(net=IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)), tmp_path / "a.pt"
+    )
+    blob = torch.load(path, weights_only=True)
+    assert blob["flowsci"]["net"]["config"]["length_feats"] is False
+    del blob["flowsci"]["net"]["config"]["length_feats"]  # a file written before the option existed
+    torch.save(blob, tmp_path / "old.pt")
+    old = ReQFlow.from_checkpoint(tmp_path / "old.pt")
+    assert not old.net.length_feats and old.net.node_embed.in_features == 64 + 64 + 1
