@@ -292,7 +292,9 @@ def score(samples: Any, reference: CellReference, markers: bool = True) -> dict[
         xf = _aligned(reference.train, genes, "train")
         basis = pca_basis(xf, 30)
         yf = _labels(reference.train, "cell_type", "train")
-        clf = LogisticRegression(max_iter=500).fit((xf - basis[0]) @ basis[1].T / basis[2], yf)
+        clf = None  # unlabelled data (one type): no classifier, no clf_acc_* metrics (as metrics.evaluate)
+        if len(set(yf.tolist())) > 1:
+            clf = LogisticRegression(max_iter=500).fit((xf - basis[0]) @ basis[1].T / basis[2], yf)
         reference.cache.update(basis=basis, clf=clf)
     is_train = isinstance(samples, CellReference) and samples.is_train
     gen = samples.heldout if isinstance(samples, CellReference) else samples

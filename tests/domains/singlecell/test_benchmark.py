@@ -69,3 +69,26 @@ def test_spread_is_the_mean_and_standard_error_over_draws():
     assert same["knn_auc"] == (pytest.approx(aucs[0]), 0.0)
     with pytest.raises(ValueError):
         benchmark.spread(lambda s: floors[0], ref, draws=1)
+
+
+def test_score_on_unlabelled_cells_matches_evaluate(synth_path):
+    """Unlabelled data (one type): ``score`` fits no classifier and its distribution metrics are ``evaluate``'s."""
+    from flowsci.domains.singlecell.data import SingleCellDataModule
+    from flowsci.domains.singlecell.metrics import evaluate
+
+    dm = SingleCellDataModule(str(synth_path), label_key="", batch_size=32, seed=0)
+    dm.setup()
+    assert dm.num_classes == 1
+    ref = benchmark.reference_data(dm, len(dm.test_idx), 0)
+    floor = benchmark.reference_data(dm, len(dm.test_idx), 1)
+    gen = benchmark.build_gaussian(dm).sample(ref.heldout.n_obs, seed=0, cells={"cell": ref.heldout.n_obs}).adata
+    for cells in (floor, gen):
+        out = benchmark.score(cells, ref, markers=False)
+        assert ref.cache["clf"] is None and not any(k.startswith("clf_") for k in out)
+        x = cells.heldout if isinstance(cells, benchmark.CellReference) else cells
+        table = evaluate(x, ref.heldout, train=ref.train, markers=False, floor=False)
+        for k in ("w2", "mmd", "knn_auc", "var_pearson"):
+            assert out[k] == pytest.approx(table.loc[k, "value"], rel=1e-9, abs=1e-12)
+        assert out["type_w2"] == pytest.approx(out["w2"])  # the single type is every cell
+    # the Gaussian of 313 synthetic cells of three planted types is told apart more than real training cells
+    assert benchmark.score(gen, ref, markers=False)["knn_auc"] > benchmark.score(floor, ref, markers=False)["knn_auc"]
