@@ -632,8 +632,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``buckets --ckpt C [--num 8] [--nfe 10] [--seeds 0] [--restraint 0]``: :func:`bucket_table` (``--num`` chains per
     bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH] [--blocks 4]
     [--relpos-k 64] [--max-dist 40] [--centroid] [--length-feats] [--rg-weight 2] [--loss-chains 8] [--grad-clip 100]
-    [--seeds 1,2]``:
-    :func:`long_curve` (the trunk grown first);
+    [--seeds 1,2]``: :func:`long_curve` (the trunk grown first);
     ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
     :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
     speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also

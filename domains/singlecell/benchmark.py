@@ -283,19 +283,14 @@ def _postprocess(solution: Any) -> Any:
 
 def score(samples: Any, reference: CellReference, markers: bool = True) -> dict[str, float]:
     """Every metric of :func:`~flowsci.domains.singlecell.metrics.evaluate` (PCs/classifier cached per reference)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from flowsci.domains.singlecell.metrics import _aligned, _labels, _scores, pca_basis
+    from flowsci.domains.singlecell.metrics import _aligned, _labels, _scores, _type_classifier, pca_basis
 
     genes = list(map(str, reference.heldout.var_names))
     if "basis" not in reference.cache:
         xf = _aligned(reference.train, genes, "train")
         basis = pca_basis(xf, 30)
         yf = _labels(reference.train, "cell_type", "train")
-        clf = None  # unlabelled data (one type): no classifier, no clf_acc_* metrics (as metrics.evaluate)
-        if len(set(yf.tolist())) > 1:
-            clf = LogisticRegression(max_iter=500).fit((xf - basis[0]) @ basis[1].T / basis[2], yf)
-        reference.cache.update(basis=basis, clf=clf)
+        reference.cache.update(basis=basis, clf=_type_classifier(xf, yf, basis))
     is_train = isinstance(samples, CellReference) and samples.is_train
     gen = samples.heldout if isinstance(samples, CellReference) else samples
     out, _ = _scores(

@@ -298,6 +298,17 @@ def _scores(
     return out, per_type
 
 
+def _type_classifier(xf: np.ndarray, yf: np.ndarray, basis: tuple[np.ndarray, ...]) -> Any:
+    """Logistic regression of the cell type on the standardised PC scores of ``xf`` ``[n, G]``; None for one type
+    (unlabelled data: no classifier, no ``clf_acc_*`` metrics).
+    """
+    if len(set(yf.tolist())) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=500).fit((xf - basis[0]) @ basis[1].T / basis[2], yf)
+
+
 def evaluate(
     generated: Any,
     heldout: Any,
@@ -334,7 +345,6 @@ def evaluate(
 
     """
     import pandas as pd
-    from sklearn.linear_model import LogisticRegression
 
     gen, real = _adata(generated, "generated"), _adata(heldout, "heldout")
     if gen.n_obs < 2 or real.n_obs < 2:
@@ -344,9 +354,7 @@ def evaluate(
     xf = _aligned(fit_on, genes, "train" if train is not None else "heldout")
     basis = pca_basis(xf, n_pcs)
     yf = _labels(fit_on, label_key, "train" if train is not None else "heldout")
-    clf = None
-    if len(set(yf.tolist())) > 1:
-        clf = LogisticRegression(max_iter=500).fit((xf - basis[0]) @ basis[1].T / basis[2], yf)
+    clf = _type_classifier(xf, yf, basis)
     values, per_type = _scores(gen, real, genes, basis, clf, label_key, markers, n_markers, seed)
     table = pd.DataFrame({"value": pd.Series(values)})
     if train is not None and floor:
