@@ -448,6 +448,8 @@ def long_curve(
     seeds: Sequence[int] = (0,),
     loss_chains: int | None = None,
     grad_clip: float = 1.0,
+    unroll_prob: float | None = None,
+    unroll_steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune a trained model on whole chains (:func:`fit_long`) and score snapshots per length bucket.
 
@@ -477,6 +479,9 @@ def long_curve(
         seeds: Prior seeds of the scored cells (one :func:`bucket_table` each; choose on seeds other than the
             reported ones).
         rg_weight: If set, the fine-tuning adds the chain-size loss with this weight (``ReQFlow(rg_weight=...)``).
+        unroll_prob: If set, the fine-tuning takes this share of its batches' losses on the sampler's own unrolled
+            states (``ReQFlow(unroll_prob=...)``: trajectory-level training against exposure bias).
+        unroll_steps: If set, at most this many sampler steps are unrolled (``ReQFlow(unroll_steps=...)``).
 
     Returns:
         :func:`bucket_table` rows with ``train_steps``, ``train_seconds`` (wall time of training so far),
@@ -494,6 +499,8 @@ def long_curve(
         model.rg_weight = rg_weight
     if loss_chains is not None:
         model.loss_chains = int(loss_chains)
+    if unroll_prob is not None or unroll_steps is not None:
+        model.set_unroll(unroll_prob if unroll_prob is not None else model.unroll_prob, unroll_steps)
     params = sum(p.numel() for p in model.net.parameters())
     wanted = sorted({int(c) for c in checkpoints})
     snaps: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
@@ -539,6 +546,8 @@ def long_curve(
                     ("rg-weight", rg_weight),
                     ("loss-chains", loss_chains),
                     ("grad-clip", grad_clip if grad_clip != 1.0 else None),
+                    ("unroll", unroll_prob),
+                    ("unroll-steps", unroll_steps),
                 )
                 if v is not None
             )
@@ -632,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``buckets --ckpt C [--num 8] [--nfe 10] [--seeds 0] [--restraint 0]``: :func:`bucket_table` (``--num`` chains per
     bucket); ``long [--ckpt C] [--checkpoints 150,300,600] [--lr 1e-4] [--num 4] [--out PATH] [--blocks 4]
     [--relpos-k 64] [--max-dist 40] [--centroid] [--length-feats] [--rg-weight 2] [--loss-chains 8] [--grad-clip 100]
-    [--seeds 1,2]``: :func:`long_curve` (the trunk grown first);
+    [--unroll 0.5] [--unroll-steps 4] [--seeds 1,2]``: :func:`long_curve` (the trunk grown first);
     ``reflow --ckpt C --out PATH [--pairs 48] [--nfe 10,20,50] [--steps 300] [--lengths 60,80,100] [--max-coil 0.9]``:
     :func:`reflow_checkpoint` (several NFE: pairs at the teacher's best of them). ``--device cuda`` runs sweep,
     speed and reflow on a GPU. Prints a Markdown table (pretrain, reflow: the metadata); ``--json PATH`` also
@@ -681,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--loss-chains", type=int, help="long: batch loss = sum over chains / this (per-chain weight)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="long: gradient-norm clipping of the fine-tuning")
     p.add_argument("--rg-weight", type=float, help="long: add the chain-size loss with this weight")
+    p.add_argument("--unroll", type=float, help="long: share of batches trained on unrolled sampler states")
+    p.add_argument("--unroll-steps", type=int, help="long: most sampler steps unrolled (default 4)")
     p.add_argument("--restraint", type=float, default=0.0, help="sweep: sampling-time CA restraint weight")
     p.add_argument("--json", help="also write the rows to this JSON file")
     a = p.parse_args(argv)
@@ -728,6 +739,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             seeds=a.seeds,
             loss_chains=a.loss_chains,
             grad_clip=a.grad_clip,
+            unroll_prob=a.unroll,
+            unroll_steps=a.unroll_steps,
         )
     elif a.what == "curve":
         rows = training_curve(

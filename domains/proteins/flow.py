@@ -42,6 +42,11 @@ what its own length costs; the prior is drawn once per call, so bucketing leaves
 Reflow (ReQFlow = QFlow + one rectification): :func:`make_reflow_pairs` stores (prior draw, generated
 backbone)
 pairs; training on a batch that carries ``x0`` uses the stored noise instead of a fresh prior draw.
+
+Unrolled (trajectory-level) training, opt-in (``unroll_prob`` > 0; not part of ReQFlow): with that probability a
+batch's loss is taken not at a training interpolant but at the state the sampler itself reaches from one,
+k ≤ ``unroll_steps`` Euler steps of the NFE-``unroll_nfe`` grid later (:meth:`ReQFlow._unroll`), against the real
+chain, so the network sees the drift of its own sampled trajectory (exposure bias).
 """
 
 from __future__ import annotations
@@ -107,6 +112,9 @@ GPU_BATCH_PAIRS = 500_000
 #: Largest relative padding inside a length bucket: a chain joins a bucket whose longest chain is at most this much
 #: longer (0.1 = 10 %).
 BUCKET_PAD = 0.1
+#: Earliest start time t0 of an unrolled training trajectory (``ReQFlow(unroll_prob=...)``): the sampled chains
+#: drift from the training path after t ≈ 0.45, so the unroll starts a little before.
+UNROLL_T_START = 0.3
 
 
 class RepeatedSeedWarning(UserWarning):
@@ -318,6 +326,11 @@ class ReQFlow(FlowMatching):
             batches of at most N chains a 250-residue chain otherwise fills a batch alone and weighs N times a
             short chain batched with N − 1 others). Not part of ReQFlow. Gradient-norm clipping below the
             gradients' norm (the suite's 1.0) rescales every batch to the same step and undoes this weight.
+        unroll_prob: Probability per batch of a trajectory-level (unrolled) loss (:meth:`_unroll`); 0 (default) =
+            the paper's per-step loss. Not part of ReQFlow: a remedy for exposure bias (the sampler's states drift
+            from the training interpolants, and a per-step loss never sees the drift).
+        unroll_steps: Largest number K of sampler steps unrolled (k is drawn uniformly from 1..K).
+        unroll_nfe: The unrolled steps have the spacing Δ = (1 − t_min) / unroll_nfe of the Euler grid at that NFE.
     """
 
     def __init__(
@@ -351,6 +364,9 @@ class ReQFlow(FlowMatching):
         trans_prior: str = "fixed",
         rg_weight: float = 0.0,
         loss_chains: int | None = None,
+        unroll_prob: float = 0.0,
+        unroll_steps: int = 4,
+        unroll_nfe: int = 10,
     ) -> None:
         if trans_prior not in TRANS_PRIORS:
             raise ValueError(f"trans_prior must be one of {TRANS_PRIORS}, got {trans_prior!r}")
@@ -396,9 +412,35 @@ class ReQFlow(FlowMatching):
         if loss_chains is not None and int(loss_chains) < 1:
             raise ValueError(f"loss_chains must be None or >= 1, got {loss_chains!r}")
         self.loss_chains = None if loss_chains is None else int(loss_chains)
+        self.set_unroll(unroll_prob, unroll_steps, unroll_nfe)
         if pdb_residue not in ("GLY", "ALA"):
             raise ValueError(f"pdb_residue must be 'GLY' or 'ALA', got {pdb_residue!r}")
         self.pdb_residue = pdb_residue
+
+    def set_unroll(self, prob: float, steps: int | None = None, nfe: int | None = None) -> None:
+        """Set (and check) the unrolled-training options ``unroll_prob``, ``unroll_steps``, ``unroll_nfe``.
+
+        Args:
+            prob: Probability per batch of the unrolled loss, in [0, 1].
+            steps: Largest number of unrolled sampler steps (None: keep the current, else 4).
+            nfe: NFE whose Euler spacing the unroll uses (None: keep the current, else 10).
+
+        Raises:
+            ValueError: ``prob`` outside [0, 1], ``steps`` or ``nfe`` < 1, or ``steps`` + 1 steps of that spacing
+                from ``UNROLL_T_START`` past t = 1.
+        """
+        steps = int(steps if steps is not None else getattr(self, "unroll_steps", 4))
+        nfe = int(nfe if nfe is not None else getattr(self, "unroll_nfe", 10))
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"unroll_prob must be in [0, 1], got {prob!r}")
+        if steps < 1 or nfe < 1:
+            raise ValueError(f"unroll_steps and unroll_nfe must be >= 1, got {steps!r}, {nfe!r}")
+        if UNROLL_T_START + (steps + 1) * (1 - self.t_min) / nfe > 1 + 1e-9:
+            raise ValueError(
+                f"unroll_steps={steps} steps of (1 - t_min) / {nfe} from t = {UNROLL_T_START} overrun the last "
+                "sampler call at t = 1 - (1 - t_min) / unroll_nfe; use fewer steps or a larger unroll_nfe"
+            )
+        self.unroll_prob, self.unroll_steps, self.unroll_nfe = float(prob), steps, nfe
 
     # ------------------------------------------------------------------ hooks
     def unpack_batch(self, batch: Any) -> tuple[Tensor, dict[str, Any], Tensor | None]:
@@ -497,7 +539,11 @@ class ReQFlow(FlowMatching):
 
         x_sc = None
         u = torch.rand((), generator=generator, device=x1.device) if generator is not None else torch.rand(())
-        if self.self_condition_prob > 0 and float(u) < self.self_condition_prob:
+        if self.unroll_prob > 0 and float(torch.rand((), generator=generator, device=x1.device)) < self.unroll_prob:
+            unrolled = self._unroll(x0, x1, mask_f, cond["res_idx"], generator)
+            x_t, x_sc = unrolled["x_t"], unrolled["x_sc"]
+            t = torch.full_like(t, float(unrolled["grid"][-1]))
+        elif self.self_condition_prob > 0 and float(u) < self.self_condition_prob:
             with torch.no_grad():
                 x_sc = self._predict(x_t, t, mask_f, cond["res_idx"], None)[..., :3]
         pred = self._predict(x_t, t, mask_f, cond["res_idx"], x_sc)
@@ -538,6 +584,44 @@ class ReQFlow(FlowMatching):
             "trans_clamped": trans_clamped.to(x1.dtype).mean().detach(),
         }
         return loss, logs
+
+    def _unroll(
+        self, x0: Tensor, x1: Tensor, mask: Tensor, res_idx: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """The sampler's own state a few steps past the training path (trajectory-level training).
+
+        Draws k uniformly from 1..``unroll_steps`` and t0 uniformly from [``UNROLL_T_START``, 1 − (k + 1)Δ],
+        Δ = (1 − t_min)/``unroll_nfe``; builds :math:`x_{t_0}` on the training path from the prior draw ``x0`` and
+        the data ``x1``, and integrates it with the sampler's own code (:meth:`_integrate`: Euler, the module's
+        rotation schedule, self-conditioning on, no restraint) over the grid t0, t0 + Δ, …, t0 + kΔ without
+        gradients. The loss is then taken at the returned state and time against the real ``x1``; the network call
+        there gets the self-conditioning input the sampler would give it (the last unrolled prediction). The last
+        time is at most 1 − Δ, the latest time at which the NFE-``unroll_nfe`` sampler calls the network.
+
+        Args:
+            x0: Prior draw ``[B, L, 7]`` (nm ‖ quaternion).
+            x1: Data frames ``[B, L, 7]``.
+            mask: Residue mask ``[B, L]`` (float).
+            res_idx: Residue indices ``[B, L]``.
+            generator: Source of k and t0.
+
+        Returns:
+            ``x_t0`` and the unrolled ``x_t`` (``[B, L, 7]``; padding = ``x1``), ``x_sc`` (translations
+            ``[B, L, 3]`` nm of the last unrolled prediction) and the float64 ``grid`` ``[k + 1]``.
+        """
+        dev, b = x1.device, x1.shape[0]
+        dt = (1 - self.t_min) / self.unroll_nfe
+        k = int(torch.randint(1, self.unroll_steps + 1, (), generator=generator, device=dev))
+        hi = 1 - (k + 1) * dt
+        t0 = UNROLL_T_START + (hi - UNROLL_T_START) * float(torch.rand((), generator=generator, device=dev))
+        grid = t0 + dt * torch.arange(k + 1, dtype=torch.float64)
+        keep = mask.bool()[..., None]
+        x_t0 = torch.where(keep, self._interpolate(x0, x1, torch.full((b,), t0, dtype=x1.dtype, device=dev)), x1)
+        with torch.no_grad():
+            sol = self._integrate(
+                x_t0, mask, res_idx, grid, None, "euler", self.rot_schedule, True, 0.0, 0, False, False
+            )
+        return {"x_t0": x_t0, "x_t": torch.where(keep, sol.x, x1), "x_sc": sol.extras["x_sc"], "grid": grid}
 
     def _pair_distance_loss(self, gt: Tensor, pr: Tensor, mask: Tensor, s: Tensor) -> Tensor:
         """Pairwise-distance loss ``[B]`` of atoms ``gt, pr [B, A, 3]`` already scaled by 1/s(t) (nm).
@@ -825,6 +909,7 @@ class ReQFlow(FlowMatching):
             traj = None if sol.trajectory is None else [*sol.trajectory, x_fin]
             times = torch.cat([sol.times, sol.times[-1:]])
             sol = Solution(x=x_fin, nfe=sol.nfe + 1, times=times, trajectory=traj)
+        sol.extras["x_sc"] = state["x_sc"]  # the self-conditioning input of the sampler's next network call
         return sol
 
     def _warn_repeated_seed(self, seed: int | None, lengths: Sequence[int], settings: tuple) -> None:
@@ -906,6 +991,9 @@ class ReQFlow(FlowMatching):
             "trans_prior",
             "rg_weight",
             "loss_chains",
+            "unroll_prob",
+            "unroll_steps",
+            "unroll_nfe",
         )
         return {k: getattr(self, k) for k in keys}
 

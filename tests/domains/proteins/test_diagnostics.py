@@ -183,6 +183,10 @@ def test_long_curve_grows_the_trunk_without_changing_step_0_and_records_the_flag
         "4",
         "--grad-clip",
         "50",
+        "--unroll",
+        "0.5",
+        "--unroll-steps",
+        "2",
     ]
     out = tmp_path / "grown.pt"
     D.main(["long", "--ckpt", str(tmp_path / "base.pt"), "--checkpoints", "1", "--num", "1", "--out", str(out), *flags])
@@ -192,6 +196,7 @@ def test_long_curve_grows_the_trunk_without_changing_step_0_and_records_the_flag
     assert len(net.blocks) == 2 and net.relpos_k == 16 and net.max_dist == 40.0 and net.centroid_feats
     assert net.length_feats
     assert grown.rg_weight == 1.0 and grown.trans_prior == "rg" and grown.loss_chains == 4
+    assert (grown.unroll_prob, grown.unroll_steps, grown.unroll_nfe) == (0.5, 2, 10)
     meta = read_checkpoint(out)["meta"]
     assert meta["parameters"] > sum(p.numel() for p in base.net.parameters())
     for flag in (
@@ -201,6 +206,8 @@ def test_long_curve_grows_the_trunk_without_changing_step_0_and_records_the_flag
         "--rg-weight 1.0",
         "--loss-chains 4",
         "--grad-clip 50.0",
+        "--unroll 0.5",
+        "--unroll-steps 2",
         "--centroid",
         "--length-feats",
     ):

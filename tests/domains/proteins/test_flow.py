@@ -15,6 +15,7 @@ from flowsci.domains.proteins.data import BackboneDataset, bundled_backbones, co
 from flowsci.domains.proteins.flow import (
     ANG_PER_NM,
     CPU_BATCH_PAIRS,
+    UNROLL_T_START,
     RepeatedSeedWarning,
     ReQFlow,
     length_buckets,
@@ -577,3 +578,143 @@ def test_repeating_a_seed_for_a_length_warns():
         m.sample(lengths=[14], steps=2, seed=1)  # a new length
         m.sample(lengths=[10], steps=3, seed=1)  # other sampler settings: a deliberate comparison
         m.sample(lengths=[10], steps=2)  # unseeded
+
+
+# --------------------------------------------------------------------------- unrolled (trajectory-level) training
+
+
+def _short_last_chain(batch):
+    """The fixture batch with its last chain cut to 15 of 24 residues (padding after), residues numbered from 0 as
+    in :meth:`ReQFlow.sample` (the crops keep their chain positions)."""
+    out = {k: v.clone() for k, v in batch.items()}
+    out["mask"][2, 15:] = 0.0
+    out["res_idx"] = torch.arange(24).expand(3, 24).clone()
+    return out
+
+
+def _moving_model() -> ReQFlow:
+    """A small untrained model whose predictions differ from x_t (a fresh trunk's output layers start at zero)."""
+    m = _small_model()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def _unroll_inputs(m: ReQFlow, batch, seed: int = 0):
+    x1, cond, mask = m.unpack_batch(batch)
+    g = torch.Generator().manual_seed(seed)
+    return x1, mask, cond["res_idx"], m._training_prior(x1, cond, g), g
+
+
+def test_unroll_off_gives_the_old_loss_bit_for_bit_and_options_are_checked(batch):
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    plain = ReQFlow(net=net)
+    assert (plain.unroll_prob, plain.unroll_steps, plain.unroll_nfe) == (0.0, 4, 10)
+    losses, states = [], []
+    for m in (plain, ReQFlow(net=net, unroll_prob=0.0, unroll_steps=2, unroll_nfe=20)):
+        g = torch.Generator().manual_seed(3)
+        losses.append(m.compute_loss(batch, generator=g)[0])
+        states.append(g.get_state())
+    assert torch.equal(losses[0], losses[1]) and torch.equal(states[0], states[1])  # no extra random draws at p = 0
+    unrolled = ReQFlow(net=net, unroll_prob=1.0).compute_loss(batch, generator=torch.Generator().manual_seed(3))[0]
+    assert not torch.equal(unrolled, losses[0])
+    for bad in ({"unroll_prob": 1.5}, {"unroll_steps": 0}, {"unroll_nfe": 0}, {"unroll_steps": 7}):
+        with pytest.raises(ValueError, match="unroll"):
+            ReQFlow(net=net, **bad)
+    ReQFlow(net=net, unroll_steps=6)  # 0.3 + 7 · 0.099 <= 1: the longest unroll at NFE 10
+
+
+def test_unrolled_state_is_the_samplers_euler_integration_from_the_same_start(batch):
+    m = _moving_model()
+    m.set_unroll(1.0, steps=3)
+    b = _short_last_chain(batch)
+    x1, mask, res_idx, x0, g = _unroll_inputs(m, b)
+    out = m._unroll(x0, x1, mask, res_idx, g)
+    grid, x_t0 = out["grid"], out["x_t0"]
+    dt = (1 - m.t_min) / 10
+    assert 2 <= len(grid) <= 4 and torch.allclose(grid.diff(), torch.full((len(grid) - 1,), dt, dtype=torch.float64))
+    assert grid[0] >= UNROLL_T_START and grid[-1] <= 1 - dt + 1e-12
+    # the start lies on the training path at t0
+    t0 = torch.full((3,), float(grid[0]))
+    keep = mask.bool()[..., None]
+    assert torch.equal(x_t0, torch.where(keep, m._interpolate(x0, x1, t0), x1))
+    # the module's sampler, started from the same state on the same grid, reaches the same state
+    m.sample_prior = lambda *args, **kwargs: x_t0.clone()
+    sol = m.sample(lengths=[24, 24, 15], time_grid=grid, bucket=False)
+    assert torch.allclose(torch.where(keep, sol.x, x1), out["x_t"], atol=1e-6)
+    assert not torch.allclose(out["x_t"], x_t0, atol=1e-3)  # it did move
+    assert torch.equal(out["x_t"][~mask.bool()], x1[~mask.bool()])  # padding untouched
+    assert out["x_sc"].shape == (3, 24, 3)
+
+
+def test_one_unrolled_step_self_conditions_the_loss_call_like_the_sampler(batch):
+    m = _moving_model()
+    m.set_unroll(1.0, steps=1)
+    x1, mask, res_idx, x0, g = _unroll_inputs(m, batch, seed=1)
+    out = m._unroll(x0, x1, mask, res_idx, g)
+    assert len(out["grid"]) == 2
+    t0 = torch.full((3,), float(out["grid"][0]))
+    with torch.no_grad():
+        first = m._predict(out["x_t0"], t0, mask, res_idx, None)
+        step = m.manifold.exp(
+            out["x_t0"],
+            m.manifold.proju(
+                out["x_t0"],
+                (out["grid"][1] - out["grid"][0]).float() * m.velocity_from_x1(out["x_t0"], first, t0, mask),
+            ),
+        )
+    assert torch.allclose(out["x_sc"], first[..., :3], atol=1e-6)  # the sampler's next call sees this x_sc
+    assert torch.allclose(out["x_t"], step, atol=1e-6)  # one geodesic Euler step
+
+
+def test_unrolled_loss_of_an_exact_predictor_is_zero_with_targets_from_the_unrolled_state(batch):
+    x1 = ReQFlow().unpack_batch(batch)[0]
+    m = ReQFlow(net=Oracle(x1), unroll_prob=1.0, unroll_steps=4)
+    x1, mask, res_idx, x0, g = _unroll_inputs(m, batch, seed=2)
+    out = m._unroll(x0, x1, mask, res_idx, g)
+    t = torch.full((3,), float(out["grid"][-1]))
+    on_path = m._interpolate(x0, x1, t)
+    # exact x1 predictions: Euler on the straight translation path is exact; the "exp" rotation schedule is not SLERP
+    assert torch.allclose(out["x_t"][..., :3], on_path[..., :3], atol=1e-5)
+    assert not torch.allclose(out["x_t"][..., 3:], on_path[..., 3:], atol=1e-2)
+    for seed in range(4):
+        loss, logs = m.compute_loss(batch, generator=torch.Generator().manual_seed(seed))
+        assert float(loss.detach()) == pytest.approx(0.0, abs=1e-8) and float(logs["rot_loss"]) == pytest.approx(
+            0.0, abs=1e-8
+        )
+
+
+def test_unrolled_loss_is_finite_and_only_its_last_network_call_has_gradients(batch):
+    m = _moving_model().train()
+    m.set_unroll(1.0, steps=4)
+    calls: list[bool] = []
+    m.net.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
+    for seed in range(3):
+        calls.clear()
+        m.zero_grad()
+        loss, logs = m.compute_loss(_short_last_chain(batch), generator=torch.Generator().manual_seed(seed))
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(v) for v in logs.values())
+        assert 2 <= len(calls) <= 5 and calls.count(True) == 1 and calls[-1]  # k sampler calls, then the loss call
+        grads = [p.grad for p in m.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_unroll_options_round_trip_through_a_checkpoint(tmp_path):
+    from flowsci.checkpoint import save_module
+
+    torch.manual_seed(0)
+    net = IPAFrameNet(c_s=16, c_z=8, c_hidden=4, num_heads=2, num_blocks=1)
+    path = save_module(ReQFlow(net=net, unroll_prob=0.5, unroll_steps=3, unroll_nfe=20), tmp_path / "w.pt")
+    loaded = ReQFlow.from_checkpoint(path)
+    assert (loaded.unroll_prob, loaded.unroll_steps, loaded.unroll_nfe) == (0.5, 3, 20)
+    blob = torch.load(path, weights_only=True)
+    for key in ("unroll_prob", "unroll_steps", "unroll_nfe"):  # a file written before the options existed
+        del blob["flowsci"]["init"][key]
+    torch.save(blob, tmp_path / "old.pt")
+    old = ReQFlow.from_checkpoint(tmp_path / "old.pt")
+    assert (old.unroll_prob, old.unroll_steps, old.unroll_nfe) == (0.0, 4, 10)
+    assert ReQFlow.pretrained().unroll_prob == 0.0
