@@ -422,15 +422,15 @@ class ReQFlow(FlowMatching):
 
         Args:
             prob: Probability per batch of the unrolled loss, in [0, 1].
-            steps: Largest number of unrolled sampler steps (None: keep the current, else 4).
-            nfe: NFE whose Euler spacing the unroll uses (None: keep the current, else 10).
+            steps: Largest number of unrolled sampler steps (None: keep the current).
+            nfe: NFE whose Euler spacing the unroll uses (None: keep the current).
 
         Raises:
             ValueError: ``prob`` outside [0, 1], ``steps`` or ``nfe`` < 1, or ``steps`` + 1 steps of that spacing
                 from ``UNROLL_T_START`` past t = 1.
         """
-        steps = int(steps if steps is not None else getattr(self, "unroll_steps", 4))
-        nfe = int(nfe if nfe is not None else getattr(self, "unroll_nfe", 10))
+        steps = int(steps if steps is not None else self.unroll_steps)
+        nfe = int(nfe if nfe is not None else self.unroll_nfe)
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"unroll_prob must be in [0, 1], got {prob!r}")
         if steps < 1 or nfe < 1:
