@@ -119,8 +119,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         lines += [f"Domain failed: `{doc['error']}`", ""]
         return "\n".join(lines) + "\n"
     if spec:
+        own = [f"`{m['name']}` {m['num_samples']}" for m in spec.get("methods", []) if "num_samples" in m]
         lines += [
-            f"{spec['num_samples']} samples per cell, seed {spec['seed']}, "
+            f"{spec['num_samples']} samples per cell{' (' + ', '.join(own) + ')' if own else ''}, seed {spec['seed']}, "
             f"default {spec['train_steps']} training steps.",
             "",
         ]

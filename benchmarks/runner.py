@@ -324,7 +324,7 @@ def _empty_record(spec: BenchmarkSpec, cell: Cell, baseline: bool) -> dict[str, 
         "traceback": None,
         "seed": int(spec.seed),
         "fingerprint": spec.cell_fingerprint(cell),
-        "num_samples": int(spec.num_samples),
+        "num_samples": spec.num_samples_of(spec.method(cell.method)),
         "nfe": None,
         "nfe_counted": None,
         "train_time_s": None,
@@ -364,7 +364,8 @@ def _measure(
         {k: train_info.get(k) for k in ("train_time_s", "train_steps", "train_steps_per_s", "train_peak_memory_mb")}
     )
     rec["train_cached"] = bool(train_info.get("train_cached", False))
-    request = SampleRequest(dm, reference, spec.num_samples, cell.solver, cell.steps, cell.nfe, spec.seed)
+    num = spec.num_samples_of(method)
+    request = SampleRequest(dm, reference, num, cell.solver, cell.steps, cell.nfe, spec.seed)
     sampler = method.sample or spec.sample
     counted = getattr(model, spec.nfe_counter, None) if spec.nfe_counter else None
     phase = "sampling"
@@ -379,7 +380,7 @@ def _measure(
             elapsed = time.perf_counter() - t0
         rec.update(
             sample_time_s=elapsed,
-            sample_time_per_sample_s=elapsed / spec.num_samples,
+            sample_time_per_sample_s=elapsed / num,
             peak_memory_mb=mem.peak_mb,
             peak_memory_delta_mb=mem.delta_mb,
             memory_method=mem.method,
@@ -437,7 +438,7 @@ def _warmup(spec: BenchmarkSpec, method: Method, cell: Cell, model: Any, dm: Any
     """One small untimed draw before a method's first timed cell (errors surface in the timed cell)."""
     if spec.warmup_samples <= 0:
         return
-    num = min(spec.warmup_samples, spec.num_samples)
+    num = min(spec.warmup_samples, spec.num_samples_of(method))
     request = SampleRequest(dm, reference, num, cell.solver, cell.steps, cell.nfe, spec.seed)
     with contextlib.suppress(Exception), torch.no_grad():
         if hasattr(model, "eval"):

@@ -245,6 +245,8 @@ class Method:
         init_from: Name of an earlier method whose trained weights this one starts from (loaded into the model
             ``build`` makes, non-strictly, so a student may add parameters), before its own ``train_steps`` (or its
             own ``fit``, e.g. a reflow fine-tune). The source's training fingerprint is part of this method's.
+        num_samples: Samples drawn per cell, overriding :attr:`BenchmarkSpec.num_samples` (e.g. a row scored per
+            length bucket with more samples); the reference keeps the spec's size.
 
     """
 
@@ -260,6 +262,7 @@ class Method:
     callbacks: Callable[[], list[Any]] | None = None
     weights_of: str | None = None
     init_from: str | None = None
+    num_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,8 @@ class BenchmarkSpec:
                         f"{where}: method {m.name!r} starts from {m.init_from!r}, which must be an earlier method "
                         "(and init_from excludes weights_of)"
                     )
+            if m.num_samples is not None and int(m.num_samples) < 1:
+                raise ValueError(f"{where}: method {m.name!r}: num_samples must be >= 1, got {m.num_samples}")
             for s in m.solvers if m.solvers is not None else self.solvers:
                 if s not in EVALS_PER_STEP and s not in ADAPTIVE_SOLVERS:
                     known = sorted(EVALS_PER_STEP) + sorted(ADAPTIVE_SOLVERS)
@@ -432,6 +437,10 @@ class BenchmarkSpec:
         """Optimiser steps of ``method`` (its override or the spec default; those of ``weights_of`` if set)."""
         method = self.trained_by(method)
         return int(self.train_steps if method.train_steps is None else method.train_steps)
+
+    def num_samples_of(self, method: Method) -> int:
+        """Samples drawn per cell of ``method`` (its override or the spec's :attr:`num_samples`)."""
+        return int(self.num_samples if method.num_samples is None else method.num_samples)
 
     def cells(self) -> list[Cell]:
         """All (method, solver, NFE) cells in run order (method-major, so each method is trained once)."""
@@ -481,7 +490,7 @@ class BenchmarkSpec:
                 "train": self.train_fingerprint(self.method(cell.method)),
                 "cell": cell.id,
                 "steps": cell.steps,
-                "num_samples": self.num_samples,
+                "num_samples": self.num_samples_of(self.method(cell.method)),
                 # a metric's declared columns count: changing them (e.g. dropping one) reruns its cells
                 "metrics": [
                     [m.name, sorted(m.higher_is_better)] if isinstance(m.higher_is_better, Mapping) else m.name
@@ -510,6 +519,7 @@ class BenchmarkSpec:
                     "train_steps": self.train_steps_of(m),
                     **({"weights_of": m.weights_of} if m.weights_of is not None else {}),
                     **({"init_from": m.init_from} if m.init_from is not None else {}),
+                    **({"num_samples": int(m.num_samples)} if m.num_samples is not None else {}),
                 }
                 for m in self.methods
             ],

@@ -16,8 +16,13 @@ budget; they differ only in what is compared:
 - ``frameflow-path`` (baseline): FrameFlow's matrix exp/log rotation path and targets, same everything else;
 - ``reqflow-long``: the ``reqflow`` weights fine-tuned on whole chains (40–251 residues, length-aware batches
   of at most 8 chains and 65,536 padded residue pairs) with the length-aware translation prior
-  (``trans_prior="rg"``: prior radius of gyration 2.2·L^0.38 Å), sampled across 50–250 residues (the
-  ``bucket`` metrics report each length bucket). Not rectified again: a QFlow fine-tune of the ReQFlow weights;
+  (``trans_prior="rg"``: prior radius of gyration 2.2·L^0.38 Å) and, on a quarter of the batches, the loss on
+  the sampler's own states up to 2 Euler steps past a training interpolant (``ReQFlow(unroll_prob=0.25,
+  unroll_steps=2)``), sampled across 50–250 residues (``long_samples`` chains, a quarter per length bucket; the
+  ``bucket`` metrics report each bucket). Not rectified again: a QFlow fine-tune of the ReQFlow weights;
+- ``reqflow-shipped``: the shipped checkpoint (``ReQFlow.pretrained()``), **not trained by the suite** (the same
+  recipe grown to 4 blocks and trained ~5× longer on whole chains; the proteins page), sampled like
+  ``reqflow-long``: the suite's per-bucket table of the model a user gets;
 - ``reqflow-long-speed``: the ``reqflow-long`` weights and lengths, sampled three ways back to back in one cell
   (:func:`mixed_length_speed`: one bucketed ``sample(lengths=...)`` call, one call per length, one padded batch),
   so load on the machine affects all three alike; the ``set`` metric gains the seconds per backbone of each and
@@ -76,6 +81,8 @@ _SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
         "long_steps": 4,
         "long_lr": 1e-4,
+        "long_unroll": (0.25, 2),  # (share of batches, most sampler steps) of the unrolled loss
+        "long_samples": 4,  # reqflow-long and reqflow-shipped: chains per cell (a quarter per length bucket)
         "train_steps": 20,
         "num_samples": 3,
         "nfe_grid": (2, 4),
@@ -91,6 +98,8 @@ _SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "long_steps": 600,
         "long_lr": 1e-4,
+        "long_unroll": (0.25, 2),  # spec 7: the shipped model's lever (0.0 before)
+        "long_samples": 32,  # spec 7: 8 chains per bucket (12 before)
         "train_steps": 1600,
         "num_samples": 12,
         "nfe_grid": (10, 20, 50, 100),
@@ -106,6 +115,8 @@ _SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "long_steps": 5000,
         "long_lr": 1e-4,
+        "long_unroll": (0.25, 2),
+        "long_samples": 64,
         "train_steps": 20000,
         "num_samples": 48,
         "nfe_grid": (10, 20, 50, 100, 500),
@@ -155,18 +166,31 @@ def fit_long(
     lr: float = 1e-4,
     callbacks: Sequence[Any] = (),
     grad_clip: float = 1.0,
+    unroll: tuple[float, int] | None = None,
 ) -> None:
     """Fine-tune ``model`` in place for ``steps`` on whole chains (:func:`long_datamodule`; ``dm`` is not used, the
-    runner passes the suite's crops) with a fresh AdamW at ``lr`` and gradient-norm clipping at ``grad_clip``.
+    runner passes the suite's crops) with a fresh AdamW at ``lr`` and gradient-norm clipping at ``grad_clip``;
+    ``unroll = (p, K)`` takes a share ``p`` of the batches' losses on the sampler's own states up to ``K`` Euler steps
+    past a training interpolant (:meth:`~flowsci.domains.proteins.flow.ReQFlow.set_unroll`; the shipped model's
+    lever), ``None`` leaves the model's setting.
 
     The shipped model's gradient norms on these batches are 5–50, so at the default 1.0 every step's gradient is
     rescaled to norm 1 and a loss weight per batch (``ReQFlow(loss_chains=...)``) has no effect.
     """
     model.train()
+    if unroll is not None:
+        model.set_unroll(*unroll)
     model.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr)
     trainer = _trainer(steps, device, grad_clip)
     trainer.callbacks.extend(callbacks)
     trainer.fit(model, datamodule=long_datamodule())
+
+
+def _shipped() -> Any:
+    """The shipped model, ``ReQFlow.pretrained()``."""
+    from flowsci.domains.proteins.flow import ReQFlow
+
+    return ReQFlow.pretrained()
 
 
 def datamodule(res_idx_from: str = "chain") -> Any:
@@ -600,12 +624,27 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
             "reqflow-long",
             build=lambda dm: _build(trans_prior="rg"),
             init_from="reqflow",
-            fit=functools.partial(fit_long, lr=sz["long_lr"]),
+            fit=functools.partial(fit_long, lr=sz["long_lr"], unroll=sz["long_unroll"]),
             train_steps=sz["long_steps"],
             nfe_grid=(min(full_grid),),
             sample=_sample_long,
+            num_samples=sz["long_samples"],
             description=f"reqflow weights + {sz['long_steps']} steps on whole chains (length-aware batches) with the "
-            "length-aware prior (Rg 2.2 L^0.38 A); sampled at 50-250 residues",
+            "length-aware prior (Rg 2.2 L^0.38 A) and the unrolled loss (p = {}, K = {}); sampled at 50-250 "
+            "residues".format(*sz["long_unroll"]),
+        )
+    )
+    methods.append(
+        Method(
+            "reqflow-shipped",
+            build=lambda dm: _shipped(),
+            train_steps=0,
+            nfe_grid=(min(full_grid),),
+            sample=_sample_long,
+            num_samples=sz["long_samples"],
+            description="the shipped checkpoint ReQFlow.pretrained(), NOT trained by this suite (its recipe: this "
+            "suite's reqflow grown to 4 blocks, 450 whole-chain steps, then 2700 with the unrolled loss p = 0.25, "
+            "K = 2; proteins page), sampled like reqflow-long",
         )
     )
     methods.append(
@@ -683,7 +722,7 @@ def spec(suite: str = "quick") -> BenchmarkSpec:
         description=__doc__.split("\n\n")[0] + " Designability is not measured (no ProteinMPNN/ESMFold offline).",
         packages=("gemmi", "tmtools", "pydssp"),
         nfe_counter="net",
-        version="6",
+        version="7",
         warmup_samples=1,
     )
 

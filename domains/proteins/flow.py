@@ -1002,11 +1002,12 @@ class ReQFlow(FlowMatching):
         """A small trained model shipped in ``sample_data`` (samples offline, no training needed).
 
         ``"reqflow_tiny"``: the quick suite's ReQFlow (tiny trunk, 1600 QFlow steps on 48-residue crops + one
-        reflow, ``diagnostics pretrain``), grown to 4 blocks (:meth:`IPAFrameNet.grown`, 0.38 M parameters) and
+        reflow, ``diagnostics pretrain``), grown to 4 blocks (:meth:`IPAFrameNet.grown`, 0.38 M parameters),
         fine-tuned for 450 steps on whole chains (40–251 residues) with the length-aware translation prior
-        (``trans_prior="rg"``; ``diagnostics long``). Not protein-like: CA–CA validity ~0.45 and almost no
-        clash-free plain sample at 50–250 residues; median Rg ratio ~1.0 up to 200 residues and 0.85–0.93 beyond
-        (the proteins page's per-length-bucket table).
+        (``trans_prior="rg"``; ``diagnostics long``), then for 2700 more with the unrolled loss on a quarter of the
+        batches (``unroll_prob=0.25, unroll_steps=2``). Not protein-like: CA–CA validity ~0.4–0.47 and almost no
+        clash-free plain sample at 50–250 residues; median Rg ratio 0.9–1.1 per length bucket from 50 to 250
+        residues at NFE 10 (the proteins page's tables and the quick suite's ``reqflow-shipped`` row).
 
         Raises:
             FileNotFoundError: no such shipped model.

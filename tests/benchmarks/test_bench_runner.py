@@ -381,6 +381,38 @@ def test_init_from_starts_from_the_source_weights_and_is_part_of_the_fingerprint
         dataclasses.replace(base, methods=[tuned, shift])
 
 
+def test_a_method_may_draw_its_own_number_of_samples(fakes, tmp_path) -> None:
+    import dataclasses
+
+    base = fakes.make_spec(nfe_grid=(1,), solvers=("euler",))
+    drawn: list[int] = []
+    inner = base.methods[0].sample or base.sample
+
+    def counting(model, request):
+        drawn.append(request.num)
+        return inner(model, request)
+
+    shift = dataclasses.replace(base.methods[0], fit=fakes.closed_form_fit, sample=counting)
+    more = dataclasses.replace(shift, name="shift-more", num_samples=900, weights_of="shift", fit=None)
+    spec = dataclasses.replace(base, methods=[shift, more], warmup_samples=0)
+    doc = run_spec(spec, "smoke", tmp_path, progress=False, plots=False)
+    cells = _cells(doc)
+    assert drawn == [400, 900]  # the spec's count, then the override (the reference keeps 400)
+    assert cells["shift/euler/nfe1"]["num_samples"] == 400 and cells["shift-more/euler/nfe1"]["num_samples"] == 900
+    c = cells["shift-more/euler/nfe1"]
+    assert c["sample_time_per_sample_s"] == pytest.approx(c["sample_time_s"] / 900)
+    assert cells["shift/euler/nfe1"]["fingerprint"] != c["fingerprint"]
+    assert {m["name"]: m.get("num_samples") for m in doc["spec"]["methods"]} == {"shift": None, "shift-more": 900}
+    assert "400 samples per cell (`shift-more` 900)" in (tmp_path / "smoke" / "fake.md").read_text()
+    validate_result(doc)
+    # the override is part of the cell fingerprint: changing it reruns the cell
+    other = dataclasses.replace(spec, methods=[shift, dataclasses.replace(more, num_samples=800)])
+    cell = next(c for c in spec.cells() if c.method == "shift-more")
+    assert other.cell_fingerprint(cell) != spec.cell_fingerprint(cell)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        dataclasses.replace(spec, methods=[shift, dataclasses.replace(more, num_samples=0)])
+
+
 def test_a_method_that_resets_torch_threads_does_not_change_the_run(fakes, tmp_path, caplog) -> None:
     import dataclasses
     import logging

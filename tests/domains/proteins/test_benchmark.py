@@ -29,6 +29,7 @@ def test_spec_for_every_suite():
             "reqflow",
             "reqflow-restraint",
             "reqflow-long",
+            "reqflow-shipped",
             "reqflow-long-speed",
             *igso3,
             "frameflow-path",
@@ -37,6 +38,10 @@ def test_spec_for_every_suite():
         long = s.method("reqflow-long")
         assert long.init_from == "reqflow" and long.train_steps == B._SIZES[suite]["long_steps"]
         assert long.build(None).trans_prior == "rg" and s.method("reqflow").build(None).trans_prior == "fixed"
+        assert long.fit.keywords["unroll"] == (0.25, 2) and long.num_samples == B._SIZES[suite]["long_samples"]
+        shipped = s.method("reqflow-shipped")  # scores the shipped checkpoint: no training in the suite
+        assert s.train_steps_of(shipped) == 0 and shipped.num_samples == long.num_samples
+        assert shipped.build(None).unroll_prob == 0.25 and shipped.sample is long.sample
         speed = s.method("reqflow-long-speed")  # times the reqflow-long weights: no training of its own
         assert speed.weights_of == "reqflow-long" and speed.build(None).trans_prior == "rg"
         assert s.trained_by(speed).name == "reqflow-long"
@@ -49,7 +54,8 @@ def test_spec_for_every_suite():
     cells = {m: [c.nfe for c in quick.cells() if c.method == m] for m in names}
     assert cells["qflow"] == cells["frameflow-path"] == [10, 20, 50, 100]
     assert cells["reqflow"] == [10, 20, 50] and cells["reqflow-restraint"] == [10] == cells["reqflow-long"]
-    assert cells["reqflow-long-speed"] == [10]
+    assert cells["reqflow-long-speed"] == cells["reqflow-shipped"] == [10]
+    assert B.bucket_lengths(quick.num_samples_of(quick.method("reqflow-long")))[7::8] == [95, 147, 198, 250]
     assert cells["qflow-x1"] == cells["qflow-linear"] == [10, 100]
     x1 = quick.methods[1].build(None)
     assert x1.final_step == "x1" and quick.methods[0].build(None).final_step == "euler"
