@@ -42,6 +42,11 @@ def format_time(seconds: float | None) -> str:
     return f"{s / 60:.3g} min"
 
 
+def _train_time(cell: dict[str, Any]) -> str:
+    """A cell's training wall time; "–" for a method that does not train (0 steps)."""
+    return "–" if cell.get("train_steps") == 0 else format_time(cell["train_time_s"])
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "–"
@@ -142,7 +147,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {i} | {name} | {c['solver']} | {_nfe(c)} | "
                 + " | ".join(_fmt(c["metrics"].get(k)) for k in cols)
-                + f" | {format_time(c['train_time_s'])} | {format_time(c['sample_time_per_sample_s'])} |"
+                + f" | {_train_time(c)} | {format_time(c['sample_time_per_sample_s'])} |"
             )
         lines.append("")
     lines += [
@@ -158,7 +163,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         lines.append(
             f"| {name} | {c['solver']} | {_nfe(c)} | "
             + " | ".join(_fmt(c["metrics"].get(k)) for k in cols)
-            + f" | {_fmt(c['train_steps_per_s'])} | {format_time(c['train_time_s'])}"
+            + f" | {_fmt(c['train_steps_per_s'])} | {_train_time(c)}"
             + f" | {format_time(c['sample_time_per_sample_s'])} | {_mem(c)} | {c['status']} |"
         )
     lines.append("")

@@ -64,6 +64,8 @@ def test_results_are_correct_and_validate(fakes, tmp_path) -> None:
     ]
     md = (tmp_path / "smoke" / "fake.md").read_text()
     assert "| 1 | shift |" in md and "untrained *(baseline)*" in md and "Reported elsewhere" in md
+    untrained = next(line for line in md.splitlines() if "| untrained *(baseline)* |" in line)
+    assert untrained.split(" | ")[-2] == "–"  # no training: no train time (not "0 µs")
     assert "Noise floor" in md
     for name in ("fake_vs_nfe.png", "fake_vs_time.png"):
         assert (tmp_path / "smoke" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
